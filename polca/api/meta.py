@@ -1,0 +1,111 @@
+"""Object metadata and label selectors, as the apiserver serves them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import ConfigDict, Field, StringConstraints, model_validator
+
+from polca.api.base import ApiModel
+from polca.control.selectors import Operator, Requirement, Selector
+
+# Label syntax (k8s.io/apimachinery validation): an optional DNS-subdomain prefix and a name.
+LABEL_KEY_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+# A DNS-1123 label: the names of tiers and stages are used in metrics labels and events.
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+LabelKey = Annotated[str, StringConstraints(pattern=LABEL_KEY_PATTERN, max_length=317)]
+LabelValue = Annotated[str, StringConstraints(pattern=LABEL_VALUE_PATTERN, max_length=63)]
+DnsLabel = Annotated[str, StringConstraints(pattern=DNS_LABEL_PATTERN, min_length=1, max_length=63)]
+
+MAX_LABELS = 64
+MAX_EXPRESSIONS = 32
+MAX_VALUES = 64
+
+
+class ObjectMeta(ApiModel):
+    """The metadata fields POLCA reads; other fields are kept as they are."""
+
+    # The apiserver owns metadata and adds fields over time: keep them, never reject them.
+    model_config = ConfigDict(extra="allow")
+
+    name: str | None = None
+    namespace: str | None = None
+    uid: str | None = None
+    resource_version: str | None = None
+    generation: int | None = None
+    creation_timestamp: datetime | None = None
+    deletion_timestamp: datetime | None = None
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+    finalizers: list[str] | None = None
+
+
+class LabelSelectorRequirement(ApiModel):
+    """A label requirement, as in Kubernetes' `matchExpressions`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.operator in ['In', 'NotIn'] ? size(self.values) > 0"
+                    " : size(self.values) == 0",
+                    "message": "values must be non-empty for In and NotIn, and empty for "
+                    "Exists and DoesNotExist",
+                    "fieldPath": ".values",
+                }
+            ]
+        }
+    )
+
+    key: LabelKey = Field(description="The label key the requirement applies to.")
+    operator: Operator = Field(
+        description="How the key relates to the values: In, NotIn, Exists or DoesNotExist."
+    )
+    values: Annotated[list[LabelValue], Field(max_length=MAX_VALUES)] = Field(
+        default_factory=list,
+        description="Label values; non-empty for In and NotIn, empty for Exists and "
+        "DoesNotExist.",
+    )
+
+    @model_validator(mode="after")
+    def _values_fit_operator(self) -> LabelSelectorRequirement:
+        needs_values = self.operator in (Operator.IN, Operator.NOT_IN)
+        if needs_values != bool(self.values):
+            raise ValueError(
+                "values must be non-empty for In and NotIn, and empty for Exists and "
+                "DoesNotExist"
+            )
+        return self
+
+    def to_requirement(self) -> Requirement:
+        return Requirement(self.key, self.operator, frozenset(self.values))
+
+
+class LabelSelector(ApiModel):
+    """A Kubernetes label selector; an empty selector matches every object."""
+
+    match_labels: Annotated[dict[LabelKey, LabelValue], Field(max_length=MAX_LABELS)] | None = (
+        Field(
+            default=None,
+            description="Label key/value pairs that must all be present.",
+        )
+    )
+    match_expressions: (
+        Annotated[list[LabelSelectorRequirement], Field(max_length=MAX_EXPRESSIONS)] | None
+    ) = Field(default=None, description="Label requirements that must all hold.")
+
+    def to_selector(self) -> Selector:
+        return Selector(
+            match_labels=dict(self.match_labels or {}),
+            match_expressions=tuple(r.to_requirement() for r in self.match_expressions or ()),
+        )
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        return self.to_selector().matches(labels)

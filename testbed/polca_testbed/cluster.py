@@ -1,0 +1,302 @@
+"""A real Kubernetes control plane (etcd + kube-apiserver) on loopback, for tests and demos.
+
+There is no scheduler, kubelet, controller-manager or garbage collector: callers create
+Nodes and Pods (already bound with `spec.nodeName`) themselves.
+
+    python -m polca_testbed.cluster up --dir ~/.cache/polca/cluster    # prints the kubeconfig
+    python -m polca_testbed.cluster down --dir ~/.cache/polca/cluster
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
+
+from polca_testbed.pki import Pki, make_pki
+from polca_testbed.processes import free_port, group_alive, start_process, stop_group, wait_until
+
+if TYPE_CHECKING:
+    import kubernetes.client
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = REPO_ROOT / "tools" / "build-control-plane.sh"
+SERVICE_CIDR = "10.0.0.0/24"
+START_TIMEOUT_S = 90.0
+
+
+def find_bin_dir() -> Path:
+    """The cached control-plane binaries: $POLCA_CONTROL_PLANE_BIN, else build or find them."""
+    env_dir = os.environ.get("POLCA_CONTROL_PLANE_BIN", "").strip()
+    if env_dir:
+        return Path(env_dir)
+    result = subprocess.run(
+        ["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{BUILD_SCRIPT} failed:\n{result.stderr}")
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+@dataclass
+class Cluster:
+    """A running control plane and the helpers to talk to it."""
+
+    state_dir: Path
+    bin_dir: Path
+    pki: Pki
+    api_port: int
+    etcd_port: int
+    pids: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.api_port}"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    def kubectl(
+        self,
+        *args: str,
+        input: str | None = None,  # noqa: A002 - mirrors subprocess.run
+        check: bool = True,
+        timeout_s: float = 60.0,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run kubectl against this cluster; raise with stderr when `check` and it fails."""
+        return self._run("kubectl", ["--kubeconfig", str(self.kubeconfig), *args], input, check,
+                         timeout_s)  # fmt: skip
+
+    def helm(
+        self,
+        *args: str,
+        input: str | None = None,  # noqa: A002
+        check: bool = True,
+        timeout_s: float = 120.0,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run helm against this cluster (its caches live in the cluster's state dir)."""
+        return self._run("helm", ["--kubeconfig", str(self.kubeconfig), *args], input, check,
+                         timeout_s)  # fmt: skip
+
+    def _run(
+        self, tool: str, argv: list[str], stdin: str | None, check: bool, timeout_s: float
+    ) -> subprocess.CompletedProcess[str]:
+        helm_home = self.state_dir / "helm"
+        env = {
+            **os.environ,
+            "HELM_CACHE_HOME": str(helm_home / "cache"),
+            "HELM_CONFIG_HOME": str(helm_home / "config"),
+            "HELM_DATA_HOME": str(helm_home / "data"),
+        }
+        result = subprocess.run(
+            [str(self.bin_dir / tool), *argv],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout_s,
+            env=env,
+        )
+        if check and result.returncode != 0:
+            raise subprocess.CalledProcessError(
+                result.returncode, [tool, *argv], result.stdout, result.stderr
+            )
+        return result
+
+    def api_client(self) -> kubernetes.client.ApiClient:
+        """A kubernetes-client ApiClient authenticated as the admin."""
+        import kubernetes.config
+
+        client: kubernetes.client.ApiClient = kubernetes.config.new_client_from_config(
+            config_file=str(self.kubeconfig)
+        )
+        return client
+
+    def ready(self) -> bool:
+        context = ssl.create_default_context(cafile=str(self.pki.ca_cert))
+        context.load_cert_chain(str(self.pki.admin_cert), str(self.pki.admin_key))
+        try:
+            url = f"{self.server}/readyz"  # always https to our own loopback server
+            with urllib.request.urlopen(url, context=context, timeout=2) as r:  # noqa: S310
+                return bool(r.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self) -> None:
+        """Stop the API server first (it holds etcd connections), then etcd."""
+        for name in ("kube-apiserver", "etcd"):
+            pid = self.pids.pop(name, None)
+            if pid is not None:
+                stop_group(pid)
+        self._save_state()
+
+    def alive(self) -> bool:
+        return bool(self.pids) and all(group_alive(pid) for pid in self.pids.values())
+
+    def _save_state(self) -> None:
+        state = {"api_port": self.api_port, "etcd_port": self.etcd_port, "pids": self.pids,
+                 "bin_dir": str(self.bin_dir)}  # fmt: skip
+        (self.state_dir / "state.json").write_text(json.dumps(state, indent=2))
+
+
+def _write_kubeconfig(cluster: Cluster) -> None:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "polca", "cluster": {
+            "server": cluster.server, "certificate-authority": str(cluster.pki.ca_cert)}}],
+        "users": [{"name": "polca-admin", "user": {
+            "client-certificate": str(cluster.pki.admin_cert),
+            "client-key": str(cluster.pki.admin_key)}}],
+        "contexts": [{"name": "polca", "context": {"cluster": "polca", "user": "polca-admin"}}],
+        "current-context": "polca",
+    }  # fmt: skip
+    cluster.kubeconfig.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def _etcd_argv(bin_dir: Path, data_dir: Path, client_port: int, peer_port: int) -> list[str]:
+    client, peer = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
+    return [
+        str(bin_dir / "etcd"),
+        f"--data-dir={data_dir}",
+        f"--listen-client-urls={client}",
+        f"--advertise-client-urls={client}",
+        f"--listen-peer-urls={peer}",
+        f"--initial-advertise-peer-urls={peer}",
+        f"--initial-cluster=default={peer}",
+        "--unsafe-no-fsync=true",  # throwaway data: durability only slows tests down
+        "--log-level=warn",
+    ]
+
+
+def _apiserver_argv(cluster: Cluster) -> list[str]:
+    pki = cluster.pki
+    return [
+        str(cluster.bin_dir / "kube-apiserver"),
+        f"--etcd-servers=http://127.0.0.1:{cluster.etcd_port}",
+        f"--etcd-prefix=/polca-{cluster.api_port}",
+        "--bind-address=127.0.0.1",
+        "--advertise-address=127.0.0.1",
+        f"--secure-port={cluster.api_port}",
+        f"--cert-dir={cluster.state_dir / 'apiserver-certs'}",
+        f"--tls-cert-file={pki.serving_cert}",
+        f"--tls-private-key-file={pki.serving_key}",
+        f"--client-ca-file={pki.ca_cert}",
+        f"--service-account-key-file={pki.sa_public_key}",
+        f"--service-account-signing-key-file={pki.sa_private_key}",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        "--authorization-mode=RBAC",
+        "--allow-privileged=true",
+        # No controller-manager creates the `default` ServiceAccount, so the admission plugin
+        # that requires it would refuse every Pod (envtest does the same).
+        "--disable-admission-plugins=ServiceAccount",
+        "--v=1",
+    ]
+
+
+def start_cluster(
+    state_dir: Path, *, bin_dir: Path | None = None, tie_to_parent: bool = True
+) -> Cluster:
+    """Start etcd and kube-apiserver on free loopback ports; return once /readyz says ok."""
+    state_dir = state_dir.resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    bins = bin_dir or find_bin_dir()
+    missing = [b for b in ("etcd", "kube-apiserver", "kubectl", "helm") if not (bins / b).exists()]
+    if missing:
+        raise FileNotFoundError(f"control-plane binaries missing in {bins}: {missing}; "
+                                "run `make control-plane`")  # fmt: skip
+    cluster = Cluster(state_dir=state_dir, bin_dir=bins, pki=make_pki(state_dir / "pki"),
+                      api_port=free_port(), etcd_port=free_port())  # fmt: skip
+    logs = state_dir / "logs"
+    try:
+        etcd_log = logs / "etcd.log"
+        etcd = start_process(
+            _etcd_argv(bins, state_dir / "etcd-data", cluster.etcd_port, free_port()),
+            log_path=etcd_log, tie_to_parent=tie_to_parent,
+        )  # fmt: skip
+        cluster.pids["etcd"] = etcd.pid
+        wait_until(lambda: _etcd_healthy(cluster.etcd_port), timeout_s=START_TIMEOUT_S,
+                   what="etcd", alive=lambda: etcd.poll() is None, log_path=etcd_log)  # fmt: skip
+        api_log = logs / "kube-apiserver.log"
+        api = start_process(_apiserver_argv(cluster), log_path=api_log, tie_to_parent=tie_to_parent)
+        cluster.pids["kube-apiserver"] = api.pid
+        _write_kubeconfig(cluster)
+        wait_until(cluster.ready, timeout_s=START_TIMEOUT_S, what="kube-apiserver",
+                   alive=lambda: api.poll() is None, log_path=api_log)  # fmt: skip
+    except BaseException:
+        cluster.stop()
+        raise
+    cluster._save_state()
+    return cluster
+
+
+def _etcd_healthy(port: int) -> bool:
+    try:
+        url = f"http://127.0.0.1:{port}/health"
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(json.loads(response.read()).get("health") == "true")
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def load_cluster(state_dir: Path) -> Cluster | None:
+    """The cluster recorded in `state_dir` by `up`, or None."""
+    state_file = state_dir / "state.json"
+    if not state_file.exists():
+        return None
+    state = json.loads(state_file.read_text())
+    return Cluster(state_dir=state_dir.resolve(), bin_dir=Path(state["bin_dir"]),
+                   pki=make_pki(state_dir / "pki"), api_port=state["api_port"],
+                   etcd_port=state["etcd_port"], pids=dict(state["pids"]))  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m polca_testbed.cluster",
+        description="Start or stop a local kube-apiserver + etcd (no kubelet, no scheduler).",
+    )
+    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=Path.home() / ".cache/polca/cluster",
+        help="state directory: certificates, kubeconfig, logs, etcd data",
+    )
+    args = parser.parse_args(argv)
+    existing = load_cluster(args.dir)
+    if args.action == "up":
+        if existing is not None and existing.alive():
+            print(f"already running: {existing.server}\nexport KUBECONFIG={existing.kubeconfig}")
+            return 0
+        started = time.monotonic()
+        cluster = start_cluster(args.dir, tie_to_parent=False)
+        print(f"control plane ready in {time.monotonic() - started:.1f} s at {cluster.server}")
+        print(f"export KUBECONFIG={cluster.kubeconfig}")
+        return 0
+    if existing is None:
+        print(f"no cluster recorded in {args.dir}")
+        return 0 if args.action == "down" else 1
+    if args.action == "status":
+        print(f"{existing.server}: {'running' if existing.alive() else 'stopped'}")
+        return 0 if existing.alive() else 1
+    existing.stop()
+    print(f"stopped the control plane in {args.dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
