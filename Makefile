@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 CONTROL_PLANE_BIN = $(shell tools/build-control-plane.sh 2>/dev/null | tail -1)
 CLUSTER_DIR ?= $(HOME)/.cache/polca/cluster
 
-.PHONY: help venv control-plane lint test test-fast crds demo cluster-up cluster-down \
+.PHONY: help venv control-plane prometheus lint test test-fast crds demo cluster-up cluster-down \
         bench bench-node bench-operator bench-sim clean
 
 help: ## List the targets
@@ -32,7 +32,12 @@ lint: venv ## ruff, mypy --strict and the import-linter layer contracts
 	$(VENV)/bin/mypy polca operator/polca_operator node-daemon/polca_node testbed/polca_testbed tests benchmarks
 	$(VENV)/bin/lint-imports
 
-test: venv control-plane lint ## The one test command: set-up, lint, types, layers, all tests
+prometheus: ## Install Debian's prometheus package (tests start it on loopback) unless present
+	@command -v prometheus >/dev/null || { \
+	  if [ "$$(id -u)" != 0 ]; then echo "prometheus missing: run 'make prometheus' as root"; exit 1; fi; \
+	  apt-get update && apt-get install -y --no-install-recommends prometheus; }
+
+test: venv control-plane prometheus lint ## The one test command: set-up, lint, types, layers, all tests
 	POLCA_CONTROL_PLANE_BIN="$(CONTROL_PLANE_BIN)" $(VENV)/bin/pytest -p no:cacheprovider
 
 test-fast: venv ## Unit tests only
@@ -53,5 +58,51 @@ cluster-up: venv control-plane ## Start a local kube-apiserver + etcd and print 
 cluster-down: venv ## Stop the cluster started by cluster-up
 	$(PY) -m polca_testbed.cluster down --dir $(CLUSTER_DIR)
 
+bench-operator: venv control-plane prometheus ## Operator figures: reaction time, API writes, cost, RSS
+	POLCA_CONTROL_PLANE_BIN="$(CONTROL_PLANE_BIN)" $(PY) benchmarks/bench_operator.py
+
 clean: ## Remove the venv and build outputs (the binary cache in ~/.cache/polca stays)
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache
+
+# --- container image, kind and Helm (docs/install.md) ----------------------------------------
+IMAGE_REPO ?= polca
+IMAGE_TAG ?= dev
+KIND_CLUSTER ?= polca
+POLCA_NAMESPACE ?= polca-system
+# Docker and kind are not needed by `make test`; these targets say so plainly when they are missing.
+need = @command -v $(1) >/dev/null 2>&1 || { echo "make $@: '$(1)' is not installed; $(2)" >&2; exit 1; }
+need-engine = @docker info >/dev/null 2>&1 || { echo "make $@: no Docker engine answers ('docker info' failed); the image and kind targets need one" >&2; exit 1; }
+
+.PHONY: image kind-up kind-load kind-deploy kind-down helm-lint
+
+image: ## Build the POLCA image (operator + node daemon) with Docker
+	$(call need,docker,install Docker to build the image)
+	$(need-engine)
+	docker build -t $(IMAGE_REPO):$(IMAGE_TAG) .
+
+kind-up: ## Create a kind cluster with two fake-GPU workers (deploy/kind/cluster.yaml)
+	$(call need,docker,kind runs its nodes in Docker)
+	$(call need,kind,see https://kind.sigs.k8s.io)
+	$(need-engine)
+	kind create cluster --name $(KIND_CLUSTER) --config deploy/kind/cluster.yaml
+
+kind-load: ## Load the image into the kind cluster
+	$(call need,kind,see https://kind.sigs.k8s.io)
+	$(need-engine)
+	kind load docker-image $(IMAGE_REPO):$(IMAGE_TAG) --name $(KIND_CLUSTER)
+
+kind-deploy: ## Install the chart in kind with fake GPUs (deploy/kind/values.yaml)
+	$(call need,kind,see https://kind.sigs.k8s.io)
+	$(need-engine)
+	helm="$$(command -v helm || echo "$$(tools/build-control-plane.sh | tail -1)/helm")"; \
+	"$$helm" upgrade --install polca charts/polca --kube-context kind-$(KIND_CLUSTER) \
+	  -n $(POLCA_NAMESPACE) --create-namespace -f deploy/kind/values.yaml \
+	  --set image.repository=$(IMAGE_REPO),image.tag=$(IMAGE_TAG) --wait --timeout 5m
+
+kind-down: ## Delete the kind cluster
+	$(call need,kind,see https://kind.sigs.k8s.io)
+	kind delete cluster --name $(KIND_CLUSTER)
+
+helm-lint: control-plane ## helm lint --strict the chart with its default, kind and all-features values
+	@for values in "" deploy/kind/values.yaml charts/polca/ci/all-features-values.yaml; do \
+	  $(CONTROL_PLANE_BIN)/helm lint --strict charts/polca $${values:+-f $$values} || exit 1; done

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -20,9 +21,32 @@ class ApiModel(BaseModel):
         populate_by_name=True,
         extra="forbid",
         frozen=True,
-        use_attribute_docstrings=False,
     )
 
     def to_wire(self) -> dict[str, Any]:
         """The object as it is sent to and stored by the apiserver (camelCase, no nulls)."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+@dataclass(frozen=True)
+class CelRule:
+    """A cross-field rule: enforced by the apiserver (CEL) and by the model (Python).
+
+    The Python check lives in the model's validator and raises `ValueError(rule.message)`,
+    so both sides report the same text.
+    """
+
+    rule: str
+    message: str
+    field_path: str | None = None
+
+    def to_schema(self) -> dict[str, str]:
+        entry = {"rule": self.rule, "message": self.message}
+        if self.field_path:
+            entry["fieldPath"] = self.field_path
+        return entry
+
+
+def cel_rules(*rules: CelRule) -> dict[str, Any]:
+    """`json_schema_extra` carrying `x-kubernetes-validations` for a model or field."""
+    return {"x-kubernetes-validations": [r.to_schema() for r in rules]}

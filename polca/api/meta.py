@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import ConfigDict, Field, StringConstraints, model_validator
 
-from polca.api.base import ApiModel
+from polca.api.base import ApiModel, CelRule, cel_rules
 from polca.control.selectors import Operator, Requirement, Selector
 
 # Label syntax (k8s.io/apimachinery validation): an optional DNS-subdomain prefix and a name.
@@ -20,9 +20,19 @@ LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 # A DNS-1123 label: the names of tiers and stages are used in metrics labels and events.
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
-LabelKey = Annotated[str, StringConstraints(pattern=LABEL_KEY_PATTERN, max_length=317)]
+# The descriptions also become the messages of the CEL rules that check map keys.
+LabelKey = Annotated[
+    str,
+    StringConstraints(pattern=LABEL_KEY_PATTERN, max_length=317),
+    Field(description="a label key: an optional DNS subdomain and '/', then a name of at most "
+          "63 letters, digits, '-', '_' or '.'"),
+]  # fmt: skip
 LabelValue = Annotated[str, StringConstraints(pattern=LABEL_VALUE_PATTERN, max_length=63)]
-DnsLabel = Annotated[str, StringConstraints(pattern=DNS_LABEL_PATTERN, min_length=1, max_length=63)]
+DnsLabel = Annotated[
+    str,
+    StringConstraints(pattern=DNS_LABEL_PATTERN, min_length=1, max_length=63),
+    Field(description="a DNS label: at most 63 lower-case letters, digits or '-'"),
+]
 
 MAX_LABELS = 64
 MAX_EXPRESSIONS = 32
@@ -47,45 +57,37 @@ class ObjectMeta(ApiModel):
     finalizers: list[str] | None = None
 
 
+VALUES_FIT_OPERATOR = CelRule(
+    rule="self.operator in ['In', 'NotIn'] ? has(self.values) && size(self.values) > 0"
+    " : !has(self.values) || size(self.values) == 0",
+    message="values must be non-empty for In and NotIn, and empty for Exists and DoesNotExist",
+    field_path=".values",
+)
+
+
 class LabelSelectorRequirement(ApiModel):
     """A label requirement, as in Kubernetes' `matchExpressions`."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "self.operator in ['In', 'NotIn'] ? size(self.values) > 0"
-                    " : size(self.values) == 0",
-                    "message": "values must be non-empty for In and NotIn, and empty for "
-                    "Exists and DoesNotExist",
-                    "fieldPath": ".values",
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra=cel_rules(VALUES_FIT_OPERATOR))
 
     key: LabelKey = Field(description="The label key the requirement applies to.")
     operator: Operator = Field(
         description="How the key relates to the values: In, NotIn, Exists or DoesNotExist."
     )
-    values: Annotated[list[LabelValue], Field(max_length=MAX_VALUES)] = Field(
-        default_factory=list,
-        description="Label values; non-empty for In and NotIn, empty for Exists and "
-        "DoesNotExist.",
+    values: Annotated[list[LabelValue], Field(max_length=MAX_VALUES)] | None = Field(
+        default=None,
+        description="Label values; non-empty for In and NotIn, empty for Exists and DoesNotExist.",
     )
 
     @model_validator(mode="after")
     def _values_fit_operator(self) -> LabelSelectorRequirement:
         needs_values = self.operator in (Operator.IN, Operator.NOT_IN)
         if needs_values != bool(self.values):
-            raise ValueError(
-                "values must be non-empty for In and NotIn, and empty for Exists and "
-                "DoesNotExist"
-            )
+            raise ValueError(VALUES_FIT_OPERATOR.message)
         return self
 
     def to_requirement(self) -> Requirement:
-        return Requirement(self.key, self.operator, frozenset(self.values))
+        return Requirement(self.key, self.operator, frozenset(self.values or ()))
 
 
 class LabelSelector(ApiModel):

@@ -133,9 +133,7 @@ def phase_speed(phase: Phase, clock_ratio: FloatArray | float) -> FloatArray:
     return ratio
 
 
-def phase_power_w(
-    profile: GpuProfile, phase: Phase, clock_mhz: FloatArray | float
-) -> FloatArray:
+def phase_power_w(profile: GpuProfile, phase: Phase, clock_mhz: FloatArray | float) -> FloatArray:
     """Power while running ``phase`` at ``clock_mhz`` (uncapped by any limit)."""
     ratio = np.asarray(clock_mhz, dtype=np.float64) / profile.max_sm_clock_mhz
     m = _TRAFFIC_SHARE[phase]

@@ -74,8 +74,10 @@ class GpuProfile:
         if not 0 < self.min_sm_clock_mhz <= self.max_sm_clock_mhz:
             raise ValueError(f"{self.name}: need 0 < min_sm_clock_mhz <= max_sm_clock_mhz")
         clocks = self.supported_sm_clocks_mhz
-        if not clocks or list(clocks) != sorted(clocks, reverse=True) or len(set(clocks)) != len(
-            clocks
+        if (
+            not clocks
+            or list(clocks) != sorted(clocks, reverse=True)
+            or len(set(clocks)) != len(clocks)
         ):
             raise ValueError(f"{self.name}: supported clocks must be unique and descending")
         if clocks[0] != self.max_sm_clock_mhz or clocks[-1] != self.min_sm_clock_mhz:

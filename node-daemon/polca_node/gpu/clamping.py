@@ -25,7 +25,7 @@ def clamp_clock_mhz(request_mhz: int, supported_mhz: Sequence[int], max_sm_clock
 def lowest_lock_clock_mhz(supported_mhz: Sequence[int], ceiling_mhz: int) -> int:
     """The lower end of the locked range: the lowest supported clock, so an idle GPU can still
     slow down; the ceiling itself when no table is known (min must not exceed max)."""
-    return min(min(supported_mhz), ceiling_mhz) if supported_mhz else ceiling_mhz
+    return min(*supported_mhz, ceiling_mhz) if supported_mhz else ceiling_mhz
 
 
 def clamp_limit_w(request_w: float, min_limit_w: float, max_limit_w: float) -> float:

@@ -8,6 +8,8 @@ conditions and metric labels, the NVML operation that failed and the GPU it fail
 fake NVML raises pynvml's own exception classes, so the boundary is the same for both.
 """
 
+# ruff: noqa: N818 - the names mirror NVML's own (NVMLError_NoPermission, ...), see issue 4
+
 from __future__ import annotations
 
 from collections.abc import Iterator

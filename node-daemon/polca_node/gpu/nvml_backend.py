@@ -123,9 +123,7 @@ class NvmlBackend:
             except GpuError as exc:
                 failures[index] = exc
         version = self._optional("nvmlSystemGetDriverVersion")
-        return Inventory(
-            gpus=tuple(gpus), failures=failures, driver_version=_text(version or "")
-        )
+        return Inventory(gpus=tuple(gpus), failures=failures, driver_version=_text(version or ""))
 
     def _require_open(self) -> None:
         if not self._open:
@@ -166,7 +164,9 @@ class NvmlBackend:
         return info
 
     def _supported_clocks(self, handle: Any, index: int) -> tuple[int, ...]:
-        memory_clocks = self._optional("nvmlDeviceGetSupportedMemoryClocks", handle, gpu_index=index)
+        memory_clocks = self._optional(
+            "nvmlDeviceGetSupportedMemoryClocks", handle, gpu_index=index
+        )
         if not memory_clocks:
             return ()
         graphics = self._optional(
@@ -182,7 +182,9 @@ class NvmlBackend:
         uuids: list[str] = []
         for slot in range(slots):
             try:
-                mig = self._call("nvmlDeviceGetMigDeviceHandleByIndex", handle, slot, gpu_index=index)
+                mig = self._call(
+                    "nvmlDeviceGetMigDeviceHandleByIndex", handle, slot, gpu_index=index
+                )
             except NotFound:  # an empty slot
                 continue
             uuids.append(_text(self._call("nvmlDeviceGetUUID", mig, gpu_index=index)))

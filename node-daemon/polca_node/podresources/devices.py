@@ -64,9 +64,7 @@ def parse_device_id(raw: str) -> DeviceId:
     if index := _INDEX.match(base):
         return DeviceId(raw, base, DeviceKind.GPU_INDEX, replica, gpu_index=int(index.group(1)))
     if mig_index := _MIG_INDEX.match(base):
-        return DeviceId(
-            raw, base, DeviceKind.MIG_INDEX, replica, gpu_index=int(mig_index.group(1))
-        )
+        return DeviceId(raw, base, DeviceKind.MIG_INDEX, replica, gpu_index=int(mig_index.group(1)))
     return DeviceId(raw, base, DeviceKind.UNKNOWN, replica)
 
 

@@ -9,9 +9,9 @@ from typing import ClassVar
 import grpc
 
 __all__ = [
-    "KubeletTimeout",
-    "KubeletUnavailable",
-    "KubeletUnsupported",
+    "KubeletTimeoutError",
+    "KubeletUnavailableError",
+    "KubeletUnsupportedError",
     "PodResourcesError",
     "translate_grpc_errors",
 ]
@@ -31,28 +31,28 @@ class PodResourcesError(Exception):
         return f"kubelet {self.method}: {self.args[0]} ({self.reason})"
 
 
-class KubeletUnavailable(PodResourcesError):
+class KubeletUnavailableError(PodResourcesError):
     """No kubelet answers on the socket (missing socket, kubelet restarting)."""
 
     reason = "KubeletUnavailable"
 
 
-class KubeletTimeout(PodResourcesError):
+class KubeletTimeoutError(PodResourcesError):
     """The kubelet did not answer within the client's timeout."""
 
     reason = "KubeletTimeout"
 
 
-class KubeletUnsupported(PodResourcesError):
+class KubeletUnsupportedError(PodResourcesError):
     """The kubelet does not serve this method (e.g. GetAllocatableResources before 1.23)."""
 
     reason = "KubeletUnsupported"
 
 
 _STATUS_TO_ERROR: dict[grpc.StatusCode, type[PodResourcesError]] = {
-    grpc.StatusCode.UNAVAILABLE: KubeletUnavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: KubeletTimeout,
-    grpc.StatusCode.UNIMPLEMENTED: KubeletUnsupported,
+    grpc.StatusCode.UNAVAILABLE: KubeletUnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: KubeletTimeoutError,
+    grpc.StatusCode.UNIMPLEMENTED: KubeletUnsupportedError,
 }
 
 

@@ -1,0 +1,286 @@
+"""Prometheus metrics on /metrics, and /healthz for the liveness probe.
+
+Metric names are a contract (the Helm chart's alerts and the operator's `direct` telemetry use
+them); they follow Prometheus' naming rules: base units in the name, `_total` for counters.
+
+Per GPU, labelled node, gpu (index), uuid, model, pod, namespace, tier (empty when none):
+  polca_gpu_power_watts                  board power
+  polca_gpu_energy_joules_total          energy since the driver loaded (counter)
+  polca_gpu_sm_clock_mhz                 SM clock now
+  polca_gpu_clock_ceiling_mhz            the SM clock ceiling in force: the locked ceiling, or
+                                         the GPU's maximum SM clock when none is set; absent
+                                         while unknown (after a restart, before the first write)
+  polca_gpu_power_limit_watts            power management limit
+  polca_gpu_enforced_power_limit_watts   the limit the GPU obeys (ours or a lower one)
+  polca_gpu_throttle_reason              1 for each clock-event reason in effect (label reason)
+Per node, labelled node:
+  polca_gpu_actions_total                writes that changed a GPU (labels gpu, knob, dry_run:
+                                         "true" counts what a dry-run policy would have written)
+  polca_gpu_write_failures_total         rejected writes (labels gpu, knob, reason)
+  polca_guard_activations_total          the local guard starting to throttle (label policy)
+  polca_nvml_call_seconds                NVML call latency (histogram, label function)
+  polca_node_heartbeat_timestamp_seconds Unix time of the last completed GPU sample
+  polca_throttled_gpus                   GPUs limited below their defaults
+
+Per-GPU series are produced from the latest snapshot on each scrape, so a GPU whose pod or tier
+changes does not leave a stale series behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from socketserver import ThreadingMixIn
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from polca_node.actuator import Knob
+from polca_node.gpu.backend import CLOCK_EVENT_REASONS, GpuInfo, GpuReading
+
+__all__ = ["GPU_LABELS", "GpuSample", "MetricsServer", "NodeMetrics", "NodeSnapshot"]
+
+logger = logging.getLogger(__name__)
+
+GPU_LABELS = ("node", "gpu", "uuid", "model", "pod", "namespace", "tier")
+# NVML calls take microseconds to milliseconds; a slow or hung GPU takes seconds.
+NVML_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5)
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    """One GPU as the last sample saw it, with who uses it and what limits it."""
+
+    info: GpuInfo
+    reading: GpuReading | None  # None when the read failed
+    pod_namespace: str = ""
+    pod_name: str = ""
+    tier: str = ""
+    clock_ceiling_mhz: int | None = None
+    clock_ceiling_known: bool = False
+
+
+@dataclass(frozen=True)
+class NodeSnapshot:
+    gpus: tuple[GpuSample, ...] = ()
+    throttled_gpus: int = 0
+    heartbeat_s: float | None = None  # Unix time of the sample
+
+
+class _SnapshotCollector(Collector):
+    def __init__(self, node: str) -> None:
+        self._node = node
+        self.snapshot = NodeSnapshot()
+
+    def collect(self) -> Iterable[Metric]:
+        snapshot = self.snapshot  # one consistent snapshot per scrape
+        yield from self._gpu_families(snapshot.gpus)
+        heartbeat = GaugeMetricFamily(
+            "polca_node_heartbeat_timestamp_seconds",
+            "Unix time of the daemon's last completed GPU sample.",
+            labels=["node"],
+        )
+        if snapshot.heartbeat_s is not None:
+            heartbeat.add_metric([self._node], snapshot.heartbeat_s)
+        yield heartbeat
+        throttled = GaugeMetricFamily(
+            "polca_throttled_gpus", "GPUs limited below their defaults.", labels=["node"]
+        )
+        throttled.add_metric([self._node], snapshot.throttled_gpus)
+        yield throttled
+
+    def _labels(self, sample: GpuSample) -> list[str]:
+        info = sample.info
+        return [
+            self._node,
+            str(info.index),
+            info.uuid,
+            info.name,
+            sample.pod_name,
+            sample.pod_namespace,
+            sample.tier,
+        ]
+
+    def _gpu_families(self, samples: tuple[GpuSample, ...]) -> Iterator[Metric]:
+        def gauge(name: str, doc: str, extra: tuple[str, ...] = ()) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, labels=[*GPU_LABELS, *extra])
+
+        power = gauge("polca_gpu_power_watts", "GPU board power in watts.")
+        energy = CounterMetricFamily(
+            "polca_gpu_energy_joules",
+            "GPU energy in joules since the driver loaded.",
+            labels=list(GPU_LABELS),
+        )
+        clock = gauge("polca_gpu_sm_clock_mhz", "GPU SM clock in MHz.")
+        ceiling = gauge(
+            "polca_gpu_clock_ceiling_mhz",
+            "SM clock ceiling in force in MHz (the maximum SM clock when none is set).",
+        )
+        limit = gauge("polca_gpu_power_limit_watts", "GPU power management limit in watts.")
+        enforced = gauge(
+            "polca_gpu_enforced_power_limit_watts", "Power limit the GPU enforces, in watts."
+        )
+        reasons = gauge(
+            "polca_gpu_throttle_reason",
+            "1 when the clock-event (throttle) reason is in effect.",
+            ("reason",),
+        )
+        for sample in samples:
+            labels = self._labels(sample)
+            if sample.clock_ceiling_known:
+                value = sample.clock_ceiling_mhz or sample.info.max_sm_clock_mhz
+                ceiling.add_metric(labels, value)
+            reading = sample.reading
+            if reading is None:
+                continue
+            power.add_metric(labels, reading.power_w)
+            if reading.energy_j is not None:
+                energy.add_metric(labels, reading.energy_j)
+            clock.add_metric(labels, reading.sm_clock_mhz)
+            limit.add_metric(labels, reading.settings.power_limit_w)
+            enforced.add_metric(labels, reading.settings.enforced_limit_w)
+            active = set(reading.clock_event_reasons)
+            for reason in CLOCK_EVENT_REASONS.values():
+                reasons.add_metric([*labels, reason], 1.0 if reason in active else 0.0)
+        yield from (power, energy, clock, ceiling, limit, enforced, reasons)
+
+
+class NodeMetrics:
+    """The daemon's metrics. Implements the actuator's observer and the backend's call hook."""
+
+    def __init__(self, node: str, registry: CollectorRegistry | None = None) -> None:
+        self.node = node
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._snapshot = _SnapshotCollector(node)
+        self.registry.register(self._snapshot)
+        self.actions = Counter(
+            "polca_gpu_actions",
+            "Writes that changed a GPU setting (dry_run=true: writes a dry-run policy wanted).",
+            ["node", "gpu", "knob", "dry_run"],
+            registry=self.registry,
+        )
+        self.write_failures = Counter(
+            "polca_gpu_write_failures",
+            "GPU writes the GPU or driver rejected.",
+            ["node", "gpu", "knob", "reason"],
+            registry=self.registry,
+        )
+        self.guard_activations = Counter(
+            "polca_guard_activations",
+            "Times the local guard started throttling this node.",
+            ["node", "policy"],
+            registry=self.registry,
+        )
+        self.nvml_calls = Histogram(
+            "polca_nvml_call_seconds",
+            "NVML call latency in seconds.",
+            ["node", "function"],
+            buckets=NVML_BUCKETS_S,
+            registry=self.registry,
+        )
+        self._nvml_children: dict[str, Any] = {}
+
+    def update(self, snapshot: NodeSnapshot) -> None:
+        self._snapshot.snapshot = snapshot
+
+    @property
+    def snapshot(self) -> NodeSnapshot:
+        return self._snapshot.snapshot
+
+    # -- ActuationObserver -------------------------------------------------------------------
+
+    def on_write(self, index: int, knob: Knob) -> None:
+        self.actions.labels(self.node, str(index), knob, "false").inc()
+
+    def on_failure(self, index: int, knob: Knob, reason: str) -> None:
+        self.write_failures.labels(self.node, str(index), knob, reason).inc()
+
+    # -- the others --------------------------------------------------------------------------
+
+    def on_dry_run_write(self, index: int, knob: Knob) -> None:
+        self.actions.labels(self.node, str(index), knob, "true").inc()
+
+    def on_guard_activation(self, policy: str) -> None:
+        self.guard_activations.labels(self.node, policy).inc()
+
+    def on_nvml_call(self, function: str, seconds: float, failed: bool) -> None:  # noqa: ARG002
+        # Called on every NVML call (hundreds a second): cache the labelled child.
+        child = self._nvml_children.get(function)
+        if child is None:
+            child = self._nvml_children[function] = self.nvml_calls.labels(self.node, function)
+        child.observe(seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+        logger.debug("http: " + format, *args)
+
+
+def _app(
+    metrics: NodeMetrics, healthy: Callable[[], tuple[bool, str]]
+) -> Callable[[Mapping[str, Any], Callable[..., Any]], list[bytes]]:
+    def app(environ: Mapping[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path == "/healthz":
+            ok, detail = healthy()
+            status = "200 OK" if ok else "503 Service Unavailable"
+            start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+            return [(detail + "\n").encode()]
+        if path in ("/metrics", "/"):
+            start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
+            return [metrics.exposition()]
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"not found; try /metrics or /healthz\n"]
+
+    return app
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    """One thread per request, so a slow scraper never stalls the liveness probe."""
+
+    daemon_threads = True
+
+
+class MetricsServer:
+    """Serves /metrics and /healthz from a thread until `stop()`."""
+
+    def __init__(
+        self,
+        metrics: NodeMetrics,
+        healthy: Callable[[], tuple[bool, str]],
+        *,
+        host: str = "0.0.0.0",  # noqa: S104 - Prometheus scrapes the pod from outside
+        port: int = 9400,
+    ) -> None:
+        self._server = make_server(
+            host,
+            port,
+            _app(metrics, healthy),
+            server_class=_ThreadingWSGIServer,
+            handler_class=_QuietHandler,
+        )
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="metrics-http", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5.0)

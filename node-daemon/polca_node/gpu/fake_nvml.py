@@ -1,0 +1,532 @@
+"""A fake NVML: pynvml's function names, constants, units and exceptions over modelled GPUs.
+
+`FakeNvml` stands in for the `pynvml` module wherever the backend takes one, so the production
+`NvmlBackend` runs unchanged over it. What is the same as pynvml:
+- function names and signatures (the subset the backend uses, plus a few neighbours);
+- constants, copied from pynvml (NVML_SUCCESS, NVML_CLOCK_*, NVML_TEMPERATURE_GPU,
+  nvmlClocksEventReason* bits, NVML_ERROR_*);
+- units: power and limits in mW, energy in mJ, clocks in MHz;
+- errors: pynvml's own `NVMLError` classes, so `except pynvml.NVMLError_NoPermission` catches
+  the fake's errors too; and NVML's rules (limit outside the constraints → InvalidArgument,
+  calls before nvmlInit → Uninitialized).
+
+What is modelled: each GPU has a profile (`polca.power.profiles`) and a load source
+(`polca_node.gpu.load`); its power and SM clock follow `polca.power.model.operating_point`
+under its clock ceiling and power limit. Energy integrates power over the injectable clock,
+holding each computed power until the next call (like a meter sampled on every call).
+
+Fault injection (all thread-safe, may change while a backend runs): `lose_gpu`, `deny_setters`,
+`make_unsupported`, `slow_calls`, `library_missing`, `set_external_limit`, or a general `Fault`.
+Inspection for tests: `gpus[i]` (state), `calls` (a Counter of NVML calls by name).
+"""
+
+# ruff: noqa: N802, N815 - methods and constants carry pynvml's camelCase names on purpose
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Final
+
+import pynvml
+
+from polca.power.model import OperatingPoint, PhaseDemand, operating_point
+from polca.power.profiles import GpuProfile, get_profile
+from polca_node.gpu.load import IDLE, ConstantLoad, LoadSource
+
+__all__ = [
+    "SETTER_FUNCTIONS",
+    "FakeGpu",
+    "FakeHandle",
+    "FakeNvml",
+    "Fault",
+    "ManualClock",
+    "parse_fleet_spec",
+]
+
+SETTER_FUNCTIONS: Final = frozenset(
+    {
+        "nvmlDeviceSetGpuLockedClocks",
+        "nvmlDeviceResetGpuLockedClocks",
+        "nvmlDeviceSetPowerManagementLimit",
+    }
+)
+_MAX_MIG_DEVICES = 7  # A100 and H100/H200 have seven MIG slices
+_UUID_NAMESPACE = uuid.UUID("6f1c5e0a-6d0c-4f43-9a51-2f0a2b6c9d11")  # ours, for stable fake UUIDs
+
+
+def parse_fleet_spec(spec: str) -> tuple[GpuProfile, ...]:
+    """GPU profiles from "H100-SXM:8" or "A100-80GB:4,H100-SXM:4" (count defaults to 1)."""
+    profiles: list[GpuProfile] = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, count_text = part.partition(":")
+        count = int(count_text) if count_text else 1
+        if count < 1:
+            raise ValueError(f"GPU count must be at least 1 in {part!r}")
+        profiles.extend([get_profile(name.strip())] * count)
+    if not profiles:
+        raise ValueError(f"empty fake GPU spec {spec!r}; e.g. 'H100-SXM:8'")
+    return tuple(profiles)
+
+
+class ManualClock:
+    """Fake time for tests and benchmarks: `now()` stands still until `advance()` or `sleep()`."""
+
+    def __init__(self, start_s: float = 1000.0) -> None:
+        self._now_s = start_s
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        return self._now_s
+
+    def advance(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("time only moves forward")
+        with self._lock:
+            self._now_s += seconds
+
+    sleep = advance
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """Make matching calls slow (`delay_s`) and/or fail (`error_code`, an NVML_ERROR_*).
+
+    `functions` None matches every function; `gpu_index` None matches every GPU and the calls
+    that have none (nvmlInit, nvmlDeviceGetCount). `times` None lasts until cleared.
+    """
+
+    error_code: int | None = None
+    delay_s: float = 0.0
+    functions: frozenset[str] | None = None
+    gpu_index: int | None = None
+    times: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FakeHandle:
+    """What nvmlDeviceGetHandleByIndex returns: a GPU, or one MIG device on it."""
+
+    gpu_index: int
+    mig_slot: int | None = None
+
+
+@dataclass(slots=True)
+class FakeGpu:
+    """The state of one fake GPU. Tests may read it; change it through FakeNvml's methods."""
+
+    index: int
+    profile: GpuProfile
+    uuid: str
+    power_limit_mw: int
+    locked_clocks_mhz: tuple[int, int] | None = None  # (min, max) as last set
+    external_limit_mw: int | None = None  # an out-of-band limit below ours (BMC, PSU)
+    lost: bool = False
+    mig_uuids: tuple[str, ...] = ()
+    energy_mj: float = 0.0
+    updated_s: float = 0.0
+    point: OperatingPoint | None = None
+    demand: PhaseDemand = IDLE
+
+    @property
+    def enforced_limit_mw(self) -> int:
+        if self.external_limit_mw is None:
+            return self.power_limit_mw
+        return min(self.power_limit_mw, self.external_limit_mw)
+
+    @property
+    def clock_ceiling_mhz(self) -> int | None:
+        return None if self.locked_clocks_mhz is None else self.locked_clocks_mhz[1]
+
+
+@lru_cache(maxsize=4096)
+def _cached_operating_point(
+    profile: GpuProfile, demand: PhaseDemand, ceiling_mhz: int | None, limit_w: float
+) -> OperatingPoint:
+    # The model is NumPy-based; the same inputs recur on every call, so memoise.
+    return operating_point(profile, demand, clock_ceiling_mhz=ceiling_mhz, power_limit_w=limit_w)
+
+
+class FakeNvml:
+    """Drop-in for the `pynvml` module over `len(profiles)` modelled GPUs."""
+
+    # Constants, from pynvml so the values cannot drift.
+    NVML_SUCCESS = pynvml.NVML_SUCCESS
+    NVML_CLOCK_GRAPHICS = pynvml.NVML_CLOCK_GRAPHICS
+    NVML_CLOCK_SM = pynvml.NVML_CLOCK_SM
+    NVML_CLOCK_MEM = pynvml.NVML_CLOCK_MEM
+    NVML_CLOCK_VIDEO = pynvml.NVML_CLOCK_VIDEO
+    NVML_TEMPERATURE_GPU = pynvml.NVML_TEMPERATURE_GPU
+    NVML_DEVICE_MIG_DISABLE = pynvml.NVML_DEVICE_MIG_DISABLE
+    NVML_DEVICE_MIG_ENABLE = pynvml.NVML_DEVICE_MIG_ENABLE
+    NVML_ERROR_UNINITIALIZED = pynvml.NVML_ERROR_UNINITIALIZED
+    NVML_ERROR_INVALID_ARGUMENT = pynvml.NVML_ERROR_INVALID_ARGUMENT
+    NVML_ERROR_NOT_SUPPORTED = pynvml.NVML_ERROR_NOT_SUPPORTED
+    NVML_ERROR_NO_PERMISSION = pynvml.NVML_ERROR_NO_PERMISSION
+    NVML_ERROR_NOT_FOUND = pynvml.NVML_ERROR_NOT_FOUND
+    NVML_ERROR_LIBRARY_NOT_FOUND = pynvml.NVML_ERROR_LIBRARY_NOT_FOUND
+    NVML_ERROR_GPU_IS_LOST = pynvml.NVML_ERROR_GPU_IS_LOST
+    NVML_ERROR_UNKNOWN = pynvml.NVML_ERROR_UNKNOWN
+    nvmlClocksEventReasonGpuIdle = pynvml.nvmlClocksEventReasonGpuIdle
+    nvmlClocksEventReasonApplicationsClocksSetting = (
+        pynvml.nvmlClocksEventReasonApplicationsClocksSetting
+    )
+    nvmlClocksEventReasonSwPowerCap = pynvml.nvmlClocksEventReasonSwPowerCap
+    nvmlClocksEventReasonNone = pynvml.nvmlClocksEventReasonNone
+    # pynvml's exception classes themselves.
+    NVMLError = pynvml.NVMLError
+    NVMLError_Uninitialized = pynvml.NVMLError_Uninitialized
+    NVMLError_InvalidArgument = pynvml.NVMLError_InvalidArgument
+    NVMLError_NotSupported = pynvml.NVMLError_NotSupported
+    NVMLError_NoPermission = pynvml.NVMLError_NoPermission
+    NVMLError_NotFound = pynvml.NVMLError_NotFound
+    NVMLError_LibraryNotFound = pynvml.NVMLError_LibraryNotFound
+    NVMLError_GpuIsLost = pynvml.NVMLError_GpuIsLost
+    NVMLError_Unknown = pynvml.NVMLError_Unknown
+
+    def __init__(
+        self,
+        profiles: Sequence[GpuProfile] | str,
+        *,
+        load: LoadSource | None = None,
+        seed: str = "polca-fake-node",
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        mig_devices: Mapping[int, int] | None = None,
+        driver_version: str = "550.0-fake",
+    ) -> None:
+        """`profiles`: GpuProfiles or a spec like "H100-SXM:8". `seed` makes the UUIDs (use the
+        node name, so fake nodes differ). `mig_devices`: GPU index → MIG devices on it."""
+        fleet = parse_fleet_spec(profiles) if isinstance(profiles, str) else tuple(profiles)
+        self.load: LoadSource = load if load is not None else ConstantLoad()
+        self.calls: Counter[str] = Counter()
+        self._clock = clock
+        self._sleep = sleep
+        self._driver_version = driver_version
+        self._lock = threading.RLock()
+        self._init_count = 0
+        self._faults: list[Fault] = []
+        self._remaining: dict[int, int] = {}  # id(fault) → calls left, for faults with `times`
+        self._started_s = clock()
+        mig_devices = mig_devices or {}
+        self.gpus: tuple[FakeGpu, ...] = tuple(
+            FakeGpu(
+                index=index,
+                profile=profile,
+                uuid=f"GPU-{uuid.uuid5(_UUID_NAMESPACE, f'{seed}/{index}')}",
+                power_limit_mw=round(profile.default_limit_w * 1000),
+                mig_uuids=tuple(
+                    f"MIG-{uuid.uuid5(_UUID_NAMESPACE, f'{seed}/{index}/mig{slot}')}"
+                    for slot in range(min(mig_devices.get(index, 0), _MAX_MIG_DEVICES))
+                ),
+                updated_s=self._started_s,
+            )
+            for index, profile in enumerate(fleet)
+        )
+
+    # -- fault injection ---------------------------------------------------------------------
+
+    def inject(self, fault: Fault) -> Fault:
+        with self._lock:
+            self._faults.append(fault)
+            if fault.times is not None:
+                self._remaining[id(fault)] = fault.times
+        return fault
+
+    def remove(self, fault: Fault) -> None:
+        with self._lock:
+            self._faults = [f for f in self._faults if f is not fault]
+            self._remaining.pop(id(fault), None)
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+            self._remaining.clear()
+
+    def lose_gpu(self, index: int, lost: bool = True) -> None:
+        """Every call on GPU `index` fails with GpuIsLost until `lose_gpu(index, False)`."""
+        with self._lock:
+            self.gpus[index].lost = lost
+
+    def deny_setters(self, gpu_index: int | None = None) -> Fault:
+        """Setters fail with NoPermission (a daemon without CAP_SYS_ADMIN)."""
+        return self.inject(
+            Fault(pynvml.NVML_ERROR_NO_PERMISSION, functions=SETTER_FUNCTIONS, gpu_index=gpu_index)
+        )
+
+    def make_unsupported(self, *functions: str, gpu_index: int | None = None) -> Fault:
+        return self.inject(
+            Fault(
+                pynvml.NVML_ERROR_NOT_SUPPORTED, functions=frozenset(functions), gpu_index=gpu_index
+            )
+        )
+
+    def slow_calls(self, delay_s: float, *functions: str, gpu_index: int | None = None) -> Fault:
+        """Matching calls (all, without `functions`) take `delay_s` longer, on the sleep clock."""
+        return self.inject(
+            Fault(delay_s=delay_s, functions=frozenset(functions) or None, gpu_index=gpu_index)
+        )
+
+    def library_missing(self) -> Fault:
+        """nvmlInit fails as on a node without the driver's libnvidia-ml.so."""
+        return self.inject(
+            Fault(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND, functions=frozenset({"nvmlInit"}))
+        )
+
+    def set_external_limit(self, index: int, limit_w: float | None) -> None:
+        """An out-of-band limit (BMC, power brake): the enforced limit drops below ours."""
+        with self._lock:
+            gpu = self.gpus[index]
+            self._advance(gpu)
+            gpu.external_limit_mw = None if limit_w is None else round(limit_w * 1000)
+            self._refresh(gpu)
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _enter(self, function: str, gpu_index: int | None = None) -> None:
+        """Count, delay and fail a call as the faults say; then check NVML's own rules."""
+        delay_s = 0.0
+        error_code: int | None = None
+        with self._lock:
+            self.calls[function] += 1
+            for fault in list(self._faults):
+                if fault.functions is not None and function not in fault.functions:
+                    continue
+                if fault.gpu_index is not None and fault.gpu_index != gpu_index:
+                    continue
+                delay_s += fault.delay_s
+                if fault.error_code is not None and error_code is None:
+                    error_code = fault.error_code
+                if fault.times is not None:
+                    self._remaining[id(fault)] -= 1
+                    if self._remaining[id(fault)] <= 0:
+                        self.remove(fault)
+        if delay_s > 0:
+            self._sleep(delay_s)
+        if error_code is not None:
+            raise pynvml.NVMLError(error_code)
+        if function != "nvmlInit" and self._init_count == 0:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_UNINITIALIZED)
+        if gpu_index is not None:
+            if not 0 <= gpu_index < len(self.gpus):
+                raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+            if self.gpus[gpu_index].lost:
+                raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+
+    def _gpu(self, function: str, handle: object, *, allow_mig: bool = False) -> FakeGpu:
+        if not isinstance(handle, FakeHandle):
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        self._enter(function, handle.gpu_index)
+        if handle.mig_slot is not None and not allow_mig:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        gpu = self.gpus[handle.gpu_index]
+        with self._lock:
+            self._advance(gpu)
+        return gpu
+
+    def _advance(self, gpu: FakeGpu) -> None:
+        """Integrate energy up to now at the held power, then re-evaluate load and power."""
+        now_s = self._clock()
+        if gpu.point is not None and now_s > gpu.updated_s:
+            gpu.energy_mj += gpu.point.power_w * (now_s - gpu.updated_s) * 1000.0
+        gpu.updated_s = max(gpu.updated_s, now_s)
+        gpu.demand = self.load.demand(gpu.index, now_s - self._started_s)
+        self._refresh(gpu)
+
+    def _refresh(self, gpu: FakeGpu) -> None:
+        gpu.point = _cached_operating_point(
+            gpu.profile, gpu.demand, gpu.clock_ceiling_mhz, gpu.enforced_limit_mw / 1000.0
+        )
+
+    @staticmethod
+    def _point(gpu: FakeGpu) -> OperatingPoint:
+        assert gpu.point is not None  # set by _advance on every call
+        return gpu.point
+
+    # -- library -----------------------------------------------------------------------------
+
+    def nvmlInit(self) -> None:
+        self._enter("nvmlInit")
+        with self._lock:
+            self._init_count += 1
+
+    def nvmlInitWithFlags(self, flags: int) -> None:  # noqa: ARG002 - flags change nothing here
+        self.nvmlInit()
+
+    def nvmlShutdown(self) -> None:
+        self._enter("nvmlShutdown")
+        with self._lock:
+            self._init_count = max(0, self._init_count - 1)
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        self._enter("nvmlSystemGetDriverVersion")
+        return self._driver_version
+
+    def nvmlDeviceGetCount(self) -> int:
+        self._enter("nvmlDeviceGetCount")
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> FakeHandle:
+        self._enter("nvmlDeviceGetHandleByIndex", index)
+        return FakeHandle(index)
+
+    def nvmlDeviceGetHandleByUUID(self, device_uuid: str | bytes) -> FakeHandle:
+        self._enter("nvmlDeviceGetHandleByUUID")
+        wanted = device_uuid.decode() if isinstance(device_uuid, bytes) else device_uuid
+        for gpu in self.gpus:
+            if gpu.uuid == wanted:
+                return FakeHandle(gpu.index)
+            if wanted in gpu.mig_uuids:
+                return FakeHandle(gpu.index, gpu.mig_uuids.index(wanted))
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+
+    # -- identity ----------------------------------------------------------------------------
+
+    def nvmlDeviceGetIndex(self, handle: FakeHandle) -> int:
+        return self._gpu("nvmlDeviceGetIndex", handle, allow_mig=True).index
+
+    def nvmlDeviceGetUUID(self, handle: FakeHandle) -> str:
+        gpu = self._gpu("nvmlDeviceGetUUID", handle, allow_mig=True)
+        return gpu.uuid if handle.mig_slot is None else gpu.mig_uuids[handle.mig_slot]
+
+    def nvmlDeviceGetName(self, handle: FakeHandle) -> str:
+        return self._gpu("nvmlDeviceGetName", handle).profile.nvml_name
+
+    def nvmlDeviceGetMigMode(self, handle: FakeHandle) -> list[int]:
+        gpu = self._gpu("nvmlDeviceGetMigMode", handle)
+        mode = pynvml.NVML_DEVICE_MIG_ENABLE if gpu.mig_uuids else pynvml.NVML_DEVICE_MIG_DISABLE
+        return [mode, mode]
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, handle: FakeHandle) -> int:
+        gpu = self._gpu("nvmlDeviceGetMaxMigDeviceCount", handle)
+        return _MAX_MIG_DEVICES if gpu.mig_uuids else 0
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: FakeHandle, index: int) -> FakeHandle:
+        gpu = self._gpu("nvmlDeviceGetMigDeviceHandleByIndex", handle)
+        if not gpu.mig_uuids:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        if not 0 <= index < _MAX_MIG_DEVICES:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        if index >= len(gpu.mig_uuids):
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+        return FakeHandle(gpu.index, index)
+
+    # -- power -------------------------------------------------------------------------------
+
+    def nvmlDeviceGetPowerUsage(self, handle: FakeHandle) -> int:
+        """Milliwatts."""
+        return round(self._point(self._gpu("nvmlDeviceGetPowerUsage", handle)).power_w * 1000)
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: FakeHandle) -> int:
+        """Millijoules since the fake started."""
+        return int(self._gpu("nvmlDeviceGetTotalEnergyConsumption", handle).energy_mj)
+
+    def nvmlDeviceGetPowerManagementLimitConstraints(self, handle: FakeHandle) -> list[int]:
+        profile = self._gpu("nvmlDeviceGetPowerManagementLimitConstraints", handle).profile
+        return [round(profile.min_limit_w * 1000), round(profile.max_limit_w * 1000)]
+
+    def nvmlDeviceGetPowerManagementDefaultLimit(self, handle: FakeHandle) -> int:
+        profile = self._gpu("nvmlDeviceGetPowerManagementDefaultLimit", handle).profile
+        return round(profile.default_limit_w * 1000)
+
+    def nvmlDeviceGetPowerManagementLimit(self, handle: FakeHandle) -> int:
+        return self._gpu("nvmlDeviceGetPowerManagementLimit", handle).power_limit_mw
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle: FakeHandle) -> int:
+        return self._gpu("nvmlDeviceGetEnforcedPowerLimit", handle).enforced_limit_mw
+
+    def nvmlDeviceSetPowerManagementLimit(self, handle: FakeHandle, limit: int) -> None:
+        """`limit` in mW; outside the constraints NVML answers InvalidArgument."""
+        gpu = self._gpu("nvmlDeviceSetPowerManagementLimit", handle)
+        profile = gpu.profile
+        if not round(profile.min_limit_w * 1000) <= limit <= round(profile.max_limit_w * 1000):
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        with self._lock:
+            gpu.power_limit_mw = int(limit)
+            self._refresh(gpu)
+
+    # -- clocks ------------------------------------------------------------------------------
+
+    def nvmlDeviceGetClockInfo(self, handle: FakeHandle, type: int) -> int:  # noqa: A002
+        gpu = self._gpu("nvmlDeviceGetClockInfo", handle)
+        if type == pynvml.NVML_CLOCK_MEM:
+            return gpu.profile.memory_clock_mhz
+        return self._point(gpu).sm_clock_mhz
+
+    def nvmlDeviceGetMaxClockInfo(self, handle: FakeHandle, type: int) -> int:  # noqa: A002
+        profile = self._gpu("nvmlDeviceGetMaxClockInfo", handle).profile
+        return (
+            profile.memory_clock_mhz if type == pynvml.NVML_CLOCK_MEM else profile.max_sm_clock_mhz
+        )
+
+    def nvmlDeviceGetSupportedMemoryClocks(self, handle: FakeHandle) -> list[int]:
+        return [self._gpu("nvmlDeviceGetSupportedMemoryClocks", handle).profile.memory_clock_mhz]
+
+    def nvmlDeviceGetSupportedGraphicsClocks(
+        self,
+        handle: FakeHandle,
+        memoryClockMHz: int,  # noqa: N803 - pynvml's parameter name
+    ) -> list[int]:
+        profile = self._gpu("nvmlDeviceGetSupportedGraphicsClocks", handle).profile
+        if memoryClockMHz != profile.memory_clock_mhz:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+        return list(profile.supported_sm_clocks_mhz)
+
+    def nvmlDeviceSetGpuLockedClocks(
+        self,
+        handle: FakeHandle,
+        minGpuClockMHz: int,  # noqa: N803 - pynvml's parameter names
+        maxGpuClockMHz: int,  # noqa: N803
+    ) -> None:
+        gpu = self._gpu("nvmlDeviceSetGpuLockedClocks", handle)
+        if not 0 <= minGpuClockMHz <= maxGpuClockMHz:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        with self._lock:
+            gpu.locked_clocks_mhz = (int(minGpuClockMHz), int(maxGpuClockMHz))
+            self._refresh(gpu)
+
+    def nvmlDeviceResetGpuLockedClocks(self, handle: FakeHandle) -> None:
+        gpu = self._gpu("nvmlDeviceResetGpuLockedClocks", handle)
+        with self._lock:
+            gpu.locked_clocks_mhz = None
+            self._refresh(gpu)
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle: FakeHandle) -> int:
+        return self._event_bits(self._gpu("nvmlDeviceGetCurrentClocksEventReasons", handle))
+
+    def nvmlDeviceGetCurrentClocksThrottleReasons(self, handle: FakeHandle) -> int:
+        return self._event_bits(self._gpu("nvmlDeviceGetCurrentClocksThrottleReasons", handle))
+
+    def _event_bits(self, gpu: FakeGpu) -> int:
+        point = self._point(gpu)
+        bits = pynvml.nvmlClocksEventReasonNone
+        if gpu.demand.idle_frac >= 1.0:
+            bits |= pynvml.nvmlClocksEventReasonGpuIdle
+        elif point.clock_capped and point.sm_clock_mhz >= (gpu.clock_ceiling_mhz or 0) - 15:
+            # Held at the locked ceiling: the fake reports the user-clock-setting reason bit.
+            bits |= pynvml.nvmlClocksEventReasonApplicationsClocksSetting
+        if point.power_capped:
+            bits |= pynvml.nvmlClocksEventReasonSwPowerCap
+        return int(bits)
+
+    # -- utilisation and temperature ---------------------------------------------------------
+
+    def nvmlDeviceGetUtilizationRates(self, handle: FakeHandle) -> Any:
+        """A c_nvmlUtilization_t like pynvml's. Memory utilisation is a fake-only heuristic:
+        decode streams weights (high), prefill and training reuse them (lower)."""
+        demand = self._gpu("nvmlDeviceGetUtilizationRates", handle).demand
+        busy = 1.0 - demand.idle_frac
+        memory = 0.9 * demand.decode_frac + 0.4 * demand.prefill_frac + 0.5 * demand.train_frac
+        return pynvml.c_nvmlUtilization_t(gpu=round(100 * busy), memory=round(100 * memory))
+
+    def nvmlDeviceGetTemperature(self, handle: FakeHandle, sensor: int) -> int:
+        """Degrees C; a fake-only linear heuristic from 30 C idle to 80 C at the max limit."""
+        gpu = self._gpu("nvmlDeviceGetTemperature", handle)
+        if sensor != pynvml.NVML_TEMPERATURE_GPU:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return round(30 + 50 * self._point(gpu).power_w / gpu.profile.max_limit_w)

@@ -1,0 +1,199 @@
+"""What the daemon has seen of the cluster: its Node's labels, the PowerPolicies, its pods.
+
+Fed by `polca_node.watching` (through `LoopSink`, on the event loop's thread). Each update says
+whether it changed anything, so the daemon reconciles only when needed. A source that has not
+listed successfully yet is "not synced": decisions wait for it (never uncap for lack of
+information), and a failed list or watch leaves the last known-good state in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from polca.api.powerpolicy import PowerPolicy
+from polca.control.tiers import PodFacts
+
+__all__ = ["LoopSink", "ObservedCluster", "PodInfo", "PodKey", "pod_info"]
+
+logger = logging.getLogger(__name__)
+
+PodKey = tuple[str, str]  # (namespace, name)
+_FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    """The parts of a Pod the daemon uses: identity, tier inputs, and fake-GPU requests."""
+
+    namespace: str
+    name: str
+    uid: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    priority: int | None = None
+    phase: str = ""
+    created: str = ""  # metadata.creationTimestamp (RFC 3339 sorts as text)
+
+    @property
+    def key(self) -> PodKey:
+        return (self.namespace, self.name)
+
+    @property
+    def finished(self) -> bool:
+        """A finished pod holds no GPU any more."""
+        return self.phase in _FINISHED_PHASES
+
+    def facts(self) -> PodFacts:
+        return PodFacts(self.namespace, self.name, dict(self.labels), self.priority)
+
+
+def pod_info(obj: Mapping[str, Any]) -> PodInfo:
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    priority = spec.get("priority")
+    return PodInfo(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        uid=str(meta.get("uid", "")),
+        labels=dict(meta.get("labels") or {}),
+        annotations=dict(meta.get("annotations") or {}),
+        priority=int(priority) if isinstance(priority, int) else None,
+        phase=str((obj.get("status") or {}).get("phase", "")),
+        created=str(meta.get("creationTimestamp", "")),
+    )
+
+
+class ObservedCluster:
+    """The daemon's view of the cluster. Not thread-safe: update it on the event loop only."""
+
+    def __init__(self, node_name: str) -> None:
+        self.node_name = node_name
+        self.node_labels: dict[str, str] | None = None  # None: our Node is not known (yet)
+        self.policies: dict[str, PowerPolicy] = {}
+        self.policy_errors: dict[str, str] = {}  # name → why its latest version was refused
+        self.pods: dict[PodKey, PodInfo] = {}
+        self.policies_synced = False
+        self.pods_synced = False
+
+    @property
+    def node_synced(self) -> bool:
+        return self.node_labels is not None
+
+    # -- the Node ----------------------------------------------------------------------------
+
+    def replace_nodes(self, items: list[dict[str, Any]]) -> bool:
+        mine = [i for i in items if (i.get("metadata") or {}).get("name") == self.node_name]
+        return self._set_labels(_labels(mine[0]) if mine else None)
+
+    def apply_node(self, event_type: str, obj: Mapping[str, Any]) -> bool:
+        if (obj.get("metadata") or {}).get("name") != self.node_name:
+            return False
+        # A deleted Node is not "a node without labels": hold until it is back.
+        return self._set_labels(None if event_type == "DELETED" else _labels(obj))
+
+    def _set_labels(self, labels: dict[str, str] | None) -> bool:
+        changed = labels != self.node_labels
+        self.node_labels = labels
+        return changed
+
+    # -- PowerPolicies -----------------------------------------------------------------------
+
+    def replace_policies(self, items: list[dict[str, Any]]) -> bool:
+        before = dict(self.policies)
+        listed = {str((i.get("metadata") or {}).get("name")) for i in items}
+        for name in set(self.policies) - listed:
+            del self.policies[name]
+            self.policy_errors.pop(name, None)
+        for item in items:
+            self._store_policy(item)
+        self.policies_synced = True
+        return before != self.policies or not before
+
+    def apply_policy(self, event_type: str, obj: Mapping[str, Any]) -> bool:
+        name = str((obj.get("metadata") or {}).get("name"))
+        if event_type == "DELETED":
+            self.policy_errors.pop(name, None)
+            return self.policies.pop(name, None) is not None
+        before = self.policies.get(name)
+        self._store_policy(obj)
+        return self.policies.get(name) != before
+
+    def _store_policy(self, obj: Mapping[str, Any]) -> None:
+        name = str((obj.get("metadata") or {}).get("name"))
+        try:
+            self.policies[name] = PowerPolicy.model_validate(obj)
+            self.policy_errors.pop(name, None)
+        except ValidationError as exc:
+            # Safety rule 5: a version we cannot read never undoes what the last good one set.
+            message = f"{exc.error_count()} validation error(s): {exc.errors()[0]['msg']}"
+            if self.policy_errors.get(name) != message:
+                logger.warning("PowerPolicy %s: keeping its last good version: %s", name, message)
+            self.policy_errors[name] = message
+
+    # -- Pods --------------------------------------------------------------------------------
+
+    def replace_pods(self, items: list[dict[str, Any]]) -> bool:
+        pods = {info.key: info for info in map(pod_info, items)}
+        changed = pods != self.pods or not self.pods_synced
+        self.pods = pods
+        self.pods_synced = True
+        return changed
+
+    def apply_pod(self, event_type: str, obj: Mapping[str, Any]) -> bool:
+        info = pod_info(obj)
+        if event_type == "DELETED":
+            return self.pods.pop(info.key, None) is not None
+        changed = self.pods.get(info.key) != info
+        self.pods[info.key] = info
+        return changed
+
+
+def _labels(obj: Mapping[str, Any]) -> dict[str, str]:
+    return dict((obj.get("metadata") or {}).get("labels") or {})
+
+
+class LoopSink:
+    """A `WatchSink` that hands each update to the event loop and reports whether it changed.
+
+    `on_change` runs on the loop after an update that changed something; `on_failure` after a
+    failed list or watch (the state itself is kept).
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        replace: Callable[[list[dict[str, Any]]], bool],
+        apply: Callable[[str, dict[str, Any]], bool],
+        on_change: Callable[[], None],
+        on_failure: Callable[[Exception], None] = lambda _exc: None,
+    ) -> None:
+        self._loop = loop
+        self._replace = replace
+        self._apply = apply
+        self._on_change = on_change
+        self._on_failure = on_failure
+
+    def _post(self, callback: Callable[..., Any], *args: Any) -> None:
+        # After shutdown the loop is closed: late events from a stopping thread are dropped.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    def _then_notify(self, update: Callable[..., bool], *args: Any) -> None:
+        if update(*args):
+            self._on_change()
+
+    def replace(self, items: list[dict[str, Any]]) -> None:
+        self._post(self._then_notify, self._replace, items)
+
+    def apply(self, event_type: str, obj: dict[str, Any]) -> None:
+        self._post(self._then_notify, self._apply, event_type, obj)
+
+    def failed(self, error: Exception) -> None:
+        self._post(self._on_failure, error)

@@ -1,0 +1,193 @@
+"""`polca-operator`: the POLCA operator, i.e. `kopf run` with POLCA's handlers and defaults.
+
+Every option has an environment variable (the Helm chart sets those); flags win over them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import random
+import time
+from collections.abc import Mapping, Sequence
+
+import kopf
+
+from polca_operator.handlers import OperatorConfig, register
+from polca_operator.restore import DEFAULT_RESTORE_WAIT_S
+from polca_operator.telemetry import DEFAULT_TIMEOUT_S
+
+__all__ = ["build_settings", "default_priority", "main", "parse_args"]
+
+FINALIZER = "polca.dev/restore-defaults"
+DEFAULT_METRICS_PORT = 9401
+# Peers that stop refreshing are considered dead after this long: the standby's takeover time
+# after a crash (a clean exit hands over at once).
+DEFAULT_PEERING_LIFETIME_S = 15
+LOG_LEVELS = ("debug", "info", "warning", "error")
+# Start-time priorities stay below this: 2**53 keeps them exact in JSON consumers.
+PRIORITY_CEILING = 2**53
+
+DESCRIPTION = """\
+The POLCA operator: one control loop per PowerPolicy keeps each power domain under its
+budget by moving it through the policy's stages; the node daemons apply the stage's clock
+ceilings and power limits. Runs cluster-wide.
+
+High availability: run two or more replicas with --peering (a ClusterKopfPeering object
+of that name must exist). The oldest replica is active, the others stand by and take
+over from the policy's status (no stage is lost) when it exits, or when it stops
+refreshing the peering object for --peering-lifetime seconds.
+"""
+
+EPILOG = """\
+environment (flags take precedence):
+  POLCA_METRICS_PORT    --metrics-port (default 9401)
+  POLCA_PEERING         --peering (unset or empty: standalone)
+  POLCA_PROMETHEUS_URL  --prometheus-url
+  POLCA_LOG_LEVEL       --log-level (default info)
+  POD_ID                this replica's identity among its peers (default: user@host/time)
+  KUBECONFIG            used outside a cluster; in a pod, the service account is used
+"""
+
+
+def default_priority(now_s: float | None = None, jitter: int | None = None) -> int:
+    """A peering priority that is higher for older replicas, so a new one never preempts.
+
+    Milliseconds since the epoch, inverted, with a random tie-breaker for replicas started
+    in the same millisecond (Kopf pauses every peer of equal priority).
+    """
+    now_ms = int((time.time() if now_s is None else now_s) * 1000)
+    tie = random.randrange(1000) if jitter is None else jitter  # noqa: S311 - not security
+    return PRIORITY_CEILING - (now_ms * 1000 + tie)
+
+
+def parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="polca-operator",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(env.get("POLCA_METRICS_PORT") or DEFAULT_METRICS_PORT),
+        help="port of /metrics and /healthz (default %(default)s)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default="0.0.0.0",  # noqa: S104 - scraped by Prometheus from outside the pod
+        help="address to serve metrics on (default %(default)s)",
+    )
+    peering = parser.add_mutually_exclusive_group()
+    peering.add_argument(
+        "--peering",
+        default=env.get("POLCA_PEERING") or None,
+        metavar="NAME",
+        help="ClusterKopfPeering object for high availability (mandatory when given)",
+    )
+    peering.add_argument(
+        "--standalone", action="store_true", help="no peering even if POLCA_PEERING is set"
+    )
+    parser.add_argument(
+        "--priority",
+        type=int,
+        default=None,
+        help="peering priority; the highest live peer is active (default: older replicas win)",
+    )
+    parser.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=DEFAULT_PEERING_LIFETIME_S,
+        metavar="SECONDS",
+        help="after this long without a keep-alive a peer counts as dead (default %(default)s)",
+    )
+    parser.add_argument(
+        "--prometheus-url",
+        default=env.get("POLCA_PROMETHEUS_URL") or None,
+        metavar="URL",
+        help="Prometheus HTTP API for policies without their own prometheusURL, and the "
+        "fallback of policies with telemetry.source direct",
+    )
+    parser.add_argument(
+        "--telemetry-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help="timeout of each Prometheus query and metrics scrape (default %(default)s)",
+    )
+    parser.add_argument(
+        "--restore-wait",
+        type=float,
+        default=DEFAULT_RESTORE_WAIT_S,
+        metavar="SECONDS",
+        help="how long a deleted policy waits for its nodes to restore defaults before it "
+        "goes anyway, with a warning event (default %(default)s)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=(env.get("POLCA_LOG_LEVEL") or "info").lower(),
+        help="default %(default)s",
+    )
+    args = parser.parse_args(argv)
+    if args.log_level not in LOG_LEVELS:
+        parser.error(f"POLCA_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+    return args
+
+
+def build_settings(args: argparse.Namespace) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    settings.persistence.finalizer = FINALIZER
+    settings.posting.reporting_component = "polca-operator"
+    settings.peering.clusterwide = True
+    settings.peering.lifetime = args.peering_lifetime
+    settings.peering.priority = args.priority if args.priority is not None else default_priority()
+    if args.peering and not args.standalone:
+        settings.peering.name = args.peering
+        settings.peering.mandatory = True
+    else:
+        settings.peering.standalone = True
+    return settings
+
+
+def _configure_logging(level: str) -> None:
+    kopf.configure(debug=level == "debug", quiet=level in ("warning", "error"))
+    if level == "error":
+        logging.getLogger().setLevel(logging.ERROR)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv, os.environ)
+    _configure_logging(args.log_level)
+    settings = build_settings(args)
+    registry = kopf.OperatorRegistry()
+    config = OperatorConfig(
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
+        prometheus_url=args.prometheus_url,
+        telemetry_timeout_s=args.telemetry_timeout,
+        restore_wait_s=args.restore_wait,
+    )
+    register(registry, config)
+    if settings.peering.standalone:
+        logging.getLogger(__name__).warning(
+            "running standalone: without --peering a second replica would act too"
+        )
+    asyncio.run(
+        kopf.operator(
+            registry=registry,
+            settings=settings,
+            clusterwide=True,
+            standalone=settings.peering.standalone,
+            peering_name=None if settings.peering.standalone else settings.peering.name,
+            priority=settings.peering.priority,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,307 @@
+"""Telemetry: per-node power from Prometheus or straight from the node daemons, with fallback.
+
+Two sources implement :class:`TelemetrySource`:
+
+- :class:`PrometheusSource` asks the Prometheus HTTP API (production). GPU power is the
+  daemons' ``polca_gpu_power_watts`` summed by ``node``; with ``nodePower.source: promql`` it is
+  the policy's own query summed by its node label. A second query, ``timestamp(...)``, gives each
+  node's *sample* time, so a Prometheus that lost its targets cannot pass old data off as new.
+- :class:`DirectSource` scrapes each daemon's ``/metrics`` (the URL the daemon publishes in its
+  NodePowerState), concurrently, for small clusters, the demo and as the fallback.
+
+:class:`PowerReader` asks the policy's source first and the other one for the nodes still
+missing, then combines the fresh samples (:mod:`polca_operator.domain_power`). When neither
+gives a fresh sample the reading has no power, and the controller goes to the failsafe stage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from polca_operator.domain_power import DomainNode, DomainPower, NodeSample, combine, fresh_samples
+
+__all__ = [
+    "GPU_POWER_METRIC",
+    "DirectSource",
+    "PowerQuery",
+    "PowerReader",
+    "PrometheusSource",
+    "TelemetryError",
+    "TelemetryReading",
+    "TelemetrySource",
+    "parse_exposition",
+    "parse_vector",
+]
+
+GPU_POWER_METRIC = "polca_gpu_power_watts"
+NODE_LABEL = "node"
+DEFAULT_TIMEOUT_S = 2.0
+DEFAULT_SCRAPE_CONCURRENCY = 64
+
+SourceName = Literal["prometheus", "direct"]
+
+
+class TelemetryError(Exception):
+    """A source could not answer (unreachable, timed out, bad answer)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PowerQuery:
+    """What one control cycle asks for: the domain's nodes and how their power is counted."""
+
+    nodes: tuple[DomainNode, ...]
+    source: SourceName = "direct"
+    prometheus_url: str | None = None
+    direct_fallback: bool = True
+    overhead_w: float = 0.0
+    promql: str | None = None
+    node_label: str = NODE_LABEL
+    metrics_urls: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def node_names(self) -> frozenset[str]:
+        return frozenset(n.name for n in self.nodes)
+
+
+class TelemetrySource(Protocol):
+    """Per-node power samples for some nodes of a query's domain."""
+
+    name: SourceName
+
+    async def node_samples(
+        self, query: PowerQuery, nodes: Collection[str]
+    ) -> dict[str, NodeSample]:
+        """Samples for (at least) `nodes`; missing nodes are left out, not zeroed.
+
+        Raises TelemetryError when the source as a whole cannot answer.
+        """
+        ...
+
+
+# --- parsing, pure -------------------------------------------------------------------------
+
+
+def parse_vector(payload: Any, label: str) -> dict[str, float]:
+    """Values of a Prometheus instant-vector answer, keyed by `label`; NaNs are dropped."""
+    if not isinstance(payload, dict) or payload.get("status") != "success":
+        error = payload.get("error") if isinstance(payload, dict) else None
+        raise TelemetryError(f"Prometheus answered with an error: {error or payload!r:.200}")
+    data = payload.get("data")
+    if not isinstance(data, dict) or data.get("resultType") != "vector":
+        raise TelemetryError(f"expected an instant vector, got {data!r:.200}")
+    out: dict[str, float] = {}
+    for series in data.get("result") or ():
+        try:
+            key = series["metric"].get(label)
+            value = float(series["value"][1])
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            raise TelemetryError(f"malformed series {series!r:.200}") from exc
+        if key is not None and not math.isnan(value):
+            out[str(key)] = value
+    return out
+
+
+def parse_exposition(text: str, node: str, metric: str = GPU_POWER_METRIC) -> float | None:
+    """The sum of `metric` in a Prometheus text exposition, for `node`.
+
+    Series labelled with another node are ignored, so a mis-published endpoint cannot lend
+    its power to the wrong node. None when the exposition has no such series.
+    """
+    total: float | None = None
+    try:
+        families = list(text_string_to_metric_families(text))
+    except ValueError as exc:
+        raise TelemetryError(f"unparsable metrics: {exc}") from exc
+    for family in families:
+        if family.name != metric:
+            continue
+        for sample in family.samples:
+            if sample.name != metric or sample.labels.get(NODE_LABEL, node) != node:
+                continue
+            if not math.isnan(sample.value):
+                total = (total or 0.0) + sample.value
+    return total
+
+
+# --- sources ---------------------------------------------------------------------------------
+
+
+class PrometheusSource:
+    """Instant queries against the Prometheus HTTP API (POST, so long queries fit)."""
+
+    name: SourceName = "prometheus"
+
+    def __init__(self, session: aiohttp.ClientSession, *, timeout_s: float = DEFAULT_TIMEOUT_S):
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    @staticmethod
+    def expressions(query: PowerQuery) -> tuple[str, str]:
+        """The power and sample-time expressions for the query's way of counting power."""
+        if query.promql is not None:
+            inner, label = query.promql, query.node_label
+        else:
+            inner, label = GPU_POWER_METRIC, NODE_LABEL
+        return f"sum by ({label}) ({inner})", f"min by ({label}) (timestamp({inner}))"
+
+    async def node_samples(
+        self, query: PowerQuery, nodes: Collection[str]
+    ) -> dict[str, NodeSample]:
+        if not query.prometheus_url:
+            raise TelemetryError("no Prometheus URL (spec.telemetry.prometheusURL)")
+        label = query.node_label if query.promql is not None else NODE_LABEL
+        power_expr, time_expr = self.expressions(query)
+        power, times = await asyncio.gather(
+            self._query(query.prometheus_url, power_expr, label),
+            self._query(query.prometheus_url, time_expr, label),
+        )
+        wanted = set(nodes)
+        # A node without a sample time is left out: its age is unknown.
+        return {
+            node: NodeSample(power_w=power_w, time_s=times[node])
+            for node, power_w in power.items()
+            if node in wanted and node in times
+        }
+
+    async def _query(self, base_url: str, expr: str, label: str) -> dict[str, float]:
+        url = base_url.rstrip("/") + "/api/v1/query"
+        try:
+            async with self._session.post(
+                url, data={"query": expr}, timeout=self._timeout
+            ) as response:
+                payload = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise TelemetryError(f"{url}: {type(exc).__name__}: {exc}") from exc
+        return parse_vector(payload, label)
+
+
+class DirectSource:
+    """Scrapes the daemons' metrics endpoints concurrently; a node that fails is left out."""
+
+    name: SourceName = "direct"
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        concurrency: int = DEFAULT_SCRAPE_CONCURRENCY,
+        wall_clock: Callable[[], float] = time.time,
+    ):
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._limit = asyncio.Semaphore(concurrency)
+        self._wall_clock = wall_clock
+
+    async def node_samples(
+        self, query: PowerQuery, nodes: Collection[str]
+    ) -> dict[str, NodeSample]:
+        targets = [(node, query.metrics_urls[node]) for node in nodes if node in query.metrics_urls]
+        if not targets:
+            raise TelemetryError("no node publishes a metrics endpoint")
+        results = await asyncio.gather(*(self._scrape(node, url) for node, url in targets))
+        samples = {node: s for (node, _), s in zip(targets, results, strict=True) if s is not None}
+        if not samples:
+            raise TelemetryError(f"none of {len(targets)} metrics endpoints answered with power")
+        return samples
+
+    async def _scrape(self, node: str, url: str) -> NodeSample | None:
+        async with self._limit:
+            try:
+                async with self._session.get(url, timeout=self._timeout) as response:
+                    response.raise_for_status()
+                    text = await response.text()
+            except (aiohttp.ClientError, TimeoutError):
+                return None
+        try:
+            power_w = parse_exposition(text, node)
+        except TelemetryError:
+            return None
+        return None if power_w is None else NodeSample(power_w, self._wall_clock())
+
+
+# --- reading domain power with fallback ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryReading:
+    """The domain power of one cycle (None: no fresh power) and where it came from."""
+
+    power: DomainPower | None
+    sources: tuple[SourceName, ...] = ()
+    errors: tuple[tuple[SourceName, str], ...] = ()
+
+    def age_s(self, now_s: float) -> float | None:
+        return None if self.power is None else self.power.age_s(now_s)
+
+
+class PowerReader:
+    """Asks the policy's source, then the other source for the nodes still missing."""
+
+    def __init__(
+        self,
+        prometheus: TelemetrySource | None,
+        direct: TelemetrySource | None,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+    ):
+        self._prometheus = prometheus
+        self._direct = direct
+        self._wall_clock = wall_clock
+
+    def sources_for(self, query: PowerQuery) -> list[TelemetrySource]:
+        """The sources to ask, in order: the policy's own, then the fallback if allowed."""
+        prometheus = self._prometheus if query.prometheus_url else None
+        if query.source == "prometheus":
+            fallback = self._direct if query.direct_fallback else None
+            ordered = [self._prometheus, fallback]
+        else:
+            ordered = [self._direct, prometheus]
+        return [s for s in ordered if s is not None]
+
+    async def read(self, query: PowerQuery, *, staleness_s: float) -> TelemetryReading:
+        names = query.node_names
+        expected = {n.name for n in query.nodes if n.reporting}
+        samples: dict[str, NodeSample] = {}
+        used: list[SourceName] = []
+        errors: list[tuple[SourceName, str]] = []
+        for source in self.sources_for(query):
+            wanted = names if not samples else expected - samples.keys()
+            if samples and not wanted:
+                break
+            try:
+                got = await source.node_samples(query, wanted)
+            except TelemetryError as exc:
+                errors.append((source.name, str(exc)))
+                continue
+            fresh = fresh_samples(got, now_s=self._wall_clock(), staleness_s=staleness_s)
+            new = {n: s for n, s in fresh.items() if n in wanted and n not in samples}
+            if new:
+                samples.update(new)
+                used.append(source.name)
+        power = combine(
+            query.nodes,
+            samples,
+            overhead_w=query.overhead_w,
+            now_s=self._wall_clock(),
+            staleness_s=staleness_s,
+        )
+        return TelemetryReading(power, tuple(used), tuple(errors))
+
+
+def domain_nodes(
+    selected: Sequence[str], capacities: Mapping[str, float | None], reporting: Collection[str]
+) -> tuple[DomainNode, ...]:
+    """DomainNodes for the selected nodes, given which have a daemon and their capacities."""
+    return tuple(
+        DomainNode(name, reporting=name in reporting, capacity_w=capacities.get(name))
+        for name in selected
+    )

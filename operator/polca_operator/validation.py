@@ -1,0 +1,89 @@
+"""Spec checks beyond the CRD schema: parse the spec into a plan, and check it against the cluster.
+
+The schema and CEL catch nearly every mistake at `kubectl apply` time. What is left is caught
+here: a spec the models reject (schema drift, an old CRD), and rules that depend on the
+cluster (`polca.api.semantic`). Any problem sets `Ready=False` with its reason, and the
+operator keeps enforcing the last valid plan: a bad edit never lifts limits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from polca.api.convert import plan_from_spec
+from polca.api.powerpolicy import PowerPolicySpec
+from polca.api.semantic import NO_NODES_SELECTED, Problem, semantic_problems
+from polca.control.plan import ControlPlan
+from polca.control.selectors import Selector
+
+__all__ = [
+    "INVALID_SPEC",
+    "ParsedSpec",
+    "SemanticCache",
+    "is_invalid",
+    "parse_spec",
+]
+
+INVALID_SPEC = "InvalidSpec"
+MAX_ERRORS_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class ParsedSpec:
+    """A valid spec and what the control loop derives from it once per generation."""
+
+    spec: PowerPolicySpec
+    plan: ControlPlan
+    selector: Selector
+    generation: int | None
+
+
+def _describe(exc: ValidationError) -> str:
+    errors = exc.errors()
+    parts = [
+        f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" if e["loc"] else e["msg"]
+        for e in errors[:MAX_ERRORS_SHOWN]
+    ]
+    more = len(errors) - MAX_ERRORS_SHOWN
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def parse_spec(raw: Mapping[str, Any], generation: int | None) -> ParsedSpec | Problem:
+    """The spec as a plan, or the problem that keeps it from being one."""
+    try:
+        spec = PowerPolicySpec.model_validate(dict(raw))
+        plan = plan_from_spec(spec)
+    except ValidationError as exc:
+        return Problem(INVALID_SPEC, _describe(exc))
+    except ValueError as exc:  # the plan's own invariants
+        return Problem(INVALID_SPEC, str(exc))
+    return ParsedSpec(spec, plan, spec.node_selector.to_selector(), generation)
+
+
+def is_invalid(problem: Problem) -> bool:
+    """Whether a problem is a fault of the spec (Invalid=True), not of the cluster around it."""
+    return problem.reason != NO_NODES_SELECTED
+
+
+class SemanticCache:
+    """`semantic_problems`, recomputed only when the spec or the domain's size changes."""
+
+    def __init__(self) -> None:
+        self._key: tuple[int, int | None, int, int] | None = None
+        self._problems: tuple[Problem, ...] = ()
+
+    def problems(
+        self,
+        parsed: ParsedSpec,
+        selected: int,
+        all_node_labels: Sequence[Mapping[str, str]],
+    ) -> tuple[Problem, ...]:
+        key = (id(parsed.spec), parsed.generation, selected, len(all_node_labels))
+        if key != self._key:
+            self._problems = tuple(semantic_problems(parsed.spec, all_node_labels))
+            self._key = key
+        return self._problems

@@ -1,0 +1,416 @@
+"""The PowerPolicy kind: a power domain, its budget, tiers and stages, and its status."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Annotated, Any, ClassVar, Final, Literal
+
+from pydantic import ConfigDict, Field, model_validator
+
+from polca.api import defaults
+from polca.api.base import ApiModel, CelRule, cel_rules
+from polca.api.conditions import ConditionedStatus
+from polca.api.meta import DnsLabel, LabelSelector, ObjectMeta
+from polca.api.stages import MAX_PERCENT_OF_BUDGET, MAX_STAGES, Stage
+from polca.api.tiers import MAX_TIERS, Tier
+from polca.control.tiers import IDLE_TIER
+
+GROUP = "polca.dev"
+VERSION = "v1alpha1"
+API_VERSION: Final = "polca.dev/v1alpha1"
+KOPF_STATUS_DESCRIPTION = (
+    "Reserved for Kopf, the operator framework: it may keep handler progress here "
+    "(status.kopf.progress) and touch status.kopf.dummy. Its content is Kopf's, so unknown "
+    "fields are preserved here and only here."
+)
+
+# --- how domain power is counted ----------------------------------------------------------
+
+QUERY_FITS_SOURCE = CelRule(
+    rule="self.source == 'promql' ? has(self.query) : !has(self.query)",
+    message="query is required when source is promql, and only then",
+    field_path=".query",
+)
+
+
+class NodePower(ApiModel):
+    """How the power of one node is counted; domain power is the sum over its nodes."""
+
+    model_config = ConfigDict(json_schema_extra=cel_rules(QUERY_FITS_SOURCE))
+
+    source: Literal["gpu", "promql"] = Field(
+        default="gpu",
+        description="gpu: the GPUs' board power reported by NVML (through the node daemons) "
+        "plus overheadWatts per node. promql: whole-node power from spec.nodePower.query, "
+        "e.g. a PDU or BMC exporter (needs telemetry.source prometheus).",
+    )
+    overhead_watts: float = Field(
+        default=0.0,
+        ge=0,
+        le=100_000,
+        description="Non-GPU power per node in watts (CPUs, memory, fans, NICs), added to "
+        "the GPU power when source is gpu. With 0, budgetWatts is a GPU-only budget.",
+    )
+    query: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description="PromQL instant query returning one series per node with its power in "
+        "watts, the node named by the label nodeLabel. Only with source promql.",
+    )
+    node_label: str = Field(
+        default="node",
+        min_length=1,
+        max_length=128,
+        description="The label of the query's series that holds the node name.",
+    )
+
+    @model_validator(mode="after")
+    def _query_fits_source(self) -> NodePower:
+        if (self.source == "promql") != (self.query is not None):
+            raise ValueError(QUERY_FITS_SOURCE.message)
+        return self
+
+
+PROMETHEUS_NEEDS_URL = CelRule(
+    rule="self.source != 'prometheus' || has(self.prometheusURL)",
+    message="prometheusURL is required when source is prometheus",
+    field_path=".prometheusURL",
+)
+
+
+class Telemetry(ApiModel):
+    """Where the operator reads domain power, and when it stops trusting it."""
+
+    model_config = ConfigDict(json_schema_extra=cel_rules(PROMETHEUS_NEEDS_URL))
+
+    source: Literal["prometheus", "direct"] = Field(
+        default="direct",
+        description="prometheus: query the Prometheus HTTP API at prometheusURL (production). "
+        "direct: scrape the node daemons' metrics (small clusters, the demo).",
+    )
+    prometheus_url: str | None = Field(
+        default=None,
+        alias="prometheusURL",
+        max_length=2048,
+        pattern=r"^https?://[^\s]+$",
+        description="Base URL of the Prometheus HTTP API, e.g. "
+        "http://prometheus-operated.monitoring:9090.",
+    )
+    staleness_seconds: float = Field(
+        default=defaults.DEFAULT_STALENESS_S,
+        gt=0,
+        le=3600,
+        description="Power older than this is stale: the domain moves to failsafeStage "
+        "(never to the first stage) until fresh power arrives.",
+    )
+    direct_fallback: bool = Field(
+        default=True,
+        description="With source prometheus: scrape the node daemons directly while "
+        "Prometheus fails, before declaring telemetry stale.",
+    )
+
+    @model_validator(mode="after")
+    def _url_with_prometheus(self) -> Telemetry:
+        if self.source == "prometheus" and self.prometheus_url is None:
+            raise ValueError(PROMETHEUS_NEEDS_URL.message)
+        return self
+
+
+GUARD_RELEASE_BELOW_TRIGGER = CelRule(
+    rule="self.releasePercent < self.triggerPercent",
+    message="guard.releasePercent must be below guard.triggerPercent",
+    field_path=".releasePercent",
+)
+
+
+class Guard(ApiModel):
+    """The node daemon's local guard: throttles a node on its own if the node overdraws.
+
+    It runs even when the operator is gone or telemetry is stale, so no node runs away.
+    """
+
+    model_config = ConfigDict(json_schema_extra=cel_rules(GUARD_RELEASE_BELOW_TRIGGER))
+
+    enabled: bool = Field(default=True, description="Run the local guard on every node.")
+    node_budget_watts: float | None = Field(
+        default=None,
+        gt=0,
+        le=1_000_000,
+        description="Each node's local budget in watts, counted as in spec.nodePower. "
+        "Default: budgetWatts divided by the number of nodes in the domain.",
+    )
+    trigger_percent: float = Field(
+        default=120.0,
+        gt=0,
+        le=MAX_PERCENT_OF_BUDGET,
+        description="Node power, in percent of the node budget, at which the guard acts. Above "
+        "100 by default: busy nodes may exceed an even share while the domain is in budget.",
+    )
+    release_percent: float = Field(
+        default=110.0,
+        ge=0,
+        le=MAX_PERCENT_OF_BUDGET,
+        description="Node power, in percent of the node budget, below which the guard lets go.",
+    )
+    reaction_stage: DnsLabel | None = Field(
+        default=None,
+        description="The stage whose actions the node applies while the guard acts; combined "
+        "with the domain's stage, the more restrictive limit wins. Default: failsafeStage.",
+    )
+    interval_seconds: float = Field(
+        default=0.5,
+        ge=0.05,
+        le=10,
+        description="How often the guard samples node power.",
+    )
+
+    @model_validator(mode="after")
+    def _release_below_trigger(self) -> Guard:
+        if self.release_percent >= self.trigger_percent:
+            raise ValueError(GUARD_RELEASE_BELOW_TRIGGER.message)
+        return self
+
+
+# --- the spec ------------------------------------------------------------------------------
+
+FIRST_STAGE_RESTS = CelRule(
+    rule="!has(self[0].triggerPercent) && (!has(self[0].actions) || size(self[0].actions) == 0)",
+    message="stages[0] is the resting stage: it has no triggerPercent, releasePercent or actions",
+)
+LATER_STAGES_TRIGGER = CelRule(
+    rule="self.all(s, s.name == self[0].name || has(s.triggerPercent))",
+    message="every stage after stages[0] needs triggerPercent and releasePercent",
+)
+TRIGGERS_ASCENDING = CelRule(
+    rule="self.filter(s, has(s.triggerPercent)).map(s, s.triggerPercent).isSorted()",
+    message="triggerPercent must not decrease from one stage to the next (a repeated "
+    "trigger escalates after settleSeconds)",
+)
+DEFAULT_TIER_DECLARED = CelRule(
+    rule="self.tiers.exists(t, t.name == self.defaultTier)",
+    message="defaultTier must name a tier in spec.tiers",
+    field_path=".defaultTier",
+)
+_UNKNOWN_TIER = f"k != '{IDLE_TIER}' && !self.tiers.exists(t, t.name == k)"
+ACTIONS_NAME_TIERS = CelRule(
+    rule=f"self.stages.all(s, !has(s.actions) || !s.actions.exists(k, {_UNKNOWN_TIER}))",
+    message=f"every key of stages[].actions must name a tier in spec.tiers or '{IDLE_TIER}'",
+    field_path=".stages",
+)
+FAILSAFE_EXISTS = CelRule(
+    rule="self.stages.exists(s, s.name == self.failsafeStage)",
+    message=f"failsafeStage must name a stage in spec.stages (its default, "
+    f"{defaults.DEFAULT_FAILSAFE_STAGE}, is a stage of the default table: set failsafeStage "
+    "when you define your own stages)",
+    field_path=".failsafeStage",
+)
+FAILSAFE_NOT_FIRST = CelRule(
+    rule="self.stages[0].name != self.failsafeStage",
+    message="failsafeStage must not be the first (resting) stage: stale telemetry must never "
+    "lift limits",
+    field_path=".failsafeStage",
+)
+GUARD_STAGE_EXISTS = CelRule(
+    rule="!has(self.guard.reactionStage) || "
+    "self.stages.exists(s, s.name == self.guard.reactionStage)",
+    message="guard.reactionStage must name a stage in spec.stages",
+    field_path=".guard.reactionStage",
+)
+PROMQL_NEEDS_PROMETHEUS = CelRule(
+    rule="self.nodePower.source != 'promql' || self.telemetry.source == 'prometheus'",
+    message="nodePower.source promql needs telemetry.source prometheus",
+    field_path=".nodePower.source",
+)
+
+MAP_LIST: dict[str, Any] = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}
+
+
+def _duplicates(names: Iterable[str]) -> list[str]:
+    return sorted(name for name, count in Counter(names).items() if count > 1)
+
+
+class PowerPolicySpec(ApiModel):
+    """A power domain (the nodes that share a budget) and how POLCA keeps it in budget."""
+
+    SPEC_RULES: ClassVar[tuple[CelRule, ...]] = (
+        DEFAULT_TIER_DECLARED,
+        ACTIONS_NAME_TIERS,
+        FAILSAFE_EXISTS,
+        FAILSAFE_NOT_FIRST,
+        GUARD_STAGE_EXISTS,
+        PROMQL_NEEDS_PROMETHEUS,
+    )
+    model_config = ConfigDict(json_schema_extra=cel_rules(*SPEC_RULES))
+
+    node_selector: LabelSelector = Field(
+        description="The nodes of the power domain (a label selector; {} selects every "
+        "node). A node may be in several domains (a row inside a hall): each GPU then gets, "
+        "knob by knob, the most restrictive action of the policies that select its node.",
+    )
+    budget_watts: float = Field(
+        gt=0,
+        le=1e9,
+        description="Provisioned power of the domain in watts (its PDU or breaker limit). "
+        "Stage triggers are percentages of it.",
+    )
+    node_power: NodePower = Field(
+        default=NodePower(), description="How each node's power is counted."
+    )
+    telemetry: Telemetry = Field(default=Telemetry(), description="Where power comes from.")
+    control_interval_seconds: float = Field(
+        default=1.0,
+        ge=0.1,
+        le=60,
+        description="How often the operator reads domain power and decides the stage.",
+    )
+    settle_seconds: float = Field(
+        default=defaults.DEFAULT_SETTLE_S,
+        ge=0,
+        le=600,
+        description="Escalation goes one stage per settle period: after entering a stage the "
+        "domain waits this long before the next stage, so the last action can take effect.",
+    )
+    hold_seconds: float = Field(
+        default=defaults.DEFAULT_HOLD_S,
+        ge=0,
+        le=3600,
+        description="Power must stay below a stage's releasePercent this long before the "
+        "domain steps down, one stage at a time.",
+    )
+    tiers: Annotated[list[Tier], Field(min_length=1, max_length=MAX_TIERS)] = Field(
+        default=list(defaults.DEFAULT_TIERS),
+        json_schema_extra=MAP_LIST,
+        description="Pod tiers, from first-throttled to last. GPUs without a pod form the "
+        f"implicit tier {IDLE_TIER}, throttled before all of these. Default: low (training "
+        "and negative-priority pods) and high (everything else).",
+    )
+    default_tier: DnsLabel = Field(
+        default=defaults.DEFAULT_TIER,
+        description="The tier of pods that match no tier rule.",
+    )
+    stages: Annotated[list[Stage], Field(min_length=2, max_length=MAX_STAGES)] = Field(
+        default=list(defaults.DEFAULT_STAGES),
+        json_schema_extra={
+            **MAP_LIST,
+            **cel_rules(FIRST_STAGE_RESTS, LATER_STAGES_TRIGGER, TRIGGERS_ASCENDING),
+        },
+        description="Stages in escalation order. The first is the resting state (no trigger, "
+        "no actions); each later one is entered at its triggerPercent and left below its "
+        f"releasePercent. Default: {defaults.DEFAULT_STAGES_SUMMARY}.",
+    )
+    failsafe_stage: DnsLabel = Field(
+        default=defaults.DEFAULT_FAILSAFE_STAGE,
+        description="The stage the domain takes while telemetry is stale or missing. Never "
+        f"the first stage. Default: {defaults.DEFAULT_FAILSAFE_STAGE} of the default table.",
+    )
+    guard: Guard = Field(default=Guard(), description="The node daemons' local guard.")
+    dry_run: bool = Field(
+        default=False,
+        description="Decide and report (status, events, metrics) but never change a GPU.",
+    )
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> PowerPolicySpec:
+        problems = self.rule_violations()
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def rule_violations(self) -> list[str]:
+        """The cross-field rules the CRD checks with CEL, checked here with the same messages."""
+        out: list[str] = []
+        stage_names = [s.name for s in self.stages]
+        tier_names = {t.name for t in self.tiers}
+        for field, names in (("stages", stage_names), ("tiers", [t.name for t in self.tiers])):
+            out.extend(f"spec.{field}: duplicate name {name!r}" for name in _duplicates(names))
+        first = self.stages[0]
+        if first.trigger_percent is not None or first.actions:
+            out.append(f"spec.stages: {FIRST_STAGE_RESTS.message}")
+        if any(s.trigger_percent is None for s in self.stages[1:]):
+            out.append(f"spec.stages: {LATER_STAGES_TRIGGER.message}")
+        triggers = [s.trigger_percent for s in self.stages if s.trigger_percent is not None]
+        if triggers != sorted(triggers):
+            got = ", ".join(
+                f"{s.name}={s.trigger_percent:g}"
+                for s in self.stages
+                if s.trigger_percent is not None
+            )
+            out.append(f"spec.stages: {TRIGGERS_ASCENDING.message}; got {got}")
+        if self.default_tier not in tier_names:
+            out.append(f"spec.defaultTier: {DEFAULT_TIER_DECLARED.message}")
+        allowed = tier_names | {IDLE_TIER}
+        for i, stage in enumerate(self.stages):
+            unknown = sorted(set(stage.actions) - allowed)
+            if unknown:
+                out.append(f"spec.stages[{i}].actions {unknown}: {ACTIONS_NAME_TIERS.message}")
+        if self.failsafe_stage not in stage_names:
+            out.append(f"spec.failsafeStage: {FAILSAFE_EXISTS.message}")
+        elif self.failsafe_stage == first.name:
+            out.append(f"spec.failsafeStage: {FAILSAFE_NOT_FIRST.message}")
+        if self.guard.reaction_stage is not None and self.guard.reaction_stage not in stage_names:
+            out.append(f"spec.guard.reactionStage: {GUARD_STAGE_EXISTS.message}")
+        if self.node_power.source == "promql" and self.telemetry.source != "prometheus":
+            out.append(f"spec.nodePower.source: {PROMQL_NEEDS_PROMETHEUS.message}")
+        return out
+
+    def stage_index(self, name: str) -> int:
+        """The position of the stage called `name`."""
+        for i, stage in enumerate(self.stages):
+            if stage.name == name:
+                return i
+        raise KeyError(name)
+
+
+# --- status --------------------------------------------------------------------------------
+
+
+class PowerPolicyStatus(ConditionedStatus):
+    """What the operator decided and observed. Written by the operator only."""
+
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The metadata.generation this status reflects."
+    )
+    stage: str | None = Field(default=None, max_length=63, description="The current stage.")
+    stage_index: int | None = Field(
+        default=None, ge=0, description="Position of the current stage in spec.stages."
+    )
+    stage_since: datetime | None = Field(
+        default=None, description="When the domain entered the current stage."
+    )
+    last_decision_time: datetime | None = Field(
+        default=None, description="When the operator last decided the stage."
+    )
+    power_watts: float | None = Field(
+        default=None, ge=0, description="Observed domain power in watts."
+    )
+    power_time: datetime | None = Field(
+        default=None, description="When the observed domain power was sampled."
+    )
+    utilization_percent: float | None = Field(
+        default=None, ge=0, description="Observed domain power in percent of budgetWatts."
+    )
+    node_count: int | None = Field(
+        default=None, ge=0, description="Nodes the nodeSelector selects."
+    )
+    gpu_count: int | None = Field(default=None, ge=0, description="GPUs on the selected nodes.")
+    throttled_gpu_count: int | None = Field(
+        default=None, ge=0, description="GPUs with a clock ceiling or power limit applied."
+    )
+    kopf: dict[str, Any] | None = Field(
+        default=None,
+        json_schema_extra={"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+        description=KOPF_STATUS_DESCRIPTION,
+    )
+
+
+class PowerPolicy(ApiModel):
+    """A power domain: nodes sharing a power budget, kept under it by throttling GPUs."""
+
+    api_version: Literal["polca.dev/v1alpha1"] = API_VERSION
+    kind: Literal["PowerPolicy"] = "PowerPolicy"
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: PowerPolicySpec
+    status: PowerPolicyStatus | None = None

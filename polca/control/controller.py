@@ -1,0 +1,129 @@
+"""The stage controller: domain power in, stage out. Pure, deterministic, no clock of its own.
+
+The operator and the simulator both call :func:`decide` once per control interval with the
+current time (seconds on any monotonic scale), the latest domain power sample and its age.
+
+Rules, in priority order:
+
+1. **Stale or missing telemetry** (no sample, or older than ``plan.staleness_s``): go to the
+   plan's failsafe stage if below it, immediately; never de-escalate on stale data.
+2. **Brake**: power at or above the last stage's trigger jumps straight to the last stage.
+3. **Escalation**: when power reaches the trigger of a stage above the current one, move up
+   *one* stage, at most once per ``plan.settle_s`` (so each step's effect is seen before the
+   next; POLCA's stage 3 is "still ≥ 89% after stage 2").
+4. **De-escalation**: when power stays below the current stage's ``release_pct`` for
+   ``plan.hold_s``, move down one stage; the hold restarts for the next one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from polca.control.plan import ControlPlan
+
+__all__ = ["ControllerState", "Decision", "decide"]
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerState:
+    """What the controller remembers between decisions (persisted in the policy's status).
+
+    A restarted controller continues from ``ControllerState(stage=<status stage>)``: it keeps the
+    stage and only has to re-earn the hold time before releasing.
+    """
+
+    stage: int = 0
+    last_escalation_s: float | None = None
+    below_release_since_s: float | None = None
+    last_change_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    stage: int
+    reason: str
+    changed: bool
+    state: ControllerState
+    utilization_pct: float | None = None
+
+
+def decide(
+    plan: ControlPlan,
+    state: ControllerState,
+    *,
+    now_s: float,
+    domain_power_w: float | None,
+    budget_w: float,
+    sample_age_s: float | None,
+) -> Decision:
+    """The stage for this control cycle, and the state to pass to the next call."""
+    if budget_w <= 0:
+        raise ValueError(f"budget_w must be positive, got {budget_w}")
+    current = min(max(state.stage, 0), plan.last_stage)
+    state = replace(state, stage=current)
+
+    stale = (
+        domain_power_w is None
+        or sample_age_s is None
+        or sample_age_s > plan.staleness_s
+        or domain_power_w < 0
+    )
+    if stale:
+        age = "missing" if sample_age_s is None or domain_power_w is None else f"{sample_age_s:g}s"
+        state = replace(state, below_release_since_s=None)
+        if current < plan.failsafe_stage:
+            return _move(state, plan.failsafe_stage, now_s, f"telemetry stale ({age}): failsafe")
+        return Decision(current, f"telemetry stale ({age}): holding stage", False, state)
+
+    assert domain_power_w is not None  # narrowed by `stale`
+    util = 100.0 * domain_power_w / budget_w
+    if util >= plan.stages[-1].trigger_pct and current < plan.last_stage:
+        return _move(state, plan.last_stage, now_s, f"power {util:.1f}% ≥ brake trigger", util)
+    wanted = max(
+        (i for i, s in enumerate(plan.stages) if i > 0 and util >= s.trigger_pct), default=0
+    )
+    if wanted > current:
+        return _escalate(plan, state, now_s, util)
+    if current > 0 and util < plan.stages[current].release_pct:
+        return _release(plan, state, now_s, util)
+    state = replace(state, below_release_since_s=None)
+    return Decision(current, f"power {util:.1f}%: steady", False, state, util)
+
+
+def _escalate(plan: ControlPlan, state: ControllerState, now_s: float, util: float) -> Decision:
+    settled = state.last_escalation_s is None or now_s - state.last_escalation_s >= plan.settle_s
+    if settled:
+        target = state.stage + 1
+        reason = f"power {util:.1f}% ≥ {plan.stages[target].trigger_pct:g}% trigger"
+        return _move(state, target, now_s, reason, util)
+    state = replace(state, below_release_since_s=None)
+    return Decision(
+        state.stage, f"power {util:.1f}%: settling before escalating", False, state, util
+    )
+
+
+def _release(plan: ControlPlan, state: ControllerState, now_s: float, util: float) -> Decision:
+    current = state.stage
+    since = state.below_release_since_s
+    if since is None:
+        since = now_s
+        state = replace(state, below_release_since_s=since)
+    if now_s - since >= plan.hold_s:
+        release = plan.stages[current].release_pct
+        reason = f"power below {release:g}% release for {plan.hold_s:g}s"
+        return _move(state, current - 1, now_s, reason, util)
+    return Decision(current, f"power {util:.1f}%: holding before release", False, state, util)
+
+
+def _move(
+    state: ControllerState, target: int, now_s: float, reason: str, util: float | None = None
+) -> Decision:
+    escalating = target > state.stage
+    new_state = ControllerState(
+        stage=target,
+        last_escalation_s=now_s if escalating else state.last_escalation_s,
+        # A release restarts the hold for the next stage down.
+        below_release_since_s=None if escalating else now_s,
+        last_change_s=now_s,
+    )
+    return Decision(target, reason, True, new_state, util)

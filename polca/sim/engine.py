@@ -1,0 +1,517 @@
+"""The discrete-time simulation of one power domain under one policy.
+
+Every step (``dt_s``, 100 ms by default), vectorised over servers:
+
+1. arriving requests join their server's prefill queue (FIFO, measured in full-speed seconds);
+2. due actuations (stage actions, delayed by the policy's actuation delay) are applied;
+3. each inference server prefills first (vLLM-style: prompts pre-empt decoding), then spends
+   the rest of the step decoding its active batch; a decode iteration takes
+   ``(tbt_base + tbt_per_request × batch) / decode_speed``; a training server alternates
+   compute (at training speed, the slowest server's, as the job is synchronous) and
+   clock-independent communication;
+4. server power = GPUs × time-weighted phase power (:mod:`polca.power.model`) + overhead;
+5. the metered domain power is the mean over ``meter_window_s`` (NVML and PDU meters average
+   over about a second); above the budget it triggers the hardware brake (every GPU near halt
+   for ``brake_hold_s``), counted as a brake event;
+6. the controller (:func:`polca.control.controller.decide`) runs every control interval on the
+   latest telemetry sample; the local guard (:func:`polca.control.guard.decide_guard`) runs
+   on each node every guard interval.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import numpy as np
+import numpy.typing as npt
+
+from polca.control.controller import ControllerState, decide
+from polca.control.guard import GuardConfig, GuardState, decide_guard, default_guard_steps
+from polca.control.plan import ControlPlan, ResolvedAction, TierAction
+from polca.power.model import (
+    Phase,
+    capped_clock_mhz,
+    ceiling_clock_mhz,
+    phase_power_w,
+    phase_speed,
+)
+from polca.sim.domain import TIER_HIGH, TIER_LOW, TIER_TRAIN, DomainConfig, gpu_limits
+from polca.sim.policies import PolicyConfig
+from polca.sim.workload import Requests
+
+__all__ = ["BRAKE_CLOCK_PCT", "SimConfig", "SimResult", "simulate"]
+
+FloatArray = npt.NDArray[np.float64]
+
+# POLCA's brake: ~288 MHz on a 1410 MHz A100, i.e. about a fifth of the max clock.
+BRAKE_CLOCK_PCT = 100.0 * 288 / 1410
+# Plan tier of each server tier: training is throttled like low-priority inference.
+PLAN_TIER = MappingProxyType({TIER_HIGH: "high", TIER_LOW: "low", TIER_TRAIN: "low"})
+INFERENCE_TIERS = (TIER_HIGH, TIER_LOW)
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    domain: DomainConfig
+    policy: PolicyConfig
+    duration_s: float = 3600.0
+    dt_s: float = 0.1
+    meter_window_s: float = 1.0
+    brake_enabled: bool = True
+    brake_hold_s: float = 10.0
+    drain_s: float = 120.0  # keep simulating (no arrivals) so in-flight requests finish
+
+    def __post_init__(self) -> None:
+        if self.duration_s <= 0 or self.dt_s <= 0:
+            raise ValueError("duration_s and dt_s must be positive")
+        if self.meter_window_s < self.dt_s:
+            raise ValueError("meter_window_s must be at least one step")
+        if self.brake_hold_s < 0 or self.drain_s < 0:
+            raise ValueError("brake_hold_s and drain_s must not be negative")
+
+    @property
+    def horizon_steps(self) -> int:
+        return round(self.duration_s / self.dt_s)
+
+
+@dataclass(frozen=True, slots=True)
+class SimResult:
+    config: SimConfig
+    plan: ControlPlan | None  # the plan actually run (derived triggers applied)
+    raw_power_w: npt.NDArray[np.float32]
+    metered_power_w: npt.NDArray[np.float32]
+    stage: npt.NDArray[np.int8]
+    brake_events: int
+    time_above_budget_s: float
+    energy_j: float
+    request_tier: npt.NDArray[np.int8]  # index into INFERENCE_TIERS
+    arrival_s: FloatArray
+    first_token_s: FloatArray  # nan: never got its first token
+    finish_s: FloatArray  # nan: never finished
+    tbt_samples: Mapping[str, tuple[FloatArray, FloatArray]]  # tier → (tbt_s, token weights)
+    tokens_in_horizon: Mapping[str, float]  # generated tokens per tier within duration_s
+    train_iterations: float
+    stage_changes: int
+    guard_actions: int = 0
+    extra: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def budget_w(self) -> float:
+        return self.config.domain.budget_w
+
+
+def simulate(
+    config: SimConfig,
+    requests: Requests,
+    *,
+    plan: ControlPlan | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> SimResult:
+    """Run one simulation; ``plan`` overrides ``config.policy.plan`` (e.g. derived triggers)."""
+    return _Run(config, requests, plan if plan is not None else config.policy.plan).run(progress)
+
+
+class _Run:
+    """State of one run; methods are the stages of a step."""
+
+    def __init__(self, config: SimConfig, requests: Requests, plan: ControlPlan | None) -> None:
+        self.cfg = config
+        self.plan = plan
+        dom = config.domain
+        self.prof = dom.profile
+        self.svc = dom.service_model
+        self.gpus = dom.gpus_per_server
+        self.overhead_w = dom.server_overhead_w
+        self.budget_w = dom.budget_w
+        self.dt = config.dt_s
+        self.limits = gpu_limits(self.prof)
+
+        tiers = dom.tiers
+        self.n = len(tiers)
+        self.inf = np.array([i for i, t in enumerate(tiers) if t != TIER_TRAIN], dtype=np.int64)
+        self.train = np.array([i for i, t in enumerate(tiers) if t == TIER_TRAIN], dtype=np.int64)
+        self.s = self.inf.size
+        self.plan_tiers = tuple(PLAN_TIER[t] for t in tiers)
+        inf_tiers = [tiers[i] for i in self.inf]
+        self.inf_tier_code = np.array([INFERENCE_TIERS.index(t) for t in inf_tiers], dtype=np.int8)
+
+        # Requests.
+        if len(requests) and int(requests.server.max()) >= self.s:
+            raise ValueError("requests name more inference servers than the domain has")
+        self.req = requests
+        self.work_s = self.svc.prefill_s(requests.context_tokens)
+        r = len(requests)
+        self.first = np.full(r, np.nan)
+        self.finish = np.full(r, np.nan)
+        self.n_steps = round((config.duration_s + config.drain_s) / self.dt)
+        self.horizon = config.horizon_steps
+        edges = np.arange(self.n_steps + 1) * self.dt
+        edges[self.horizon :] = np.inf  # no arrivals during the drain
+        edges[self.horizon] = config.duration_s
+        self.bounds = np.searchsorted(requests.arrival_s, edges[: self.n_steps + 1], side="left")
+        self.bounds[self.horizon + 1 :] = self.bounds[self.horizon]
+
+        # Per inference server queues.
+        self.enq = np.zeros(self.s)
+        self.done = np.zeros(self.s)
+        self.iter_count = np.zeros(self.s)
+        self.n_act = np.zeros(self.s, dtype=np.int64)
+        self.pend_idx = np.empty(0, dtype=np.int64)
+        self.pend_thr = np.empty(0)
+        self.pend_srv = np.empty(0, dtype=np.int64)
+        self.act_idx = np.empty(0, dtype=np.int64)
+        self.act_fin = np.empty(0)
+        self.act_srv = np.empty(0, dtype=np.int64)
+
+        # Training job (one synchronous job over all training servers).
+        self.train_in_compute = True
+        self.train_left = self.svc.train_compute_s
+        self.train_iterations = 0.0
+
+        # Settings: stage (actuated), guard, brake; effective = tightest.
+        self.max_clock = float(self.prof.max_sm_clock_mhz)
+        self.max_limit = float(self.prof.max_limit_w)
+        self.stage_ceil = np.full(self.n, self.max_clock)
+        self.stage_lim = np.full(self.n, self.max_limit)
+        self.guard_ceil = np.full(self.n, self.max_clock)
+        self.guard_lim = np.full(self.n, self.max_limit)
+        brake = TierAction(clock_ceiling_pct=BRAKE_CLOCK_PCT).resolve(self.limits)
+        self.brake_clock = float(brake.clock_ceiling_mhz or self.max_clock)
+        self.brake_active = False
+        self.brake_until = 0.0
+        self.brake_events = 0
+        self.above_steps = 0
+        self.dirty = True
+
+        # Controller.
+        self.ctrl_state = ControllerState()
+        self.ctrl_stage = 0
+        self.stage_changes = 0
+        self.pending_actuations: list[tuple[float, int, int]] = []  # (time, seq, stage)
+        self.seq = 0
+        pol = config.policy
+        self.ctrl_steps = max(1, round(pol.control_interval_s / self.dt))
+        self.stage_settings = self._stage_settings(plan) if plan is not None else []
+
+        # Guard.
+        self.guard_cfg: GuardConfig | None = None
+        self.guard_actions = 0
+        if pol.guard is not None and plan is not None:
+            g = pol.guard
+            self.guard_cfg = GuardConfig(
+                budget_w=g.budget_share * self.budget_w / self.n,
+                steps=default_guard_steps(
+                    plan.tiers, throttle_pct=g.throttle_pct, last_pct=g.last_pct
+                ),
+                release_pct=g.release_pct,
+                hold_s=g.hold_s,
+            )
+            self.guard_steps = max(1, round(g.interval_s / self.dt))
+        self.guard_states = [GuardState() for _ in range(self.n)]
+        self.node_energy = np.zeros(self.n)
+
+        # Recording.
+        self.raw = np.zeros(self.n_steps, dtype=np.float32)
+        self.metered = np.zeros(self.n_steps, dtype=np.float32)
+        self.stage_rec = np.zeros(self.n_steps, dtype=np.int8)
+        self.tbt = np.zeros((self.n_steps, self.s), dtype=np.float32)
+        self.tok = np.zeros((self.n_steps, self.s), dtype=np.float32)
+        self.meter_w = max(1, round(config.meter_window_s / self.dt))
+        self.ring = np.zeros(self.meter_w)
+        self.ring_sum = 0.0
+
+    # -- settings -------------------------------------------------------------------------
+
+    def _stage_settings(self, plan: ControlPlan) -> list[tuple[FloatArray, FloatArray]]:
+        out = []
+        for stage in range(len(plan.stages)):
+            actions = plan.actions_for(stage)
+            resolved = {t: a.resolve(self.limits) for t, a in actions.items()}
+            out.append(
+                self._settings_arrays([resolved.get(t, ResolvedAction()) for t in self.plan_tiers])
+            )
+        return out
+
+    def _settings_arrays(self, actions: list[ResolvedAction]) -> tuple[FloatArray, FloatArray]:
+        ceil = np.array([a.clock_ceiling_mhz or self.max_clock for a in actions], dtype=np.float64)
+        lim = np.array([a.power_limit_w or self.max_limit for a in actions], dtype=np.float64)
+        return ceil, lim
+
+    def _refresh(self) -> None:
+        ceil = np.minimum(self.stage_ceil, self.guard_ceil)
+        if self.brake_active:
+            ceil = np.minimum(ceil, self.brake_clock)
+        lim = np.minimum(self.stage_lim, self.guard_lim)
+        clock = ceiling_clock_mhz(self.prof, ceil)
+        cp = capped_clock_mhz(self.prof, Phase.PREFILL, lim, clock)
+        cd = capped_clock_mhz(self.prof, Phase.DECODE, lim, clock)
+        ct = capped_clock_mhz(self.prof, Phase.TRAIN, lim, clock)
+        self.sp_p = phase_speed(Phase.PREFILL, cp / self.max_clock)[self.inf]
+        self.sp_d = phase_speed(Phase.DECODE, cd / self.max_clock)
+        self.sp_t = phase_speed(Phase.TRAIN, ct / self.max_clock)
+        self.pw_p = phase_power_w(self.prof, Phase.PREFILL, cp)[self.inf]
+        self.pw_d = phase_power_w(self.prof, Phase.DECODE, cd)
+        self.pw_t = phase_power_w(self.prof, Phase.TRAIN, ct)
+        self.sp_d_inf = self.sp_d[self.inf]
+        self.pw_d_inf = self.pw_d[self.inf]
+        self.dirty = False
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self, progress: Callable[[float], None] | None) -> SimResult:
+        report_every = max(1, self.n_steps // 100)
+        for k in range(self.n_steps):
+            t = k * self.dt
+            self._actuate(t)
+            if self.dirty:
+                self._refresh()
+            self._arrivals(k)
+            power_w = self._serve(k, t)
+            self._meter(k, t, power_w)
+            if self.plan is not None and k % self.ctrl_steps == 0:
+                self._control(k, t)
+            if self.guard_cfg is not None and (k + 1) % self.guard_steps == 0:
+                self._guard(t + self.dt)
+            self.stage_rec[k] = self.ctrl_stage
+            if progress is not None and k % report_every == 0:
+                progress(k / self.n_steps)
+        if progress is not None:
+            progress(1.0)
+        return self._result()
+
+    def _arrivals(self, k: int) -> None:
+        lo, hi = int(self.bounds[k]), int(self.bounds[k + 1])
+        if hi <= lo:
+            return
+        idx = np.arange(lo, hi)
+        srv = self.req.server[lo:hi]
+        work = self.work_s[lo:hi]
+        # Each request's threshold: its server's queued work including itself (FIFO).
+        order = np.argsort(srv, kind="stable")
+        s_sorted, w_sorted = srv[order], work[order]
+        csum = np.cumsum(w_sorted)
+        starts = np.r_[True, s_sorted[1:] != s_sorted[:-1]]
+        base = np.maximum.accumulate(np.where(starts, csum - w_sorted, 0.0))
+        thr = np.empty(hi - lo)
+        thr[order] = self.enq[s_sorted] + csum - base
+        self.enq += np.bincount(srv, weights=work, minlength=self.s)
+        self.pend_idx = np.concatenate([self.pend_idx, idx])
+        self.pend_thr = np.concatenate([self.pend_thr, thr])
+        self.pend_srv = np.concatenate([self.pend_srv, srv])
+
+    def _serve(self, k: int, t: float) -> float:
+        dt = self.dt
+        # Prefill first.
+        queued = self.enq - self.done
+        tp = np.clip(queued / self.sp_p, 0.0, dt)
+        done_before = self.done
+        self.done = self.done + tp * self.sp_p
+        # Decode the batch that was active at the start of the step.
+        n = self.n_act
+        td = np.where(n > 0, dt - tp, 0.0)
+        it_s = (self.svc.tbt_base_s + self.svc.tbt_per_request_s * n) / self.sp_d_inf
+        iters = td / it_s
+        before = self.iter_count
+        self.iter_count = before + iters
+        tokens = iters * n
+        self.tbt[k] = np.where(iters > 0, dt / np.maximum(iters, 1e-12), 0.0)
+        self.tok[k] = tokens
+        self._finish_decodes(t, tp, before, it_s)
+        self._finish_prefills(t, done_before)
+
+        pf = tp / dt
+        df = td / dt
+        idle = 1.0 - pf - df
+        gpu_w = pf * self.pw_p + df * self.pw_d_inf + idle * self.prof.idle_w
+        node_w = np.empty(self.n)
+        node_w[self.inf] = self.gpus * gpu_w + self.overhead_w
+        if self.train.size:
+            node_w[self.train] = self._train_step()
+        self.node_energy += node_w * dt
+        return float(node_w.sum())
+
+    def _finish_decodes(
+        self, t: float, tp: FloatArray, before: FloatArray, it_s: FloatArray
+    ) -> None:
+        if not self.act_idx.size:
+            return
+        fin = self.act_fin <= self.iter_count[self.act_srv]
+        if not fin.any():
+            return
+        srv = self.act_srv[fin]
+        self.finish[self.act_idx[fin]] = t + tp[srv] + (self.act_fin[fin] - before[srv]) * it_s[srv]
+        self.n_act -= np.bincount(srv, minlength=self.s)
+        keep = ~fin
+        self.act_idx, self.act_fin, self.act_srv = (
+            self.act_idx[keep],
+            self.act_fin[keep],
+            self.act_srv[keep],
+        )
+
+    def _finish_prefills(self, t: float, done_before: FloatArray) -> None:
+        if not self.pend_idx.size:
+            return
+        ok = self.pend_thr <= self.done[self.pend_srv] + 1e-9
+        if not ok.any():
+            return
+        idx, srv = self.pend_idx[ok], self.pend_srv[ok]
+        speed = self.sp_p[srv]
+        at = t + (self.pend_thr[ok] - done_before[srv]) / speed
+        self.first[idx] = np.maximum(at, self.req.arrival_s[idx] + self.work_s[idx] / speed)
+        need = self.req.generated_tokens[idx] - 1.0  # the first token comes with the prefill
+        one_token = need <= 0
+        self.finish[idx[one_token]] = self.first[idx[one_token]]
+        more = ~one_token
+        self.act_idx = np.concatenate([self.act_idx, idx[more]])
+        self.act_fin = np.concatenate([self.act_fin, self.iter_count[srv[more]] + need[more]])
+        self.act_srv = np.concatenate([self.act_srv, srv[more]])
+        self.n_act += np.bincount(srv[more], minlength=self.s)
+        keep = ~ok
+        self.pend_idx, self.pend_thr, self.pend_srv = (
+            self.pend_idx[keep],
+            self.pend_thr[keep],
+            self.pend_srv[keep],
+        )
+
+    def _train_step(self) -> FloatArray:
+        """Advance the synchronous training job by one step; power of each training server."""
+        speed = float(self.sp_t[self.train].min())
+        left_dt = self.dt
+        compute_s = 0.0
+        while left_dt > 1e-12:
+            if self.train_in_compute:
+                needed = self.train_left / speed
+                used = min(needed, left_dt)
+                self.train_left -= used * speed
+                compute_s += used
+                if used >= needed - 1e-12:
+                    self.train_in_compute = False
+                    self.train_left = self.svc.train_comm_s
+            else:
+                used = min(self.train_left, left_dt)
+                self.train_left -= used
+                if self.train_left <= 1e-12:
+                    self.train_in_compute = True
+                    self.train_left = self.svc.train_compute_s
+                    self.train_iterations += 1
+            left_dt -= used
+        cf = compute_s / self.dt
+        # Communication keeps the GPUs' memory and links busy: modelled at decode power.
+        gpu_w = cf * self.pw_t[self.train] + (1.0 - cf) * self.pw_d[self.train]
+        out: FloatArray = self.gpus * gpu_w + self.overhead_w
+        return out
+
+    def _meter(self, k: int, t: float, power_w: float) -> None:
+        self.raw[k] = power_w
+        slot = k % self.meter_w
+        self.ring_sum += power_w - self.ring[slot]
+        self.ring[slot] = power_w
+        metered = self.ring_sum / min(k + 1, self.meter_w)
+        self.metered[k] = metered
+        over = metered > self.budget_w
+        if over and k < self.horizon:
+            self.above_steps += 1
+        if not self.cfg.brake_enabled:
+            return
+        if over:
+            if not self.brake_active and k < self.horizon:
+                self.brake_events += 1
+                self.brake_active = True
+                self.dirty = True
+            self.brake_until = t + self.dt + self.cfg.brake_hold_s
+        elif self.brake_active and t + self.dt >= self.brake_until:
+            self.brake_active = False
+            self.dirty = True
+
+    def _control(self, k: int, t: float) -> None:
+        assert self.plan is not None
+        pol = self.cfg.policy
+        sample_t = math.floor((t - pol.telemetry_latency_s) / pol.telemetry_period_s + 1e-9)
+        sample_t *= pol.telemetry_period_s
+        power: float | None = None
+        age: float | None = None
+        if sample_t >= 0:
+            step = min(k, round(sample_t / self.dt))
+            power, age = float(self.metered[step]), t - sample_t
+        d = decide(
+            self.plan,
+            self.ctrl_state,
+            now_s=t,
+            domain_power_w=power,
+            budget_w=self.budget_w,
+            sample_age_s=age,
+        )
+        self.ctrl_state = d.state
+        if d.changed:
+            self.ctrl_stage = d.stage
+            self.stage_changes += 1
+            self.seq += 1
+            heapq.heappush(self.pending_actuations, (t + pol.actuation_delay_s, self.seq, d.stage))
+
+    def _actuate(self, t: float) -> None:
+        while self.pending_actuations and self.pending_actuations[0][0] <= t + 1e-9:
+            _, _, stage = heapq.heappop(self.pending_actuations)
+            self.stage_ceil, self.stage_lim = self.stage_settings[stage]
+            self.dirty = True
+
+    def _guard(self, t: float) -> None:
+        assert self.guard_cfg is not None
+        interval_s = self.guard_steps * self.dt
+        node_w = self.node_energy / interval_s
+        self.node_energy = np.zeros(self.n)
+        levels = np.array([s.level for s in self.guard_states])
+        for i in np.flatnonzero((node_w > self.guard_cfg.budget_w) | (levels > 0)):
+            d = decide_guard(
+                self.guard_cfg,
+                self.guard_states[i],
+                now_s=t,
+                node_power_w=float(node_w[i]),
+                gpu_tiers=(self.plan_tiers[i],),
+            )
+            self.guard_states[i] = d.state
+            if d.changed:
+                self.guard_actions += 1
+                resolved = d.actions[0].resolve(self.limits)
+                self.guard_ceil[i] = resolved.clock_ceiling_mhz or self.max_clock
+                self.guard_lim[i] = resolved.power_limit_w or self.max_limit
+                self.dirty = True
+
+    # -- results --------------------------------------------------------------------------
+
+    def _result(self) -> SimResult:
+        h = self.horizon
+        tbt_samples: dict[str, tuple[FloatArray, FloatArray]] = {}
+        tokens: dict[str, float] = {}
+        req_tier = self.inf_tier_code[self.req.server] if len(self.req) else np.empty(0, np.int8)
+        first_in_horizon = self.first < self.cfg.duration_s
+        for code, tier in enumerate(INFERENCE_TIERS):
+            cols = self.inf_tier_code == code
+            values = self.tbt[:, cols].ravel().astype(np.float64)
+            weights = self.tok[:, cols].ravel().astype(np.float64)
+            keep = weights > 0
+            tbt_samples[tier] = (values[keep], weights[keep])
+            decoded = float(self.tok[:h, cols].sum())
+            tokens[tier] = decoded + float(np.count_nonzero(first_in_horizon & (req_tier == code)))
+        return SimResult(
+            config=self.cfg,
+            plan=self.plan,
+            raw_power_w=self.raw[:h],
+            metered_power_w=self.metered[:h],
+            stage=self.stage_rec[:h],
+            brake_events=self.brake_events,
+            time_above_budget_s=self.above_steps * self.dt,
+            energy_j=float(self.raw[:h].astype(np.float64).sum() * self.dt),
+            request_tier=req_tier,
+            arrival_s=self.req.arrival_s,
+            first_token_s=self.first,
+            finish_s=self.finish,
+            tbt_samples=MappingProxyType(tbt_samples),
+            tokens_in_horizon=MappingProxyType(tokens),
+            train_iterations=self.train_iterations,
+            stage_changes=self.stage_changes,
+            guard_actions=self.guard_actions,
+        )

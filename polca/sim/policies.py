@@ -1,0 +1,155 @@
+"""Policies the simulator compares: ``none``, ``polca`` (the paper) and ``polca-k8s`` (ours).
+
+All three run the hardware brake (every GPU near halt while the metered domain power is above
+the budget). ``polca`` and ``polca-k8s`` run :func:`polca.control.controller.decide`, the code
+the operator runs; they differ only in their delays, thresholds and the local guard:
+
+* ``polca``: POLCA's table (80/89/89% triggers, A100 clocks made relative to the GPU's max),
+  out-of-band actuation of ``actuation_delay_s`` = 40 s (the paper's BMC path takes up to
+  40 s; we take the worst case), settle time equal to that delay, so stage 3 only follows once
+  stage 2 has taken effect.
+* ``polca-k8s``: the same stages; in-band reaction = telemetry period (1 s) + telemetry latency
+  (0.1 s: a Prometheus query) + control interval (1 s) + actuation (0.2 s: the status write,
+  the daemons' watch and the NVML call). Its triggers are derived from that reaction time
+  (:func:`derive_top_trigger`): the highest throttling stage fires when power is within the
+  largest rise seen over one reaction time (plus a margin) of the budget. A per-node local
+  guard (:mod:`polca.control.guard`) runs every 0.5 s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import numpy.typing as npt
+from numpy.lib.stride_tricks import sliding_window_view
+
+from polca.control.plan import POLCA_PLAN, ControlPlan, relative_clocks, shift_triggers
+from polca.power.profiles import get_profile
+
+__all__ = [
+    "POLICY_NAMES",
+    "GuardSettings",
+    "PolicyConfig",
+    "derive_top_trigger",
+    "make_policy",
+]
+
+POLICY_NAMES = ("none", "polca", "polca-k8s")
+_MIN_TOP_TRIGGER_PCT = 50.0  # below this a workload is too spiky for the policy to matter
+_A100_MAX_MHZ = get_profile("A100-80GB").max_sm_clock_mhz  # POLCA's clocks are A100 clocks
+
+
+@dataclass(frozen=True, slots=True)
+class GuardSettings:
+    """The local guard of each node: budget relative to the node's share of the domain budget."""
+
+    budget_share: float = 1.3  # guard budget = share × domain budget / servers
+    interval_s: float = 0.5
+    release_pct: float = 90.0
+    hold_s: float = 5.0
+    throttle_pct: float = 70.0  # clock ceiling of each tier's guard step, % of max clock
+    last_pct: float = 30.0  # the local brake step
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    name: str
+    plan: ControlPlan | None  # None: no controller, only the brake
+    telemetry_period_s: float = 1.0
+    telemetry_latency_s: float = 0.0
+    control_interval_s: float = 1.0
+    actuation_delay_s: float = 0.0
+    guard: GuardSettings | None = None
+    derive_triggers: bool = False
+    trigger_margin_pct: float = 1.0
+    max_top_trigger_pct: float = 97.0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "telemetry_period_s",
+            "telemetry_latency_s",
+            "control_interval_s",
+            "actuation_delay_s",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.control_interval_s <= 0 or self.telemetry_period_s <= 0:
+            raise ValueError("control_interval_s and telemetry_period_s must be positive")
+
+    @property
+    def reaction_s(self) -> float:
+        """Worst-case time from a power change to GPUs carrying the reaction."""
+        return (
+            self.telemetry_period_s
+            + self.telemetry_latency_s
+            + self.control_interval_s
+            + self.actuation_delay_s
+        )
+
+
+def make_policy(
+    name: str,
+    *,
+    polca_delay_s: float = 40.0,
+    k8s_actuation_s: float = 0.2,
+    telemetry_period_s: float = 1.0,
+    control_interval_s: float = 1.0,
+    plan: ControlPlan | None = None,
+    guard: GuardSettings | None = None,
+    use_guard: bool = True,
+) -> PolicyConfig:
+    """A named policy with its defaults; ``plan`` replaces the stage table of polca/polca-k8s."""
+    base_plan = plan or relative_clocks(POLCA_PLAN, _A100_MAX_MHZ)
+    if name == "none":
+        return PolicyConfig(name="none", plan=None)
+    if name == "polca":
+        return PolicyConfig(
+            name="polca",
+            plan=replace(base_plan, settle_s=polca_delay_s),
+            telemetry_period_s=telemetry_period_s,
+            control_interval_s=control_interval_s,
+            actuation_delay_s=polca_delay_s,
+        )
+    if name == "polca-k8s":
+        latency_s = 0.1
+        reaction_s = telemetry_period_s + latency_s + control_interval_s + k8s_actuation_s
+        return PolicyConfig(
+            name="polca-k8s",
+            plan=replace(base_plan, settle_s=reaction_s),
+            telemetry_period_s=telemetry_period_s,
+            telemetry_latency_s=latency_s,
+            control_interval_s=control_interval_s,
+            actuation_delay_s=k8s_actuation_s,
+            guard=(guard or GuardSettings()) if use_guard else None,
+            derive_triggers=plan is None,
+        )
+    raise ValueError(f"unknown policy {name!r}; valid policies: {', '.join(POLICY_NAMES)}")
+
+
+def derive_top_trigger(
+    metered_w: npt.NDArray[np.float64],
+    budget_w: float,
+    *,
+    reaction_s: float,
+    dt_s: float,
+    margin_pct: float,
+    max_pct: float,
+    warmup_s: float = 120.0,
+) -> float:
+    """Highest trigger (% of budget) that still leaves room for the largest rise of power seen
+    within one reaction time: ``100 - max_rise(reaction) - margin``, capped at ``max_pct``."""
+    window = max(1, round(reaction_s / dt_s))
+    # The run starts with an empty row; its ramp-up is not a spike the policy must absorb.
+    metered_w = metered_w[round(warmup_s / dt_s) :]
+    if metered_w.size <= window:
+        return max_pct
+    lows = sliding_window_view(metered_w, window + 1).min(axis=1)
+    rise_w = float(np.max(metered_w[window:] - lows))
+    derived = 100.0 - 100.0 * rise_w / budget_w - margin_pct
+    return min(max_pct, max(_MIN_TOP_TRIGGER_PCT, derived))
+
+
+def plan_with_top_trigger(plan: ControlPlan, top_pct: float) -> ControlPlan:
+    """``plan`` with its throttling stages shifted so the highest triggers at ``top_pct``."""
+    return shift_triggers(plan, top_pct)

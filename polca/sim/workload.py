@@ -1,0 +1,79 @@
+"""Turn a trace into the requests one simulated domain serves.
+
+Scaling: the domain serves ``load_scale × servers / base_servers`` times the trace's request
+rate, so every server carries the same load whatever the oversubscription. Each trace request is
+replicated ``floor(k)`` or ``ceil(k)`` times (a Bernoulli draw for the fraction), each copy
+jittered uniformly within ``jitter_s`` after the original: this keeps the trace's minute-scale
+rate profile (which sets the row's peak) instead of compressing time. Copies draw their
+(context, generated) token pair from the whole trace, so one long prompt does not hit every
+server in the same second. Traces shorter than the run are repeated.
+
+Load balancing: requests go round-robin to the inference servers in arrival order (the same
+server sequence for every policy, so the runs compare like for like).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from polca.sim.trace import Trace
+
+__all__ = ["Requests", "build_requests"]
+
+
+@dataclass(frozen=True, slots=True)
+class Requests:
+    """Requests of one run, sorted by arrival, each bound to an inference server index."""
+
+    arrival_s: npt.NDArray[np.float64]
+    context_tokens: npt.NDArray[np.int64]
+    generated_tokens: npt.NDArray[np.int64]
+    server: npt.NDArray[np.int64]  # index into the domain's inference servers
+
+    def __len__(self) -> int:
+        return int(self.arrival_s.size)
+
+
+def build_requests(
+    trace: Trace,
+    *,
+    rate_factor: float,
+    inference_servers: int,
+    duration_s: float,
+    rng: np.random.Generator,
+    jitter_s: float = 60.0,
+) -> Requests:
+    """Requests arriving within ``duration_s`` at ``rate_factor`` × the trace's rate."""
+    if rate_factor <= 0 or inference_servers < 1 or duration_s <= 0:
+        raise ValueError("rate_factor, inference_servers and duration_s must be positive")
+    if len(trace) == 0:
+        raise ValueError("empty trace")
+    base = _repeat_to_cover(trace.arrival_s, duration_s)
+    whole = math.floor(rate_factor)
+    copies = np.full(base.size, whole, dtype=np.int64)
+    copies += rng.random(base.size) < rate_factor - whole
+    arrival = np.repeat(base, copies) + rng.random(int(copies.sum())) * jitter_s
+    arrival = np.sort(arrival[arrival < duration_s], kind="stable")
+    pick = rng.integers(0, len(trace), size=arrival.size)
+    return Requests(
+        arrival_s=arrival,
+        context_tokens=trace.context_tokens[pick],
+        generated_tokens=trace.generated_tokens[pick],
+        server=np.arange(arrival.size, dtype=np.int64) % inference_servers,
+    )
+
+
+def _repeat_to_cover(
+    arrival_s: npt.NDArray[np.float64], duration_s: float
+) -> npt.NDArray[np.float64]:
+    if arrival_s.size < 2:
+        period = max(duration_s, 1.0)
+    else:
+        period = float(arrival_s[-1]) + float(np.mean(np.diff(arrival_s)))
+    repeats = max(1, math.ceil(duration_s / period))
+    out = np.concatenate([arrival_s + r * period for r in range(repeats)])
+    return out[out < duration_s]

@@ -1,0 +1,424 @@
+"""The Helm chart on a real kube-apiserver: lint, server-side dry runs, install, upgrade, uninstall.
+
+No kubelet or controller runs here, so these tests assert on objects, never on pods. Where the
+chart's uninstall hook needs a Job to run, the test plays the kubelet: it runs the Job's command
+from the Job's own ConfigMap with a real token of the Job's service account, and writes the exit
+status into the Job's status as the job controller would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from polca_testbed.cluster import Cluster
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "polca"
+KOPF_CRD = CHART / "charts" / "kopf-peering" / "crds" / "clusterkopfpeerings.kopf.dev.yaml"
+VALUE_SETS = {
+    "default": [],
+    "kind": [REPO / "deploy" / "kind" / "values.yaml"],
+    "all-features": [CHART / "ci" / "all-features-values.yaml"],
+}
+MONITORING_KINDS = {"ServiceMonitor": "servicemonitors", "PodMonitor": "podmonitors",
+                    "PrometheusRule": "prometheusrules"}  # fmt: skip
+FINALIZER = "polca.dev/test-restore"  # stands in for the operator's restore finalizer
+
+Names = Callable[[str], str]
+Cleanup = Callable[..., None]
+Manifest = dict[str, Any]
+
+
+def get_json(cluster: Cluster, *args: str) -> Manifest:
+    result: Manifest = json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
+    return result
+
+
+def exists(cluster: Cluster, *args: str) -> bool:
+    return cluster.kubectl("get", *args, "-o", "name", check=False).returncode == 0
+
+
+def wait_for(what: str, condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def values_args(files: list[Path]) -> list[str]:
+    return [arg for path in files for arg in ("-f", str(path))]
+
+
+@pytest.fixture(scope="module")
+def crds(cluster: Cluster) -> None:
+    """POLCA's CRDs and Kopf's peering CRD, as `helm install` would create them."""
+    cluster.kubectl("apply", "-f", str(REPO / "crds"), "-f", str(KOPF_CRD))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                    "crd/powerpolicies.polca.dev", "crd/nodepowerstates.polca.dev",
+                    "crd/clusterkopfpeerings.kopf.dev")  # fmt: skip
+
+
+@pytest.fixture
+def namespace(cluster: Cluster, unique_name: Names) -> Iterator[str]:
+    name = unique_name("ns")
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def monitoring_crds(cluster: Cluster) -> Iterator[None]:
+    """Minimal stand-ins for the Prometheus Operator's CRDs, for the dry run only.
+
+    The real CRDs are not part of this test cluster; these accept any spec, so the dry run
+    proves our objects reach the API server as the kinds they claim, not their field schema.
+    """
+    names = []
+    for kind, plural in MONITORING_KINDS.items():
+        crd = {
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": f"{plural}.monitoring.coreos.com"},
+            "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
+                     "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+                     "versions": [{"name": "v1", "served": True, "storage": True, "schema": {
+                         "openAPIV3Schema": {"type": "object", "properties": {"spec": {
+                             "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}}}]},
+        }  # fmt: skip
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(crd))
+        names.append(f"crd/{plural}.monitoring.coreos.com")
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+    yield
+    cluster.kubectl("delete", *names, check=False)
+
+
+# --- lint, render, dry run ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_lint_strict(cluster: Cluster, values: list[Path]) -> None:
+    result = cluster.helm("lint", "--strict", str(CHART), *values_args(values), check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.usefixtures("crds", "monitoring_crds")
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_rendered_objects_pass_server_side_dry_run(
+    cluster: Cluster, namespace: str, values: list[Path]
+) -> None:
+    rendered = cluster.helm("template", "polca", str(CHART), "-n", namespace,
+                            *values_args(values)).stdout  # fmt: skip
+    kinds = {doc["kind"] for doc in yaml.safe_load_all(rendered) if doc}
+    result = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=rendered, check=False)
+    assert result.returncode == 0, result.stderr
+    applied = [line for line in result.stdout.splitlines() if line.endswith("(server dry run)")]
+    assert len(applied) == rendered.count("\nkind: ") + rendered.startswith("kind: ")
+    assert {"Deployment", "DaemonSet", "ValidatingAdmissionPolicy", "ClusterKopfPeering",
+            "Job"} <= kinds  # fmt: skip
+
+
+@pytest.mark.usefixtures("crds")
+@pytest.mark.parametrize(
+    ("values", "component", "pod_security", "admitted"),
+    [
+        ([], "operator", "restricted", True),
+        (VALUE_SETS["kind"], "node-daemon", "restricted", True),  # fake GPUs: unprivileged
+        ([], "node-daemon", "restricted", False),  # NVML: root, SYS_ADMIN, hostPath
+        ([], "node-daemon", "privileged", True),
+    ],
+    ids=["operator-restricted", "fake-daemon-restricted", "nvml-daemon-restricted",
+         "nvml-daemon-privileged"],
+)  # fmt: skip
+def test_pod_templates_meet_pod_security(
+    cluster: Cluster, namespace: str, values: list[Path], component: str, pod_security: str,
+    admitted: bool,
+) -> None:
+    """Each workload's pod, bound to a node, against the namespace's Pod Security level."""
+    cluster.kubectl("label", "namespace", namespace,
+                    f"pod-security.kubernetes.io/enforce={pod_security}")  # fmt: skip
+    rendered = cluster.helm("template", "polca", str(CHART), "-n", namespace,
+                            *values_args(values)).stdout  # fmt: skip
+    workload = next(doc for doc in yaml.safe_load_all(rendered) if doc
+                    and doc["kind"] in {"Deployment", "DaemonSet"}
+                    and doc["metadata"]["labels"]["app.kubernetes.io/component"] == component)
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "probe", "namespace": namespace,
+                        "labels": workload["spec"]["template"]["metadata"]["labels"]},
+           "spec": {**workload["spec"]["template"]["spec"], "nodeName": "gpu-node"}}  # fmt: skip
+    result = cluster.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(pod),
+                             check=False)  # fmt: skip
+    assert (result.returncode == 0) is admitted, result.stderr
+    if not admitted:
+        assert "violates PodSecurity" in result.stderr
+        assert "SYS_ADMIN" in result.stderr and "hostPath" in result.stderr
+
+
+def test_bad_values_fail_helm_install(cluster: Cluster, unique_name: Names) -> None:
+    release = unique_name("bad")
+    result = cluster.helm("install", release, str(CHART), "-n", "default",
+                          "--set", "node.guardPeriodSeconds=5", check=False)  # fmt: skip
+    assert result.returncode != 0
+    assert "values don't meet the specifications of the schema" in result.stderr
+    assert "/node/guardPeriodSeconds" in result.stderr
+    assert cluster.helm("status", release, "-n", "default", check=False).returncode != 0
+
+
+# --- install, upgrade, uninstall ------------------------------------------------------------
+
+
+def release_objects(namespace: str, release: str) -> list[tuple[str, ...]]:
+    """`kubectl get` arguments of every object a default install creates (hooks aside)."""
+    full = f"{release}-polca"
+    namespaced = [("deployment", f"{full}-operator"), ("daemonset", f"{full}-node"),
+                  ("serviceaccount", f"{full}-operator"), ("serviceaccount", f"{full}-node"),
+                  ("service", f"{full}-operator-metrics"), ("service", f"{full}-node-metrics"),
+                  ("role", f"{full}-operator-events"), ("rolebinding", f"{full}-node-events")]
+    cluster_scoped = [("clusterrole", f"{full}-operator"), ("clusterrole", f"{full}-node"),
+                      ("clusterrolebinding", f"{full}-operator"),
+                      ("clusterrolebinding", f"{full}-node"),
+                      ("validatingadmissionpolicy", f"{full}-node-own-nodepowerstate"),
+                      ("validatingadmissionpolicybinding", f"{full}-node-own-nodepowerstate"),
+                      ("clusterkopfpeering", full)]  # fmt: skip
+    return [(kind, name, "-n", namespace) for kind, name in namespaced] + cluster_scoped
+
+
+class HookKubelet:
+    """Runs the uninstall hook's Job as a kubelet and a job controller would, once it appears."""
+
+    def __init__(self, cluster: Cluster, namespace: str, job: str, workdir: Path) -> None:
+        self.cluster, self.namespace, self.job, self.workdir = cluster, namespace, job, workdir
+        self.exit_code: int | None = None
+        self.output = ""
+
+    def run_when_created(self, timeout_s: float = 60.0) -> None:
+        wait_for(f"job/{self.job}", lambda: exists(self.cluster, "job", self.job, "-n",
+                                                   self.namespace), timeout_s)  # fmt: skip
+        job = get_json(self.cluster, "job", self.job, "-n", self.namespace)
+        started = datetime.now(UTC)
+        self._set_status({"startTime": _stamp(started), "active": 1})
+        result = subprocess.run(self._argv(job), env=self._env(job), capture_output=True,
+                                text=True, check=False, timeout=120)  # fmt: skip
+        self.exit_code, self.output = result.returncode, result.stdout + result.stderr
+        self._report(started, succeeded=result.returncode == 0)
+
+    def _argv(self, job: Manifest) -> list[str]:
+        """The container's command, with its ConfigMap mounts materialised locally."""
+        pod = job["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        (container,) = pod["containers"]
+        argv = list(container["command"])
+        for mount in container["volumeMounts"]:
+            local = self.workdir / mount["name"]
+            local.mkdir(parents=True, exist_ok=True)
+            configmap = volumes[mount["name"]]["configMap"]["name"]
+            data = get_json(self.cluster, "configmap", configmap, "-n", self.namespace)["data"]
+            for key, text in data.items():
+                (local / key).write_text(text)
+            argv = [arg.replace(mount["mountPath"], str(local)) for arg in argv]
+        return [sys.executable if arg == "python" else arg for arg in argv]
+
+    def _env(self, job: Manifest) -> dict[str, str]:
+        """A kubeconfig holding a real token of the Job's service account, nothing else."""
+        account = job["spec"]["template"]["spec"]["serviceAccountName"]
+        token = self.cluster.kubectl("create", "token", account, "-n", self.namespace,
+                                     "--duration=10m").stdout.strip()  # fmt: skip
+        config = {"apiVersion": "v1", "kind": "Config", "current-context": "hook",
+                  "clusters": [{"name": "c", "cluster": {
+                      "server": self.cluster.server,
+                      "certificate-authority": str(self.cluster.pki.ca_cert)}}],
+                  "users": [{"name": "hook", "user": {"token": token}}],
+                  "contexts": [{"name": "hook", "context": {"cluster": "c", "user": "hook"}}]}  # fmt: skip
+        path = self.workdir / "kubeconfig"
+        path.write_text(json.dumps(config))
+        env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
+        return {**env, "KUBECONFIG": str(path)}
+
+    def _report(self, started: datetime, *, succeeded: bool) -> None:
+        now = _stamp(datetime.now(UTC))
+        if succeeded:
+            first, final, reason, counts = ("SuccessCriteriaMet", "Complete",
+                                            "CompletionsReached", {"succeeded": 1})  # fmt: skip
+        else:
+            first, final, reason, counts = ("FailureTarget", "Failed", "BackoffLimitExceeded",
+                                            {"failed": 1})  # fmt: skip
+        conditions = [{"type": kind, "status": "True", "reason": reason, "message": reason,
+                       "lastProbeTime": now, "lastTransitionTime": now}
+                      for kind in (first, final)]  # fmt: skip
+        status = {"startTime": _stamp(started), "active": 0, "ready": 0, **counts,
+                  "conditions": conditions}  # fmt: skip
+        if succeeded:
+            status["completionTime"] = now
+        self._set_status(status)
+
+    def _set_status(self, status: Manifest) -> None:
+        self.cluster.kubectl("patch", "job", self.job, "-n", self.namespace,
+                             "--subresource=status", "--type=merge",
+                             "-p", json.dumps({"status": status}))  # fmt: skip
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def uninstall_in_background(
+    cluster: Cluster, release: str, namespace: str
+) -> tuple[threading.Thread, list[subprocess.CompletedProcess[str]]]:
+    results: list[subprocess.CompletedProcess[str]] = []
+
+    def run() -> None:
+        results.append(cluster.helm("uninstall", release, "-n", namespace, "--timeout=120s",
+                                    check=False, timeout_s=150))  # fmt: skip
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, results
+
+
+def install(cluster: Cluster, release: str, namespace: str, *args: str) -> None:
+    cluster.helm("install", release, str(CHART), "-n", namespace, *args)
+
+
+@pytest.fixture
+def release(cluster: Cluster, unique_name: Names, namespace: str) -> Iterator[str]:
+    """A release name, uninstalled without hooks afterwards if a test left it behind."""
+    name = unique_name("rel")
+    yield name
+    if cluster.helm("status", name, "-n", namespace, check=False).returncode == 0:
+        cluster.helm("uninstall", name, "-n", namespace, "--no-hooks", check=False)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("crds")
+def test_install_upgrade_uninstall(
+    cluster: Cluster, namespace: str, release: str, tmp_path: Path
+) -> None:
+    install(cluster, release, namespace)
+    for args in release_objects(namespace, release):
+        assert exists(cluster, *args), args
+    daemonset = f"{release}-polca-node"
+    assert get_json(cluster, "daemonset", daemonset, "-n", namespace)["metadata"]["generation"] == 1
+
+    cluster.helm("upgrade", release, str(CHART), "-n", namespace, "--reuse-values",
+                 "--set", "node.guardPeriodSeconds=0.25", "--set", "operator.replicas=3")  # fmt: skip
+    upgraded = get_json(cluster, "daemonset", daemonset, "-n", namespace)
+    env = {e["name"]: e.get("value") for e in
+           upgraded["spec"]["template"]["spec"]["containers"][0]["env"]}  # fmt: skip
+    assert env["POLCA_GUARD_PERIOD_S"] == "0.25"
+    operator = get_json(cluster, "deployment", f"{release}-polca-operator", "-n", namespace)
+    assert operator["spec"]["replicas"] == 3
+    history = json.loads(cluster.helm("history", release, "-n", namespace, "-o", "json").stdout)
+    assert [entry["revision"] for entry in history] == [1, 2]
+
+    kubelet = HookKubelet(cluster, namespace, f"{release}-polca-restore", tmp_path)
+    thread, results = uninstall_in_background(cluster, release, namespace)
+    kubelet.run_when_created()
+    thread.join(timeout=150)
+    assert results and results[0].returncode == 0, results and results[0].stderr
+    assert kubelet.exit_code == 0, kubelet.output
+    for args in release_objects(namespace, release):
+        assert not exists(cluster, *args), args
+    # The hook's own objects are deleted once it succeeds; the CRDs stay (Helm never deletes them).
+    assert not exists(cluster, "job", f"{release}-polca-restore", "-n", namespace)
+    assert not exists(cluster, "clusterrole", f"{release}-polca-restore")
+    assert exists(cluster, "crd", "powerpolicies.polca.dev")
+
+
+class StandInOperator:
+    """Plays the operator's restore finalizer: notes when a policy's deletion starts, and whether
+    POLCA's workloads were still there at that moment; lets go when told to."""
+
+    def __init__(self, cluster: Cluster, policy: str, namespace: str, release: str) -> None:
+        self.cluster, self.policy = cluster, policy
+        self.workloads = [("deployment", f"{release}-polca-operator", "-n", namespace),
+                          ("daemonset", f"{release}-polca-node", "-n", namespace)]  # fmt: skip
+        self.workloads_present_at_deletion: bool | None = None
+
+    def wait_for_deletion(self) -> None:
+        def deleting() -> bool:
+            found = self.cluster.kubectl("get", "powerpolicy", self.policy, "-o", "json",
+                                         check=False)  # fmt: skip
+            return found.returncode == 0 and "deletionTimestamp" in json.loads(found.stdout)[
+                "metadata"]
+
+        wait_for(f"deletion of powerpolicy/{self.policy}", deleting, timeout_s=60)
+        self.workloads_present_at_deletion = all(exists(self.cluster, *w) for w in self.workloads)
+
+    def release(self) -> None:
+        self.cluster.kubectl("patch", "powerpolicy", self.policy, "--type=json",
+                             "-p", '[{"op": "remove", "path": "/metadata/finalizers"}]')  # fmt: skip
+
+
+def create_policy(cluster: Cluster, name: str) -> None:
+    policy = {"apiVersion": "polca.dev/v1alpha1", "kind": "PowerPolicy",
+              "metadata": {"name": name, "finalizers": [FINALIZER]},
+              "spec": {"nodeSelector": {"matchLabels": {"polca.dev/power-domain": name}},
+                       "budgetWatts": 40000}}  # fmt: skip
+    cluster.kubectl("create", "-f", "-", input=json.dumps(policy))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("crds")
+def test_uninstall_restores_before_removing_polca(
+    cluster: Cluster, namespace: str, release: str, unique_name: Names, tmp_path: Path
+) -> None:
+    install(cluster, release, namespace, "--set", "restoreOnUninstall.timeoutSeconds=60")
+    policy = unique_name("pp")
+    create_policy(cluster, policy)
+    operator = StandInOperator(cluster, policy, namespace, release)
+    kubelet = HookKubelet(cluster, namespace, f"{release}-polca-restore", tmp_path)
+    thread, results = uninstall_in_background(cluster, release, namespace)
+    hook = threading.Thread(target=kubelet.run_when_created, daemon=True)
+    hook.start()
+
+    operator.wait_for_deletion()
+    assert operator.workloads_present_at_deletion is True  # restore runs while POLCA runs
+    time.sleep(1.0)  # the hook keeps waiting while the finalizer holds the policy
+    assert kubelet.exit_code is None
+    assert all(exists(cluster, *w) for w in operator.workloads)
+    operator.release()
+
+    hook.join(timeout=90)
+    thread.join(timeout=150)
+    assert kubelet.exit_code == 0, kubelet.output
+    assert results and results[0].returncode == 0, results and results[0].stderr
+    assert not exists(cluster, "powerpolicy", policy)
+    assert not any(exists(cluster, *w) for w in operator.workloads)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("crds")
+def test_uninstall_stops_when_the_restore_does_not_finish(
+    cluster: Cluster, namespace: str, release: str, unique_name: Names, tmp_path: Path
+) -> None:
+    install(cluster, release, namespace, "--set", "restoreOnUninstall.timeoutSeconds=3")
+    policy = unique_name("pp")
+    create_policy(cluster, policy)
+    operator = StandInOperator(cluster, policy, namespace, release)  # never lets go
+    kubelet = HookKubelet(cluster, namespace, f"{release}-polca-restore", tmp_path)
+    thread, results = uninstall_in_background(cluster, release, namespace)
+    try:
+        kubelet.run_when_created()
+        thread.join(timeout=150)
+        assert kubelet.exit_code == 1
+        assert f"{policy}: finalizers ['{FINALIZER}']" in kubelet.output
+        assert results and results[0].returncode != 0
+        assert "pre-delete" in results[0].stderr
+        # Nothing was removed: the operator and the daemons keep managing the GPUs.
+        assert all(exists(cluster, *w) for w in operator.workloads)
+        assert exists(cluster, "job", f"{release}-polca-restore", "-n", namespace)  # for logs
+    finally:
+        operator.release()
+        cluster.kubectl("delete", "powerpolicy", policy, "--ignore-not-found", check=False)

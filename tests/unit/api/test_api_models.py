@@ -1,0 +1,294 @@
+"""The PowerPolicy and NodePowerState models: defaults, examples, wire form, status helpers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from polca.api.conditions import PolicyConditionType, find_condition, set_condition
+from polca.api.convert import plan_from_spec, tier_set_from_spec
+from polca.api.defaults import clock_percent_of_a100
+from polca.api.nodepowerstate import NodePowerState, NodePowerStateStatus
+from polca.api.powerpolicy import PowerPolicy, PowerPolicySpec, PowerPolicyStatus
+from polca.control.actions import GpuLimits, resolve_for_gpu
+
+REPO = Path(__file__).resolve().parents[3]
+EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+T1 = datetime(2026, 1, 1, 0, 5, tzinfo=UTC)
+
+
+def example_documents() -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (f"{path.name}#{i}", doc)
+        for path in EXAMPLES
+        for i, doc in enumerate(yaml.safe_load_all(path.read_text()))
+    ]
+
+
+def minimal_spec(**extra: Any) -> PowerPolicySpec:
+    return PowerPolicySpec.model_validate({"nodeSelector": {}, "budgetWatts": 1000, **extra})
+
+
+def test_defaults_are_polcas_table() -> None:
+    spec = minimal_spec()
+    stages = [(s.name, s.trigger_percent, s.release_percent) for s in spec.stages]
+    assert stages == [
+        ("normal", None, None),
+        ("stage1", 80, 75),
+        ("stage2", 89, 84),
+        ("stage3", 89, 84),
+        ("brake", 100, 89),
+    ]
+    clocks = {
+        s.name: {tier: a.clock_ceiling_mhz for tier, a in s.actions.items()} for s in spec.stages
+    }
+    assert clocks["stage1"] == {"idle": 1275, "low": 1275}
+    assert clocks["stage2"] == {"idle": 1110, "low": 1110}
+    assert clocks["stage3"] == {"idle": 1110, "low": 1110, "high": 1305}
+    assert set(clocks["brake"].values()) == {288}
+    assert [t.name for t in spec.tiers] == ["low", "high"]
+    assert spec.default_tier == "high"
+    assert spec.failsafe_stage == "stage2"
+    assert spec.stage_index(spec.failsafe_stage) != 0
+    assert not spec.dry_run
+
+
+@pytest.mark.parametrize(
+    ("mhz", "pct"), [(1275, 90.4), (1110, 78.7), (1305, 92.6), (288, 20.4), (1410, 100.0)]
+)
+def test_a100_clocks_as_percentages(mhz: int, pct: float) -> None:
+    assert clock_percent_of_a100(mhz) == pct
+
+
+def test_default_stage_descriptions_give_mhz_and_percent() -> None:
+    stage1 = minimal_spec().stages[1]
+    assert stage1.description is not None
+    assert "1275 MHz" in stage1.description
+    assert "90.4%" in stage1.description
+
+
+@pytest.mark.parametrize(("name", "doc"), example_documents(), ids=lambda v: str(v)[:40])
+def test_examples_round_trip_unchanged(name: str, doc: dict[str, Any]) -> None:
+    policy = PowerPolicy.model_validate(doc)
+    assert policy.model_dump(mode="json", by_alias=True, exclude_unset=True) == doc
+    assert PowerPolicy.model_validate(policy.to_wire()) == policy
+
+
+def test_the_required_examples_exist() -> None:
+    names = {path.stem for path in EXAMPLES}
+    assert {
+        "polca-default",
+        "mixed-gpus-percent",
+        "power-cap-first",
+        "dry-run",
+        "promql-node-power",
+    } <= names
+
+
+def test_the_default_example_spells_out_the_defaults() -> None:
+    doc = yaml.safe_load((REPO / "examples" / "polca-default.yaml").read_text())
+    spelled = PowerPolicySpec.model_validate(doc["spec"])
+    implicit = minimal_spec(nodeSelector=doc["spec"]["nodeSelector"], budgetWatts=250000)
+    assert plan_from_spec(spelled) == plan_from_spec(implicit)
+    assert tier_set_from_spec(spelled) == tier_set_from_spec(implicit)
+    assert spelled.guard == implicit.guard
+    assert spelled.telemetry == implicit.telemetry
+
+
+def test_percent_example_matches_polca_clocks_on_an_a100() -> None:
+    doc = yaml.safe_load((REPO / "examples" / "mixed-gpus-percent.yaml").read_text())
+    a100 = GpuLimits(1410, 210, 100.0, 400.0, 400.0)
+    percent_plan = plan_from_spec(PowerPolicySpec.model_validate(doc["spec"]))
+    mhz_plan = plan_from_spec(minimal_spec())
+    for by_pct, by_mhz in zip(percent_plan.stages, mhz_plan.stages, strict=True):
+        assert by_pct.actions.keys() == by_mhz.actions.keys()
+        for tier, action in by_pct.actions.items():
+            on_a100 = resolve_for_gpu([action], a100).clock_ceiling_mhz
+            wanted = by_mhz.actions[tier].clock_ceiling_mhz
+            assert on_a100 is not None
+            assert wanted is not None
+            assert abs(on_a100 - wanted) <= 2
+
+
+def test_wire_form_is_camel_case_without_nulls() -> None:
+    wire = minimal_spec().to_wire()
+    assert "budgetWatts" in wire
+    assert "budget_watts" not in wire
+    assert wire["stages"][0] == {
+        "name": "normal",
+        "description": "Normal operation: no limits.",
+        "actions": {},
+    }
+    assert wire["stages"][1]["actions"]["low"] == {"clockCeilingMHz": 1275}
+
+
+def test_snake_case_names_work_in_python() -> None:
+    spec = PowerPolicySpec(node_selector={}, budget_watts=500)
+    assert spec.budget_watts == 500
+
+
+def test_equal_triggers_are_allowed_for_escalation() -> None:
+    spec = minimal_spec()
+    assert spec.stages[2].trigger_percent == spec.stages[3].trigger_percent
+
+
+def test_models_are_frozen() -> None:
+    spec = minimal_spec()
+    with pytest.raises(ValidationError):
+        spec.budget_watts = 5  # type: ignore[misc]
+
+
+def test_metadata_keeps_fields_it_does_not_model() -> None:
+    doc = {
+        "apiVersion": "polca.dev/v1alpha1",
+        "kind": "PowerPolicy",
+        "metadata": {"name": "p", "generation": 3, "managedFields": [{"manager": "kubectl"}]},
+        "spec": {"nodeSelector": {}, "budgetWatts": 1},
+    }
+    policy = PowerPolicy.model_validate(doc)
+    assert policy.metadata.generation == 3
+    assert policy.to_wire()["metadata"]["managedFields"] == [{"manager": "kubectl"}]
+
+
+def test_status_accepts_what_kopf_writes() -> None:
+    status = PowerPolicyStatus.model_validate(
+        {"stage": "stage1", "kopf": {"progress": {"h": {"retries": 1}}, "dummy": "x"}}
+    )
+    assert status.kopf == {"progress": {"h": {"retries": 1}}, "dummy": "x"}
+
+
+def test_unknown_status_fields_are_rejected() -> None:
+    with pytest.raises(ValidationError, match="stagee"):
+        PowerPolicyStatus.model_validate({"stagee": "stage1"})
+
+
+class TestConditions:
+    def test_set_appends_then_keeps_the_transition_time_while_status_holds(self) -> None:
+        first = set_condition(None, "Ready", "True", "Enforcing", "ok", now=T0)
+        again = set_condition(first, "Ready", "True", "Enforcing", "still ok", now=T1)
+        assert len(again) == 1
+        assert again[0].last_transition_time == T0
+        assert again[0].message == "still ok"
+
+    def test_a_status_change_moves_the_transition_time(self) -> None:
+        first = set_condition(None, "Ready", "True", "Enforcing", "", now=T0)
+        changed = set_condition(first, "Ready", "False", "NoNodesSelected", "none", now=T1)
+        assert changed[0].last_transition_time == T1
+        assert changed[0].reason == "NoNodesSelected"
+
+    def test_other_conditions_keep_their_place(self) -> None:
+        conditions = set_condition(None, "Ready", "True", "Enforcing", "", now=T0)
+        conditions = set_condition(conditions, "Throttling", "False", "Normal", "", now=T0)
+        conditions = set_condition(conditions, "Ready", "False", "Invalid", "", now=T1)
+        assert [c.type for c in conditions] == ["Ready", "Throttling"]
+        throttling = find_condition(conditions, "Throttling")
+        assert throttling is not None
+        assert throttling.status == "False"
+
+    def test_status_models_set_conditions(self) -> None:
+        status = PowerPolicyStatus().with_condition(
+            PolicyConditionType.TELEMETRY_STALE,
+            "True",
+            "NoSamples",
+            "Prometheus returned nothing",
+            now=T0,
+            observed_generation=2,
+        )
+        assert status.is_true(PolicyConditionType.TELEMETRY_STALE)
+        assert not status.is_true(PolicyConditionType.READY)
+        stale = status.condition("TelemetryStale")
+        assert stale is not None
+        assert stale.observed_generation == 2
+        assert stale.to_wire()["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+
+    def test_reasons_must_be_camel_case_words(self) -> None:
+        with pytest.raises(ValidationError, match="reason"):
+            set_condition(None, "Ready", "False", "no nodes", "", now=T0)
+
+
+def gpu(index: int, **applied: Any) -> dict[str, Any]:
+    return {
+        "index": index,
+        "uuid": f"GPU-{index}",
+        "model": "NVIDIA H100 80GB HBM3",
+        "maxClockMHz": 1980,
+        "defaultPowerLimitWatts": 700,
+        "minPowerLimitWatts": 200,
+        "maxPowerLimitWatts": 700,
+        **applied,
+    }
+
+
+class TestNodePowerState:
+    def test_printer_summaries_are_derived_from_policies(self) -> None:
+        status = NodePowerStateStatus.model_validate(
+            {
+                "policies": [
+                    {"name": "hall-1", "stage": "normal"},
+                    {"name": "row-a", "stage": "stage2"},
+                ],
+                "policy": "stale value",
+            }
+        )
+        assert status.policy == "hall-1,row-a"
+        assert status.stage == "normal,stage2"
+        assert NodePowerStateStatus().policy is None
+
+    def test_throttled_means_below_the_gpus_own_limits(self) -> None:
+        status = NodePowerStateStatus.model_validate(
+            {
+                "gpus": [
+                    gpu(0),
+                    gpu(1, clockCeilingMHz=1980),
+                    gpu(2, clockCeilingMHz=1305),
+                    gpu(3, powerLimitWatts=700),
+                    gpu(4, powerLimitWatts=350),
+                ]
+            }
+        )
+        assert status.gpus is not None
+        assert [g.throttled for g in status.gpus] == [False, False, True, False, True]
+
+    def test_a_full_object_round_trips(self) -> None:
+        doc = {
+            "apiVersion": "polca.dev/v1alpha1",
+            "kind": "NodePowerState",
+            "metadata": {"name": "gpu-node-1"},
+            "spec": {"nodeName": "gpu-node-1"},
+            "status": {
+                "policies": [
+                    {"name": "row-a", "stage": "stage1", "observedGeneration": 4, "dryRun": False}
+                ],
+                "policy": "row-a",
+                "stage": "stage1",
+                "gpus": [
+                    gpu(
+                        0,
+                        pod={"namespace": "ml", "name": "trainer-0"},
+                        tier="low",
+                        policy="row-a",
+                        stage="stage1",
+                        clockCeilingMHz=1275,
+                        powerWatts=612.5,
+                        lastError={
+                            "knob": "powerLimit",
+                            "message": "Insufficient Permissions",
+                            "time": "2026-01-01T00:00:00Z",
+                        },
+                    )
+                ],
+                "gpuCount": 1,
+                "throttledGpuCount": 1,
+                "powerWatts": 612.5,
+                "guard": {"active": False},
+                "heartbeatTime": "2026-01-01T00:00:05Z",
+            },
+        }
+        state = NodePowerState.model_validate(doc)
+        assert state.to_wire() == doc

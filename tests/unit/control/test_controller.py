@@ -1,0 +1,159 @@
+"""The stage controller, driven with fake time."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Iterable
+from dataclasses import replace
+
+import pytest
+
+from polca.control.controller import ControllerState, Decision, decide
+from polca.control.plan import POLCA_PLAN, ControlPlan
+
+BUDGET_W = 100_000.0
+PLAN = replace(POLCA_PLAN, settle_s=5.0, hold_s=30.0, staleness_s=10.0)
+
+
+def run(
+    plan: ControlPlan,
+    utils_pct: Iterable[float | None],
+    *,
+    interval_s: float = 1.0,
+    state: ControllerState | None = None,
+    age_s: float = 0.5,
+) -> list[Decision]:
+    """Feed one sample per interval (None = no sample) and collect the decisions."""
+    state = state or ControllerState()
+    out = []
+    for i, util in enumerate(utils_pct):
+        d = decide(
+            plan,
+            state,
+            now_s=i * interval_s,
+            domain_power_w=None if util is None else util * BUDGET_W / 100,
+            budget_w=BUDGET_W,
+            sample_age_s=None if util is None else age_s,
+        )
+        out.append(d)
+        state = d.state
+    return out
+
+
+def stages(decisions: list[Decision]) -> list[int]:
+    return [d.stage for d in decisions]
+
+
+class TestEscalation:
+    def test_below_first_trigger_stays_normal(self) -> None:
+        assert set(stages(run(PLAN, [50, 79.9, 70]))) == {0}
+
+    def test_first_trigger_escalates_immediately(self) -> None:
+        d = run(PLAN, [80])[0]
+        assert (d.stage, d.changed) == (1, True)
+        assert "80" in d.reason
+
+    def test_one_stage_per_settle_period(self) -> None:
+        got = stages(run(PLAN, [95] * 12))
+        # 0 s → 1, 5 s → 2, 10 s → 3; never two stages at once.
+        assert got == [1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 3, 3]
+
+    def test_stage_three_needs_power_still_high_after_stage_two(self) -> None:
+        got = stages(run(PLAN, [90] * 6 + [86] * 10))
+        assert max(got) == 2
+
+    def test_brake_jumps_straight_to_last_stage(self) -> None:
+        d = run(PLAN, [100.5])[0]
+        assert d.stage == PLAN.last_stage
+        assert "brake" in d.reason
+
+    def test_brake_not_subject_to_settling(self) -> None:
+        got = stages(run(PLAN, [81, 101]))
+        assert got == [1, PLAN.last_stage]
+
+
+class TestRelease:
+    def test_release_after_hold_time_below_release(self) -> None:
+        got = stages(run(PLAN, [81] + [74] * 40))
+        first_zero = got.index(0)
+        assert first_zero == 31  # below 75% from t=1 s, released once 30 s have passed
+
+    def test_between_release_and_trigger_holds_stage(self) -> None:
+        assert set(stages(run(PLAN, [81] + [77] * 100))) == {1}
+
+    def test_hold_restarts_when_power_returns_above_release(self) -> None:
+        utils = [81] + [74] * 20 + [76] + [74] * 20
+        got = stages(run(PLAN, utils))
+        assert set(got[:42]) == {1}
+
+    def test_release_one_stage_at_a_time(self) -> None:
+        utils = [95] * 11 + [50] * 100
+        got = stages(run(PLAN, utils))
+        drops = [b for a, b in itertools.pairwise(got) if b < a]
+        assert drops == [2, 1, 0]
+        # Each release needs its own hold period.
+        times = [i for i, (a, b) in enumerate(itertools.pairwise(got), 1) if b < a]
+        assert all(t2 - t1 >= PLAN.hold_s for t1, t2 in itertools.pairwise(times))
+
+
+class TestTelemetry:
+    def test_missing_telemetry_goes_to_failsafe(self) -> None:
+        d = run(PLAN, [None])[0]
+        assert (d.stage, d.changed) == (PLAN.failsafe_stage, True)
+        assert "stale" in d.reason
+
+    def test_stale_sample_goes_to_failsafe(self) -> None:
+        d = run(PLAN, [10.0], age_s=PLAN.staleness_s + 0.1)[0]
+        assert d.stage == PLAN.failsafe_stage
+
+    def test_stale_never_lowers_a_higher_stage(self) -> None:
+        start = ControllerState(stage=3)
+        got = stages(run(PLAN, [None] * 50, state=start))
+        assert set(got) == {3}
+
+    def test_fresh_telemetry_after_outage_releases_only_after_hold(self) -> None:
+        got = stages(run(PLAN, [None] * 5 + [10.0] * 40))
+        assert got[5:35] == [PLAN.failsafe_stage] * 30
+        assert got[35] == PLAN.failsafe_stage - 1
+
+
+class TestRobustness:
+    def test_deterministic(self) -> None:
+        rng = random.Random(7)
+        utils = [rng.uniform(60, 105) for _ in range(500)]
+        assert run(PLAN, utils) == run(PLAN, utils)
+
+    def test_oscillation_around_trigger_does_not_flap(self) -> None:
+        # ±2% around the 80% trigger: hysteresis keeps stage 1 once entered.
+        utils = [80 + (2 if i % 2 else -2) for i in range(200)]
+        got = stages(run(PLAN, utils))[1:]  # the first sample (78%) is below the trigger
+        changes = sum(1 for a, b in itertools.pairwise(got) if a != b)
+        assert changes == 0
+        assert set(got) == {1}
+
+    def test_noisy_power_changes_stage_rarely(self) -> None:
+        rng = random.Random(3)
+        utils = [rng.gauss(82, 3) for _ in range(600)]
+        got = stages(run(PLAN, utils))
+        changes = sum(1 for a, b in itertools.pairwise(got) if a != b)
+        # Every change needs settle (up) or hold (down): bounded by the run length / hold time.
+        assert changes <= 600 / PLAN.hold_s * 2
+        assert PLAN.last_stage not in got
+
+    def test_restart_continues_from_status_stage(self) -> None:
+        d = run(PLAN, [86], state=ControllerState(stage=2))[0]
+        assert (d.stage, d.changed) == (2, False)
+
+    def test_state_stage_out_of_range_is_clamped(self) -> None:
+        d = run(PLAN, [50], state=ControllerState(stage=99))[0]
+        assert d.stage == PLAN.last_stage
+
+    def test_time_going_backwards_does_not_escalate_early(self) -> None:
+        state = run(PLAN, [81])[0].state
+        d = decide(PLAN, state, now_s=-10, domain_power_w=95_000, budget_w=BUDGET_W, sample_age_s=0)
+        assert d.stage == 1
+
+    def test_budget_must_be_positive(self) -> None:
+        with pytest.raises(ValueError, match="budget"):
+            decide(PLAN, ControllerState(), now_s=0, domain_power_w=1, budget_w=0, sample_age_s=0)

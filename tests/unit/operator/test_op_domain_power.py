@@ -1,0 +1,73 @@
+"""Domain power from node samples: silent nodes never make the domain look emptier."""
+
+from __future__ import annotations
+
+import pytest
+
+from polca_operator.domain_power import DomainNode, NodeSample, combine, fresh_samples
+
+NOW_S = 1000.0
+
+
+def test_sums_fresh_samples_and_adds_overhead_per_node() -> None:
+    nodes = [DomainNode("a"), DomainNode("b"), DomainNode("cpu-only", reporting=False)]
+    samples = {"a": NodeSample(3000.0, NOW_S - 1), "b": NodeSample(2000.0, NOW_S - 2)}
+    power = combine(nodes, samples, overhead_w=500.0, now_s=NOW_S, staleness_s=10)
+    assert power is not None
+    assert power.power_w == pytest.approx(3000 + 2000 + 3 * 500)
+    assert (power.measured_nodes, power.estimated_nodes) == (2, 0)
+    assert power.age_s(NOW_S) == pytest.approx(2.0)  # the oldest sample used
+
+
+def test_silent_node_counts_at_its_capacity() -> None:
+    nodes = [DomainNode("a"), DomainNode("b", capacity_w=5600.0)]
+    power = combine(
+        nodes, {"a": NodeSample(1000.0, NOW_S)}, overhead_w=0, now_s=NOW_S, staleness_s=10
+    )
+    assert power is not None
+    assert power.power_w == pytest.approx(1000 + 5600)
+    assert power.estimated_nodes == 1
+
+
+def test_silent_node_without_capacity_counts_as_the_busiest_measured_node() -> None:
+    nodes = [DomainNode("a"), DomainNode("b"), DomainNode("c")]
+    samples = {"a": NodeSample(1000.0, NOW_S), "b": NodeSample(4000.0, NOW_S)}
+    power = combine(nodes, samples, overhead_w=0, now_s=NOW_S, staleness_s=10)
+    assert power is not None
+    assert power.power_w == pytest.approx(1000 + 4000 + 4000)
+
+
+def test_stale_sample_is_treated_as_silent() -> None:
+    nodes = [DomainNode("a"), DomainNode("b", capacity_w=800.0)]
+    samples = {"a": NodeSample(100.0, NOW_S), "b": NodeSample(50.0, NOW_S - 30)}
+    power = combine(nodes, samples, overhead_w=0, now_s=NOW_S, staleness_s=10)
+    assert power is not None
+    assert power.power_w == pytest.approx(100 + 800)
+
+
+def test_no_fresh_sample_means_no_power() -> None:
+    nodes = [DomainNode("a")]
+    assert combine(nodes, {}, overhead_w=0, now_s=NOW_S, staleness_s=10) is None
+    stale = {"a": NodeSample(100.0, NOW_S - 11)}
+    assert combine(nodes, stale, overhead_w=0, now_s=NOW_S, staleness_s=10) is None
+
+
+def test_samples_of_other_nodes_are_ignored() -> None:
+    samples = {"a": NodeSample(100.0, NOW_S), "elsewhere": NodeSample(9e9, NOW_S)}
+    power = combine([DomainNode("a")], samples, overhead_w=0, now_s=NOW_S, staleness_s=10)
+    assert power is not None
+    assert power.power_w == 100.0
+
+
+def test_age_is_never_negative_when_the_source_clock_runs_ahead() -> None:
+    power = combine(
+        [DomainNode("a")], {"a": NodeSample(1.0, NOW_S + 3)}, overhead_w=0, now_s=NOW_S,
+        staleness_s=10,
+    )  # fmt: skip
+    assert power is not None
+    assert power.age_s(NOW_S) == 0.0
+
+
+def test_fresh_samples_drops_negative_power() -> None:
+    samples = {"a": NodeSample(-1.0, NOW_S), "b": NodeSample(1.0, NOW_S)}
+    assert set(fresh_samples(samples, now_s=NOW_S, staleness_s=5)) == {"b"}
