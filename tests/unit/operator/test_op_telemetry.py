@@ -119,32 +119,37 @@ def test_prometheus_expressions_ask_for_sample_times() -> None:
 # --- sources over HTTP ----------------------------------------------------------------------
 
 
-def prometheus_app(power: dict[str, float], times: dict[str, float]) -> web.Application:
-    queries: list[str] = []
+def prometheus_app(
+    power: dict[str, float], times: dict[str, float], queries: list[str] | None = None
+) -> web.Application:
+    """A stand-in for Prometheus' query endpoint; records the expressions into `queries`."""
+    seen = queries if queries is not None else []
 
     async def query(request: web.Request) -> web.Response:
         expr = (await request.post())["query"]
         assert isinstance(expr, str)
-        queries.append(expr)
+        seen.append(expr)
         answer = vector("node", times if "timestamp(" in expr else power)
         return web.json_response(answer)
 
     app = web.Application()
     app.router.add_post("/api/v1/query", query)
-    app["queries"] = queries
     return app
 
 
 async def test_prometheus_source_pairs_power_with_sample_time(
     serve: Serve, session: aiohttp.ClientSession
 ) -> None:
-    app = prometheus_app({"a": 3000.0, "b": 2000.0, "other": 1.0}, {"a": NOW_S - 1, "b": NOW_S})
+    queries: list[str] = []
+    app = prometheus_app(
+        {"a": 3000.0, "b": 2000.0, "other": 1.0}, {"a": NOW_S - 1, "b": NOW_S}, queries
+    )
     url = await serve(app)
     query = PowerQuery(nodes=(DomainNode("a"), DomainNode("b")), source="prometheus",
                        prometheus_url=url + "/")  # fmt: skip
     samples = await PrometheusSource(session).node_samples(query, {"a", "b"})
     assert samples == {"a": NodeSample(3000.0, NOW_S - 1), "b": NodeSample(2000.0, NOW_S)}
-    assert len(app["queries"]) == 2
+    assert len(queries) == 2
 
 
 async def test_prometheus_source_leaves_out_nodes_without_sample_time(
@@ -157,7 +162,7 @@ async def test_prometheus_source_leaves_out_nodes_without_sample_time(
 
 async def test_prometheus_source_times_out(serve: Serve, session: aiohttp.ClientSession) -> None:
     async def slow(_: web.Request) -> web.Response:
-        await asyncio.sleep(5)
+        await asyncio.sleep(1)
         return web.json_response({})
 
     app = web.Application()
