@@ -10,11 +10,11 @@ the daemon calls `apply` with `asyncio.to_thread`. What it does depends on the d
 - RESTORE: every GPU back to no ceiling and its default limit;
 - HOLD, UNMANAGED: nothing is written.
 
-Writes are idempotent twice over: the actuator skips a knob already at its target, and the
-backend reads before it writes. A rejected write (a `GpuError`) is recorded on that GPU as
-`last_error` (a status condition upstream) and counted through the observer (a metric); it is
-retried at the next apply and never raised. A limit the GPU did not take (read back differs)
-counts as a rejected write too.
+Writes are idempotent: the backend reads a power limit before it writes one, and the actuator
+skips a clock ceiling this process already set to the same value (NVML cannot read it back).
+A rejected write (a `GpuError`) is recorded on that GPU as `last_error` (a status condition
+upstream) and counted through the observer (a metric); it is retried at the next apply and
+never raised. A limit the GPU did not take (read back differs) counts as a rejected write too.
 """
 
 from __future__ import annotations
@@ -273,15 +273,8 @@ class Actuator:
         self._succeeded(index, CLOCK, result.changed, outcome)
 
     def _set_power(self, index: int, limit_w: float | None, outcome: _Outcome) -> None:
-        applied = self.applied[index]
-        target_w = applied.default_limit_w if limit_w is None else limit_w
-        if (
-            applied.power_limit_w is not None
-            and target_w is not None
-            and abs(applied.power_limit_w - target_w) < _LIMIT_TOLERANCE_W
-            and applied.last_error is None
-        ):
-            return
+        # No shortcut from the cached limit: someone may have changed it since the last sample,
+        # and the backend reads before it writes anyway.
         try:
             result = self._backend.set_power_limit(index, limit_w)
         except GpuError as exc:

@@ -23,11 +23,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from polca.api.nodepowerstate import AppliedPolicy
+from polca.api.conditions import Condition
+from polca.api.nodepowerstate import AppliedPolicy, NodePowerStateStatus
 from polca.control.plan import GpuLimits
 from polca.control.tiers import PodFacts
 from polca_node.actuator import ActuationResult, Actuator, Knob
@@ -135,6 +137,8 @@ class NodeDaemon:
         self._status_wake = asyncio.Event()
         self._pods_changed = asyncio.Event()
         self._watchers: list[Watcher] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._conditions: tuple[Condition, ...] = ()  # as last written
         self._started_s = clock()
 
     # -- health ------------------------------------------------------------------------------
@@ -165,7 +169,7 @@ class NodeDaemon:
             asyncio.create_task(self._resync_loop(stop), name="resync"),
             asyncio.create_task(
                 run_periodic(
-                    self._sample, lambda: self.config.guard_period_s, stop, clock=self._clock
+                    self.sample, lambda: self.config.guard_period_s, stop, clock=self._clock
                 ),
                 name="sampler",
             ),
@@ -197,19 +201,18 @@ class NodeDaemon:
                 inventory = await asyncio.to_thread(self.backend.open)
             except GpuError as exc:
                 self._open_error = exc
-                logger.error("cannot open NVML (retrying in %.0f s): %s", OPEN_RETRY_S, exc)
+                # An expected condition on nodes without a driver: the message, no traceback.
+                logger.error("cannot open NVML (retrying in %.0f s): %s", OPEN_RETRY_S, exc)  # noqa: TRY400
                 await self._report_open_error(exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), OPEN_RETRY_S)
                 continue
             self._open_error = None
-            self._adopt(inventory)
+            self.adopt(inventory)
             return inventory
         return None
 
     async def _report_open_error(self, exc: GpuError) -> None:
-        from polca.api.nodepowerstate import NodePowerStateStatus
-
         status = NodePowerStateStatus(
             heartbeat_time=self._wall_clock(), metrics_endpoint=self.config.metrics_endpoint
         ).with_condition("Ready", "False", exc.reason, str(exc), now=self._wall_clock())
@@ -219,13 +222,16 @@ class NodeDaemon:
         except ApiError as api_exc:
             logger.warning("cannot report the NVML failure: %s", api_exc)
 
-    def _adopt(self, inventory: Inventory) -> None:
+    def adopt(self, inventory: Inventory) -> None:
+        """Take the GPUs NVML found (done by `run`; tests call it directly)."""
         self._inventory = inventory
         self._gpus = inventory.by_index()
         self._limits = {index: gpu_limits(info) for index, info in self._gpus.items()}
         for index, failure in inventory.failures.items():
             logger.error("GPU %d unusable: %s", index, failure)
-        self.actuator = Actuator(self.backend, self._gpus, self.metrics, wall_clock=self._wall_clock)
+        self.actuator = Actuator(
+            self.backend, self._gpus, self.metrics, wall_clock=self._wall_clock
+        )
         if self._pod_mapper_factory is not None and self.config.fake_gpu_annotation is None:
             self._pod_mapper = self._pod_mapper_factory(inventory)
         logger.info(
@@ -271,17 +277,20 @@ class NodeDaemon:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), RETRY_S)
                 continue
-            record = previous_record(obj)
-            self._previous = record
-            self._record = record.policies
-            if self.actuator is not None:
-                self.actuator.recall(record.ceilings_mhz)
-            logger.info(
-                "previous record: %s",
-                ", ".join(f"{p.name}/{p.stage}" for p in record.policies) or "no policy",
-            )
-            self.wake()
+            self.recall(previous_record(obj))
             return
+
+    def recall(self, record: PreviousRecord) -> None:
+        """Take what our NodePowerState recorded before this process started."""
+        self._previous = record
+        self._record = record.policies
+        if self.actuator is not None:
+            self.actuator.recall(record.ceilings_mhz)
+        logger.info(
+            "previous record: %s",
+            ", ".join(f"{p.name}/{p.stage}" for p in record.policies) or "no policy",
+        )
+        self.wake()
 
     # -- deciding and applying ---------------------------------------------------------------
 
@@ -394,10 +403,14 @@ class NodeDaemon:
 
         self._background(post())
 
-    _tasks: set[asyncio.Task[None]] = set()
+    async def flush_background(self) -> None:
+        """Wait for background work (Event posts) to finish."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def _background(self, coroutine: object) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)  # type: ignore[arg-type]
+    def _background(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        # Keep a reference: the loop holds tasks only weakly.
+        task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -435,7 +448,8 @@ class NodeDaemon:
             self.actuator.observe(readings)
         return readings, errors
 
-    async def _sample(self) -> None:
+    async def sample(self) -> None:
+        """Read every GPU, run the guards and refresh the metrics (one sampler tick)."""
         readings, errors = await asyncio.to_thread(self._read_all)
         if errors.keys() != self._read_errors.keys():
             for index, message in errors.items():
@@ -519,11 +533,10 @@ class NodeDaemon:
             read_errors=self._read_errors,
         )
 
-    _conditions: tuple = ()
-
     async def _status_loop(self, stop: asyncio.Event) -> None:
         schedule = StatusSchedule(self.config.heartbeat_s)
         while not stop.is_set():
+            self._status_wake.clear()
             if self._previous is not None:  # never overwrite the record before reading it
                 status = build_status(self.build_status_inputs())
                 fingerprint = status_fingerprint(status)
@@ -538,7 +551,6 @@ class NodeDaemon:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(stop.wait(), RETRY_S)
                         continue
-            self._status_wake.clear()
             next_s = schedule.next_heartbeat_s()
             timeout_s = RETRY_S if next_s is None else max(0.0, next_s - self._clock())
             with contextlib.suppress(TimeoutError):

@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from socketserver import ThreadingMixIn
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -222,7 +222,7 @@ class NodeMetrics:
 
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
-        logger.debug("http: " + format, *args)
+        logger.debug("http: %s", format % args)
 
 
 def _app(

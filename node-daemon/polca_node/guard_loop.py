@@ -21,6 +21,7 @@ From a policy (`spec.guard`):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -181,14 +182,12 @@ async def run_periodic(
     while not stop.is_set():
         try:
             await tick()
-        except Exception:  # noqa: BLE001 - one bad sample must not end the guard
+        except Exception:
             logger.exception("sampling tick failed")
         period = period_s()
         next_s += period
         now = clock()
         if next_s < now:
             next_s = now + period - (now - next_s) % period
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=max(0.0, next_s - now))
-        except TimeoutError:
-            pass

@@ -185,7 +185,8 @@ def in_cluster_credentials(account_dir: Path = SERVICE_ACCOUNT_DIR) -> Credentia
 
 
 def load_credentials(kubeconfig: Path | None = None) -> Credentials:
-    """An explicit kubeconfig, else $KUBECONFIG, else the in-cluster account, else ~/.kube/config."""
+    """An explicit kubeconfig, else $KUBECONFIG, else the in-cluster service account, else
+    ~/.kube/config."""
     if kubeconfig is not None:
         return kubeconfig_credentials(kubeconfig)
     from_env = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]

@@ -204,14 +204,22 @@ def _gpu_decision(
     )
 
 
+def _unknown(inputs: DecisionInputs) -> str | None:
+    """What the decision still waits for, if anything, before it may look at the policies."""
+    if inputs.policies is None:
+        return "PowerPolicies not listed yet"
+    if inputs.node_labels is None:
+        return "this node's Node object is not known yet"
+    if inputs.previously_managed is None:
+        return "this node's previous NodePowerState is not read yet"
+    return None
+
+
 def decide_node(inputs: DecisionInputs) -> NodeDecision:
     """The node's decision: a mode, and per GPU the settings to enforce and to report."""
-    if inputs.policies is None:
-        return NodeDecision(Mode.HOLD, "PowerPolicies not listed yet")
-    if inputs.node_labels is None:
-        return NodeDecision(Mode.HOLD, "this node's Node object is not known yet")
-    if inputs.previously_managed is None:
-        return NodeDecision(Mode.HOLD, "this node's previous NodePowerState is not read yet")
+    waiting_for = _unknown(inputs)
+    if waiting_for is not None or inputs.policies is None or inputs.node_labels is None:
+        return NodeDecision(Mode.HOLD, waiting_for or "")
     selecting = selecting_policies(inputs.policies, inputs.node_labels)
     if not any(not p.spec.dry_run for p in selecting):
         if inputs.previously_managed:
@@ -230,7 +238,8 @@ def decide_node(inputs: DecisionInputs) -> NodeDecision:
     elif waiting:
         mode, reason = Mode.TIGHTEN, f"no decision yet from {', '.join(waiting)}: only tightening"
     else:
-        mode, reason = Mode.ENFORCE, "enforcing " + ", ".join(
-            f"{o.name}/{o.stage}" for o in enforcing
+        mode, reason = (
+            Mode.ENFORCE,
+            "enforcing " + ", ".join(f"{o.name}/{o.stage}" for o in enforcing),
         )
     return NodeDecision(mode, reason, outcomes, gpus)

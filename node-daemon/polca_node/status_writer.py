@@ -1,4 +1,4 @@
-"""The node's NodePowerState: built from what the daemon knows, written on change and as a heartbeat.
+"""The node's NodePowerState: built from what the daemon knows, written on change and heartbeat.
 
 - `build_status` (pure) turns the decision, what the GPUs have and the last samples into a
   `NodePowerStateStatus` (the models of `polca.api.nodepowerstate`);
@@ -24,7 +24,6 @@ from pydantic import ValidationError
 
 from polca.api.conditions import Condition
 from polca.api.nodepowerstate import (
-    API_VERSION,
     AppliedPolicy,
     GpuStatus,
     GpuWriteError,
@@ -32,6 +31,7 @@ from polca.api.nodepowerstate import (
     NodePowerStateStatus,
     PodRef,
 )
+from polca.api.powerpolicy import API_VERSION
 from polca_node.actuator import GpuApplied
 from polca_node.gpu.backend import GpuInfo, GpuReading
 from polca_node.guard_loop import GuardOutcome
@@ -40,10 +40,10 @@ from polca_node.policies import Mode, NodeDecision
 
 __all__ = [
     "NODE_POWER_STATES",
+    "NodeStateClient",
     "PreviousRecord",
     "StatusInputs",
     "StatusSchedule",
-    "NodeStateClient",
     "applied_policies",
     "build_status",
     "status_fingerprint",
@@ -210,9 +210,10 @@ def _conditions(status: NodePowerStateStatus, inputs: StatusInputs) -> NodePower
         i: a.last_error for i, a in sorted(inputs.applied.items()) if a.last_error is not None
     }
     if failures or status.condition(GPU_WRITE_FAILED) is not None:
-        message = "; ".join(
-            f"GPU {i} {f.knob}: {f.reason}" for i, f in failures.items()
-        ) or "every write succeeded"
+        message = (
+            "; ".join(f"GPU {i} {f.knob}: {f.reason}" for i, f in failures.items())
+            or "every write succeeded"
+        )
         status = status.with_condition(
             GPU_WRITE_FAILED, "True" if failures else "False",
             "WriteRejected" if failures else "WritesSucceeded", message[:MAX_MESSAGE], now=now,
@@ -355,13 +356,16 @@ class NodeStateClient:
                     body=patch,
                     content_type="application/json-patch+json",
                 )
-                return
             except ApiError as exc:
                 if not exc.not_found or attempt == 2:
                     raise
                 self.ensure()  # deleted under us: create it again
+            else:
+                return
 
-    def post_event(self, reason: str, message: str, *, now: datetime, warning: bool = False) -> None:
+    def post_event(
+        self, reason: str, message: str, *, now: datetime, warning: bool = False
+    ) -> None:
         """A core/v1 Event about the NodePowerState (`kubectl describe nodepowerstate`)."""
         stamp = _rfc3339(now)
         body = {
@@ -384,6 +388,4 @@ class NodeStateClient:
             "reportingComponent": COMPONENT,
             "reportingInstance": self.node_name,
         }
-        self._client.request(
-            "POST", f"/api/v1/namespaces/{self.event_namespace}/events", body=body
-        )
+        self._client.request("POST", f"/api/v1/namespaces/{self.event_namespace}/events", body=body)

@@ -92,9 +92,7 @@ class Watcher:
         self._lock = threading.Lock()
         self._stream: WatchStream | None = None
         self._resource_version: str | None = None  # of the last list or event seen
-        self._thread = threading.Thread(
-            target=self._run, name=f"watch-{target.name}", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name=f"watch-{target.name}", daemon=True)
 
     def start(self) -> Watcher:
         self._thread.start()
@@ -135,7 +133,7 @@ class Watcher:
                 resource_version = self._resource_version or resource_version
                 self._fail(exc, backoff_s)
                 backoff_s = min(backoff_s * 2, self._max_backoff_s)
-            except Exception as exc:  # noqa: BLE001 - a malformed answer or a sink bug
+            except Exception as exc:
                 # must not end the watch for good: list again after a pause.
                 logger.exception("%s: unexpected failure", self._target.name)
                 resource_version = None

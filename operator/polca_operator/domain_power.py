@@ -1,10 +1,11 @@
 """Domain power from per-node samples, pure: what the controller is fed each cycle.
 
 Safety first: a node the domain expects but whose sample is missing or stale is not counted as
-zero. It is counted at its capacity (its GPUs' maximum power limits) when known, or else at
-the highest power any measured node reports, so a silent node can only make the domain look
-fuller, never emptier. With no fresh sample at all there is no domain power (None), and the
-controller applies the policy's failsafe stage.
+zero. It is counted at the higher of its last known power and the power of the busiest node
+measured now, so a silent node (a daemon restarting, a lost scrape) can only make the domain
+look fuller, never emptier, without braking the whole domain over one missing sample. With no
+fresh sample at all there is no domain power (None), and the controller applies the policy's
+failsafe stage.
 """
 
 from __future__ import annotations
@@ -28,13 +29,11 @@ class DomainNode:
     """A node of the domain as the operator knows it from the cluster.
 
     `reporting` marks a node whose daemon registered (it has a NodePowerState): it must report
-    power, and is estimated when it does not. `capacity_w` is the sum of its GPUs' maximum
-    power limits, when the daemon reported them.
+    power, and is estimated when it does not.
     """
 
     name: str
     reporting: bool = True
-    capacity_w: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +66,15 @@ def combine(
     overhead_w: float,
     now_s: float,
     staleness_s: float,
+    last_known: Mapping[str, NodeSample] | None = None,
 ) -> DomainPower | None:
     """The domain's power: measured nodes, plus estimates for silent ones, plus overhead.
 
-    `overhead_w` is added once per node of the domain. Samples of nodes outside the domain
-    are ignored. None when no node of the domain has a fresh sample.
+    `overhead_w` is added once per node of the domain; `last_known` holds earlier samples of
+    the nodes (of any age). Samples of nodes outside the domain are ignored. None when no node
+    of the domain has a fresh sample.
     """
+    last_known = last_known or {}
     domain = list(nodes)
     names = {n.name for n in domain}
     fresh = {
@@ -84,7 +86,9 @@ def combine(
         return None
     highest_w = max(s.power_w for s in fresh.values())
     silent = [n for n in domain if n.reporting and n.name not in fresh]
-    estimate_w = sum(n.capacity_w if n.capacity_w is not None else highest_w for n in silent)
+    estimate_w = sum(
+        max(highest_w, last_known[n.name].power_w if n.name in last_known else 0.0) for n in silent
+    )
     return DomainPower(
         power_w=sum(s.power_w for s in fresh.values()) + estimate_w + overhead_w * len(domain),
         sample_time_s=min(s.time_s for s in fresh.values()),

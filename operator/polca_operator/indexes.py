@@ -1,7 +1,7 @@
 """Kopf indexes of Nodes and NodePowerStates, holding only the fields a control cycle uses.
 
 A cycle reads domain membership (node labels) and the daemons' reports (metrics endpoint, GPU
-counts, capacity) from these in-memory indexes, so it makes no API reads at all. Kopf fills
+counts) from these in-memory indexes, so it makes no API reads at all. Kopf fills
 them from its watches before any handler runs and keeps the last content while a watch
 reconnects: a failed read never turns into an empty cluster.
 
@@ -43,7 +43,6 @@ class NodeReport:
     metrics_url: str | None = None
     gpu_count: int = 0
     throttled_gpu_count: int = 0
-    capacity_w: float | None = None
     policies: frozenset[str] = frozenset()
 
 
@@ -56,14 +55,6 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and value >= 0 else 0
 
 
-def _capacity_w(gpus: Any) -> float | None:
-    if not isinstance(gpus, list) or not gpus:
-        return None
-    limits = [g.get("maxPowerLimitWatts") for g in gpus if isinstance(g, dict)]
-    watts = [float(w) for w in limits if isinstance(w, int | float)]
-    return float(sum(watts)) if len(watts) == len(gpus) else None
-
-
 def node_report_entry(name: str, status: Mapping[str, Any]) -> dict[str, NodeReport]:
     """Index entry of a NodePowerState, read defensively: a daemon's odd status is not a crash."""
     gpus = status.get("gpus")
@@ -74,7 +65,6 @@ def node_report_entry(name: str, status: Mapping[str, Any]) -> dict[str, NodeRep
             metrics_url=url if isinstance(url, str) and url else None,
             gpu_count=_int(status.get("gpuCount", len(gpus) if isinstance(gpus, list) else 0)),
             throttled_gpu_count=_int(status.get("throttledGpuCount")),
-            capacity_w=_capacity_w(gpus),
             policies=frozenset(
                 str(p["name"]) for p in policies or () if isinstance(p, dict) and "name" in p
             ),

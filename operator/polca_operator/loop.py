@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from polca.api.semantic import Problem
 from polca.control.controller import ControllerState, Decision, decide
 from polca.control.plan import ControlPlan
-from polca_operator.domain_power import DomainNode
+from polca_operator.domain_power import DomainNode, NodeSample
 from polca_operator.indexes import ClusterView
 from polca_operator.metrics import Change, Health, OperatorMetrics
 from polca_operator.status import CycleReport, EventSink, StatusSink, StatusWriter
@@ -49,7 +49,13 @@ DEFAULT_INTERVAL_S = 1.0
 
 
 class PowerReading(Protocol):
-    async def read(self, query: PowerQuery, *, staleness_s: float) -> TelemetryReading: ...
+    async def read(
+        self,
+        query: PowerQuery,
+        *,
+        staleness_s: float,
+        last_known: Mapping[str, NodeSample] | None = None,
+    ) -> TelemetryReading: ...
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,8 @@ class ControlLoop:
         self._domain_key: Hashable | None = None
         self._domain: _Domain | None = None
         self._failing_sources: frozenset[str] = frozenset()
+        # Each node's latest fresh sample: the floor of its estimate while it is silent.
+        self._last_known: dict[str, NodeSample] = {}
 
     @property
     def deps(self) -> LoopDeps:
@@ -178,7 +186,10 @@ class ControlLoop:
         domain = self._domain_for(parsed, view)
         plan = parsed.plan
         staleness_s = plan.staleness_s
-        reading = await self._deps.reader.read(domain.query, staleness_s=staleness_s)
+        reading = await self._deps.reader.read(
+            domain.query, staleness_s=staleness_s, last_known=self._last_known
+        )
+        self._last_known.update(reading.samples)
         self._note_errors(reading)
         age_s = reading.age_s(self._deps.wall_clock())
         power_w = reading.power.power_w if reading.power is not None else None
@@ -278,7 +289,7 @@ class ControlLoop:
             if report is None:
                 nodes.append(DomainNode(name, reporting=False))
                 continue
-            nodes.append(DomainNode(name, reporting=True, capacity_w=report.capacity_w))
+            nodes.append(DomainNode(name, reporting=True))
             if report.metrics_url:
                 urls[name] = report.metrics_url
             gpus += report.gpu_count
@@ -296,6 +307,8 @@ class ControlLoop:
             metrics_urls=urls,
         )
         problems = self._semantic.problems(parsed, len(selected), [lb for _, lb in all_labels])
+        members = set(selected)
+        self._last_known = {n: s for n, s in self._last_known.items() if n in members}
         self._domain = _Domain(query, len(selected), gpus, throttled, problems)
         self._domain_key = key
         return self._domain

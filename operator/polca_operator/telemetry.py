@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -238,6 +238,7 @@ class TelemetryReading:
     power: DomainPower | None
     sources: tuple[SourceName, ...] = ()
     errors: tuple[tuple[SourceName, str], ...] = ()
+    samples: Mapping[str, NodeSample] = field(default_factory=dict)  # the fresh ones used
 
     def age_s(self, now_s: float) -> float | None:
         return None if self.power is None else self.power.age_s(now_s)
@@ -267,7 +268,14 @@ class PowerReader:
             ordered = [self._direct, prometheus]
         return [s for s in ordered if s is not None]
 
-    async def read(self, query: PowerQuery, *, staleness_s: float) -> TelemetryReading:
+    async def read(
+        self,
+        query: PowerQuery,
+        *,
+        staleness_s: float,
+        last_known: Mapping[str, NodeSample] | None = None,
+    ) -> TelemetryReading:
+        """Fresh per-node power from the sources, combined; `last_known` sizes silent nodes."""
         names = query.node_names
         expected = {n.name for n in query.nodes if n.reporting}
         samples: dict[str, NodeSample] = {}
@@ -293,15 +301,6 @@ class PowerReader:
             overhead_w=query.overhead_w,
             now_s=self._wall_clock(),
             staleness_s=staleness_s,
+            last_known=last_known,
         )
-        return TelemetryReading(power, tuple(used), tuple(errors))
-
-
-def domain_nodes(
-    selected: Sequence[str], capacities: Mapping[str, float | None], reporting: Collection[str]
-) -> tuple[DomainNode, ...]:
-    """DomainNodes for the selected nodes, given which have a daemon and their capacities."""
-    return tuple(
-        DomainNode(name, reporting=name in reporting, capacity_w=capacities.get(name))
-        for name in selected
-    )
+        return TelemetryReading(power, tuple(used), tuple(errors), samples)

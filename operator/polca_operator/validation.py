@@ -2,8 +2,13 @@
 
 The schema and CEL catch nearly every mistake at `kubectl apply` time. What is left is caught
 here: a spec the models reject (schema drift, an old CRD), and rules that depend on the
-cluster (`polca.api.semantic`). Any problem sets `Ready=False` with its reason, and the
-operator keeps enforcing the last valid plan: a bad edit never lifts limits.
+cluster (`polca.api.semantic`). Any problem sets `Ready=False` with its reason.
+
+A spec that does not parse is not used: the operator keeps enforcing the last valid plan.
+A spec with cluster-dependent problems is used, because each of them can only make it
+throttle more, never less (an overhead that exceeds the budget inflates domain power, guard
+budgets below the domain's make the daemons act sooner, a domain without nodes has no
+telemetry and so sits at its failsafe stage). Either way a bad edit never lifts limits.
 """
 
 from __future__ import annotations

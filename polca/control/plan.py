@@ -319,5 +319,5 @@ def plan_from_dict(data: Mapping[str, Any]) -> ControlPlan:
             hold_s=float(data["hold_s"]),
             staleness_s=float(data["staleness_s"]),
         )
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"invalid control plan: {exc!r}") from exc

@@ -79,8 +79,6 @@ class Mix:
     def __post_init__(self) -> None:
         if min(self.high, self.low, self.train) < 0 or self.high + self.low + self.train <= 0:
             raise ValueError("mix shares must be non-negative and not all zero")
-        if self.high + self.low <= 0:
-            raise ValueError("the mix needs some inference servers")
 
     def server_tiers(self, servers: int) -> tuple[str, ...]:
         """Tier of each server, interleaved so any prefix keeps the mix (adding servers to a

@@ -94,7 +94,7 @@ class SimResult:
     finish_s: FloatArray  # nan: never finished
     tbt_samples: Mapping[str, tuple[FloatArray, FloatArray]]  # tier → (tbt_s, token weights)
     tokens_in_horizon: Mapping[str, float]  # generated tokens per tier within duration_s
-    train_iterations: float
+    train_iterations: float  # completed within duration_s
     stage_changes: int
     guard_actions: int = 0
     extra: Mapping[str, float] = field(default_factory=dict)
@@ -139,11 +139,18 @@ class _Run:
         inf_tiers = [tiers[i] for i in self.inf]
         self.inf_tier_code = np.array([INFERENCE_TIERS.index(t) for t in inf_tiers], dtype=np.int8)
 
-        # Requests.
+        self._init_requests(requests)
+        self._init_settings()
+        self._init_control(plan)
+        self._init_recording()
+
+    def _init_requests(self, requests: Requests) -> None:
+        config = self.cfg
         if len(requests) and int(requests.server.max()) >= self.s:
             raise ValueError("requests name more inference servers than the domain has")
         self.req = requests
         self.work_s = self.svc.prefill_s(requests.context_tokens)
+        self.thr = _fifo_thresholds(requests.server, self.work_s)
         r = len(requests)
         self.first = np.full(r, np.nan)
         self.finish = np.full(r, np.nan)
@@ -167,6 +174,7 @@ class _Run:
         self.act_fin = np.empty(0)
         self.act_srv = np.empty(0, dtype=np.int64)
 
+    def _init_settings(self) -> None:
         # Training job (one synchronous job over all training servers).
         self.train_in_compute = True
         self.train_left = self.svc.train_compute_s
@@ -187,7 +195,8 @@ class _Run:
         self.above_steps = 0
         self.dirty = True
 
-        # Controller.
+    def _init_control(self, plan: ControlPlan | None) -> None:
+        config = self.cfg
         self.ctrl_state = ControllerState()
         self.ctrl_stage = 0
         self.stage_changes = 0
@@ -214,7 +223,8 @@ class _Run:
         self.guard_states = [GuardState() for _ in range(self.n)]
         self.node_energy = np.zeros(self.n)
 
-        # Recording.
+    def _init_recording(self) -> None:
+        config = self.cfg
         self.raw = np.zeros(self.n_steps, dtype=np.float32)
         self.metered = np.zeros(self.n_steps, dtype=np.float32)
         self.stage_rec = np.zeros(self.n_steps, dtype=np.int8)
@@ -264,7 +274,10 @@ class _Run:
 
     def run(self, progress: Callable[[float], None] | None) -> SimResult:
         report_every = max(1, self.n_steps // 100)
+        train_in_horizon = None
         for k in range(self.n_steps):
+            if k == self.horizon:
+                train_in_horizon = self.train_iterations
             t = k * self.dt
             self._actuate(t)
             if self.dirty:
@@ -281,26 +294,18 @@ class _Run:
                 progress(k / self.n_steps)
         if progress is not None:
             progress(1.0)
+        if train_in_horizon is not None:
+            self.train_iterations = train_in_horizon
         return self._result()
 
     def _arrivals(self, k: int) -> None:
         lo, hi = int(self.bounds[k]), int(self.bounds[k + 1])
         if hi <= lo:
             return
-        idx = np.arange(lo, hi)
         srv = self.req.server[lo:hi]
-        work = self.work_s[lo:hi]
-        # Each request's threshold: its server's queued work including itself (FIFO).
-        order = np.argsort(srv, kind="stable")
-        s_sorted, w_sorted = srv[order], work[order]
-        csum = np.cumsum(w_sorted)
-        starts = np.r_[True, s_sorted[1:] != s_sorted[:-1]]
-        base = np.maximum.accumulate(np.where(starts, csum - w_sorted, 0.0))
-        thr = np.empty(hi - lo)
-        thr[order] = self.enq[s_sorted] + csum - base
-        self.enq += np.bincount(srv, weights=work, minlength=self.s)
-        self.pend_idx = np.concatenate([self.pend_idx, idx])
-        self.pend_thr = np.concatenate([self.pend_thr, thr])
+        self.enq += np.bincount(srv, weights=self.work_s[lo:hi], minlength=self.s)
+        self.pend_idx = np.concatenate([self.pend_idx, np.arange(lo, hi)])
+        self.pend_thr = np.concatenate([self.pend_thr, self.thr[lo:hi]])
         self.pend_srv = np.concatenate([self.pend_srv, srv])
 
     def _serve(self, k: int, t: float) -> float:
@@ -317,10 +322,10 @@ class _Run:
         iters = td / it_s
         before = self.iter_count
         self.iter_count = before + iters
-        tokens = iters * n
+        # Requests finishing mid-step do not use the rest of the step's iterations.
+        tokens = iters * n - self._finish_decodes(t, tp, before, it_s)
         self.tbt[k] = np.where(iters > 0, dt / np.maximum(iters, 1e-12), 0.0)
         self.tok[k] = tokens
-        self._finish_decodes(t, tp, before, it_s)
         self._finish_prefills(t, done_before)
 
         pf = tp / dt
@@ -336,13 +341,18 @@ class _Run:
 
     def _finish_decodes(
         self, t: float, tp: FloatArray, before: FloatArray, it_s: FloatArray
-    ) -> None:
+    ) -> FloatArray:
+        """Retire finished requests; returns each server's unused iterations of the step."""
+        unused = np.zeros(self.s)
         if not self.act_idx.size:
-            return
+            return unused
         fin = self.act_fin <= self.iter_count[self.act_srv]
         if not fin.any():
-            return
+            return unused
         srv = self.act_srv[fin]
+        unused += np.bincount(
+            srv, weights=self.iter_count[srv] - self.act_fin[fin], minlength=self.s
+        )
         self.finish[self.act_idx[fin]] = t + tp[srv] + (self.act_fin[fin] - before[srv]) * it_s[srv]
         self.n_act -= np.bincount(srv, minlength=self.s)
         keep = ~fin
@@ -351,6 +361,7 @@ class _Run:
             self.act_fin[keep],
             self.act_srv[keep],
         )
+        return unused
 
     def _finish_prefills(self, t: float, done_before: FloatArray) -> None:
         if not self.pend_idx.size:
@@ -430,8 +441,8 @@ class _Run:
     def _control(self, k: int, t: float) -> None:
         assert self.plan is not None
         pol = self.cfg.policy
-        sample_t = math.floor((t - pol.telemetry_latency_s) / pol.telemetry_period_s + 1e-9)
-        sample_t *= pol.telemetry_period_s
+        periods = math.floor((t - pol.telemetry_latency_s) / pol.telemetry_period_s + 1e-9)
+        sample_t = periods * pol.telemetry_period_s
         power: float | None = None
         age: float | None = None
         if sample_t >= 0:
@@ -515,3 +526,16 @@ class _Run:
             stage_changes=self.stage_changes,
             guard_actions=self.guard_actions,
         )
+
+
+def _fifo_thresholds(server: npt.NDArray[np.int64], work_s: FloatArray) -> FloatArray:
+    """Each request's server's cumulative prefill work up to and including it (FIFO order):
+    the request has its first token once the server has done that much prefill work."""
+    order = np.argsort(server, kind="stable")
+    s_sorted, w_sorted = server[order], work_s[order]
+    csum = np.cumsum(w_sorted)
+    starts = np.concatenate([[True], s_sorted[1:] != s_sorted[:-1]])
+    group_base = np.maximum.accumulate(np.where(starts, csum - w_sorted, 0.0))
+    thr = np.empty_like(work_s)
+    thr[order] = csum - group_base
+    return thr

@@ -24,10 +24,18 @@ import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
 
-from polca.control.plan import POLCA_PLAN, ControlPlan, relative_clocks, shift_triggers
+from polca.control.plan import (
+    POLCA_PLAN,
+    ControlPlan,
+    Stage,
+    TierAction,
+    relative_clocks,
+    shift_triggers,
+)
 from polca.power.profiles import get_profile
 
 __all__ = [
+    "K8S_PLAN",
     "POLICY_NAMES",
     "GuardSettings",
     "PolicyConfig",
@@ -38,6 +46,46 @@ __all__ = [
 POLICY_NAMES = ("none", "polca", "polca-k8s")
 _MIN_TOP_TRIGGER_PCT = 50.0  # below this a workload is too spiky for the policy to matter
 _A100_MAX_MHZ = get_profile("A100-80GB").max_sm_clock_mhz  # POLCA's clocks are A100 clocks
+
+
+def _low(action: TierAction) -> dict[str, TierAction]:
+    return {"idle": action, "low": action}
+
+
+_BRAKE = TierAction(clock_ceiling_pct=100.0 * 288 / 1410)
+_DEEP_LOW = TierAction(clock_ceiling_pct=45.0)
+
+# polca-k8s's default plan: shed power from the low tier in finer and deeper steps before the
+# high tier is touched, which fast in-band actuation makes affordable (each step is undone
+# within seconds once power falls). Power caps first: they clip exactly the prefill peaks and
+# leave decoding alone. The last throttling stage is POLCA's stage 3 (1305 of 1410 MHz on the
+# high tier). Triggers are POLCA's before derivation shifts them to the reaction time.
+K8S_PLAN = ControlPlan(
+    stages=(
+        Stage("normal", 0.0, 0.0),
+        Stage("low-cap-60", 80.0, 75.0, _low(TierAction(power_limit_pct=60.0))),
+        Stage(
+            "low-79",
+            85.0,
+            80.0,
+            _low(TierAction(clock_ceiling_pct=100.0 * 1110 / 1410, power_limit_pct=60.0)),
+        ),
+        Stage("low-60", 89.0, 84.0, _low(TierAction(clock_ceiling_pct=60.0))),
+        Stage("low-45", 89.0, 84.0, _low(_DEEP_LOW)),
+        Stage(
+            "high-93",
+            89.0,
+            84.0,
+            {**_low(_DEEP_LOW), "high": TierAction(clock_ceiling_pct=100.0 * 1305 / 1410)},
+        ),
+        Stage("brake", 100.0, 89.0, {"idle": _BRAKE, "low": _BRAKE, "high": _BRAKE}),
+    ),
+    tiers=("idle", "low", "high"),
+    failsafe_stage=3,
+    settle_s=5.0,
+    hold_s=30.0,
+    staleness_s=10.0,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,15 +146,17 @@ def make_policy(
     plan: ControlPlan | None = None,
     guard: GuardSettings | None = None,
     use_guard: bool = True,
+    derive_triggers: bool = True,
 ) -> PolicyConfig:
-    """A named policy with its defaults; ``plan`` replaces the stage table of polca/polca-k8s."""
-    base_plan = plan or relative_clocks(POLCA_PLAN, _A100_MAX_MHZ)
+    """A named policy with its defaults; ``plan`` replaces its stage table (POLCA's for
+    ``polca``, :data:`K8S_PLAN` for ``polca-k8s``)."""
     if name == "none":
         return PolicyConfig(name="none", plan=None)
     if name == "polca":
+        polca_plan = plan or relative_clocks(POLCA_PLAN, _A100_MAX_MHZ)
         return PolicyConfig(
             name="polca",
-            plan=replace(base_plan, settle_s=polca_delay_s),
+            plan=replace(polca_plan, settle_s=polca_delay_s),
             telemetry_period_s=telemetry_period_s,
             control_interval_s=control_interval_s,
             actuation_delay_s=polca_delay_s,
@@ -116,13 +166,13 @@ def make_policy(
         reaction_s = telemetry_period_s + latency_s + control_interval_s + k8s_actuation_s
         return PolicyConfig(
             name="polca-k8s",
-            plan=replace(base_plan, settle_s=reaction_s),
+            plan=replace(plan or K8S_PLAN, settle_s=reaction_s),
             telemetry_period_s=telemetry_period_s,
             telemetry_latency_s=latency_s,
             control_interval_s=control_interval_s,
             actuation_delay_s=k8s_actuation_s,
             guard=(guard or GuardSettings()) if use_guard else None,
-            derive_triggers=plan is None,
+            derive_triggers=derive_triggers,
         )
     raise ValueError(f"unknown policy {name!r}; valid policies: {', '.join(POLICY_NAMES)}")
 

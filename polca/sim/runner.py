@@ -78,6 +78,13 @@ class LevelResult:
 
 def requests_for(scenario: Scenario, domain: DomainConfig, load_scale: float) -> Requests:
     inference = sum(1 for t in domain.tiers if t != TIER_TRAIN)
+    if inference == 0:  # a training-only row serves no requests
+        return Requests(
+            arrival_s=np.empty(0),
+            context_tokens=np.empty(0, dtype=np.int64),
+            generated_tokens=np.empty(0, dtype=np.int64),
+            server=np.empty(0, dtype=np.int64),
+        )
     rate = load_scale * inference / _base_inference(domain)
     # One stream per row size, reproducible from the seed.
     rng = np.random.default_rng([scenario.seed, domain.servers])
@@ -124,11 +131,14 @@ def calibrate_load(scenario: Scenario, progress: Progress = _no_progress) -> flo
 
     below: tuple[float, float] | None = None  # (scale, error) closest from below
     above: tuple[float, float] | None = None
+    closest = (0.0, float("inf"))  # (scale, |error|)
     scale = 4.0
     for _ in range(_CALIBRATION_RUNS):
         error = peak(scale)
         if abs(error) < _CALIBRATION_TOLERANCE_PCT:
             return scale
+        if abs(error) < closest[1]:
+            closest = (scale, abs(error))
         if error < 0 and (below is None or scale > below[0]):
             below = (scale, error)
         if error > 0 and (above is None or scale < above[0]):
@@ -143,8 +153,8 @@ def calibrate_load(scenario: Scenario, progress: Progress = _no_progress) -> flo
         else:
             assert above is not None
             scale = above[0] / 2.0
-    # Out of runs: the closest scale that stays under the target.
-    return below[0] if below is not None else scale
+    # Out of runs (the peak of a small row is noisy in the load): the closest one seen.
+    return closest[0]
 
 
 def run_level(
@@ -161,7 +171,10 @@ def run_level(
     if baseline is None:
         baseline = baseline_run(scenario, domain, load_scale, progress)
     runs = {
-        p.name: run_policy(scenario, domain, p, load_scale, baseline, progress) for p in policies
+        p.name: run_policy(
+            scenario, domain, p, load_scale=load_scale, baseline=baseline, progress=progress
+        )
+        for p in policies
     }
     return LevelResult(domain=domain, load_scale=load_scale, baseline=baseline, runs=runs)
 
@@ -170,6 +183,7 @@ def run_policy(
     scenario: Scenario,
     domain: DomainConfig,
     policy: PolicyConfig,
+    *,
     load_scale: float,
     baseline: SimResult,
     progress: Progress = _no_progress,

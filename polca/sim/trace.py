@@ -61,7 +61,7 @@ def read_trace(path: str | Path) -> Trace:
 def parse_trace(text: str, *, source: str = "<trace>") -> Trace:
     """Parse trace text (the contents of a CSV file)."""
     # newline="" lets csv handle \r\n, \n and \r alike.
-    rows = csv.reader(io.StringIO(text, newline=""))
+    rows = csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""))
     header_seen = False
     times: list[float] = []
     contexts: list[int] = []
@@ -73,7 +73,7 @@ def parse_trace(text: str, *, source: str = "<trace>") -> Trace:
             continue
         if not header_seen:
             header_seen = True
-            if fields[0].lstrip("\ufeff").upper() == "TIMESTAMP":
+            if fields[0].upper() == "TIMESTAMP":
                 _check_header(fields, source, line_no)
                 continue
         if len(fields) < _MIN_FIELDS:

@@ -32,8 +32,11 @@ VALUE_SETS = {
     "kind": [REPO / "deploy" / "kind" / "values.yaml"],
     "all-features": [CHART / "ci" / "all-features-values.yaml"],
 }
-MONITORING_KINDS = {"ServiceMonitor": "servicemonitors", "PodMonitor": "podmonitors",
-                    "PrometheusRule": "prometheusrules"}  # fmt: skip
+MONITORING_KINDS = {
+    "ServiceMonitor": "servicemonitors",
+    "PodMonitor": "podmonitors",
+    "PrometheusRule": "prometheusrules",
+}
 FINALIZER = "polca.dev/test-restore"  # stands in for the operator's restore finalizer
 
 Names = Callable[[str], str]
@@ -66,9 +69,14 @@ def values_args(files: list[Path]) -> list[str]:
 def crds(cluster: Cluster) -> None:
     """POLCA's CRDs and Kopf's peering CRD, as `helm install` would create them."""
     cluster.kubectl("apply", "-f", str(REPO / "crds"), "-f", str(KOPF_CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                    "crd/powerpolicies.polca.dev", "crd/nodepowerstates.polca.dev",
-                    "crd/clusterkopfpeerings.kopf.dev")  # fmt: skip
+    cluster.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/powerpolicies.polca.dev",
+        "crd/nodepowerstates.polca.dev",
+        "crd/clusterkopfpeerings.kopf.dev",
+    )
 
 
 @pytest.fixture
@@ -89,14 +97,33 @@ def monitoring_crds(cluster: Cluster) -> Iterator[None]:
     names = []
     for kind, plural in MONITORING_KINDS.items():
         crd = {
-            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
             "metadata": {"name": f"{plural}.monitoring.coreos.com"},
-            "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
-                     "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
-                     "versions": [{"name": "v1", "served": True, "storage": True, "schema": {
-                         "openAPIV3Schema": {"type": "object", "properties": {"spec": {
-                             "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}}}]},
-        }  # fmt: skip
+            "spec": {
+                "group": "monitoring.coreos.com",
+                "scope": "Namespaced",
+                "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+                "versions": [
+                    {
+                        "name": "v1",
+                        "served": True,
+                        "storage": True,
+                        "schema": {
+                            "openAPIV3Schema": {
+                                "type": "object",
+                                "properties": {
+                                    "spec": {
+                                        "type": "object",
+                                        "x-kubernetes-preserve-unknown-fields": True,
+                                    }
+                                },
+                            }
+                        },
+                    }
+                ],
+            },
+        }
         cluster.kubectl("apply", "-f", "-", input=json.dumps(crd))
         names.append(f"crd/{plural}.monitoring.coreos.com")
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
@@ -119,57 +146,97 @@ def test_lint_strict(cluster: Cluster, values: list[Path]) -> None:
 def test_rendered_objects_pass_server_side_dry_run(
     cluster: Cluster, namespace: str, values: list[Path]
 ) -> None:
-    rendered = cluster.helm("template", "polca", str(CHART), "-n", namespace,
-                            *values_args(values)).stdout  # fmt: skip
+    rendered = cluster.helm(
+        "template", "polca", str(CHART), "-n", namespace, *values_args(values)
+    ).stdout
     kinds = {doc["kind"] for doc in yaml.safe_load_all(rendered) if doc}
     result = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=rendered, check=False)
     assert result.returncode == 0, result.stderr
     applied = [line for line in result.stdout.splitlines() if line.endswith("(server dry run)")]
     assert len(applied) == rendered.count("\nkind: ") + rendered.startswith("kind: ")
-    assert {"Deployment", "DaemonSet", "ValidatingAdmissionPolicy", "ClusterKopfPeering",
-            "Job"} <= kinds  # fmt: skip
+    assert {
+        "Deployment",
+        "DaemonSet",
+        "ValidatingAdmissionPolicy",
+        "ClusterKopfPeering",
+        "Job",
+    } <= kinds
+
+
+KIND_ARGS = values_args(VALUE_SETS["kind"])
+POD_SECURITY_CASES = {
+    # id: (helm args, component, Pod Security level, what it violates; [] = admitted)
+    "operator-restricted": ([], "operator", "restricted", []),
+    "stateless-fake-daemon-restricted": (
+        [*KIND_ARGS, "--set", "fakeGpu.stateDir="],
+        "node-daemon",
+        "restricted",
+        [],
+    ),
+    "fake-daemon-restricted": (KIND_ARGS, "node-daemon", "restricted", ["hostPath"]),
+    "fake-daemon-privileged": (KIND_ARGS, "node-daemon", "privileged", []),
+    "nvml-daemon-restricted": ([], "node-daemon", "restricted", ["SYS_ADMIN", "hostPath"]),
+    "nvml-daemon-privileged": ([], "node-daemon", "privileged", []),
+}
 
 
 @pytest.mark.usefixtures("crds")
 @pytest.mark.parametrize(
-    ("values", "component", "pod_security", "admitted"),
-    [
-        ([], "operator", "restricted", True),
-        (VALUE_SETS["kind"], "node-daemon", "restricted", True),  # fake GPUs: unprivileged
-        ([], "node-daemon", "restricted", False),  # NVML: root, SYS_ADMIN, hostPath
-        ([], "node-daemon", "privileged", True),
-    ],
-    ids=["operator-restricted", "fake-daemon-restricted", "nvml-daemon-restricted",
-         "nvml-daemon-privileged"],
-)  # fmt: skip
+    ("helm_args", "component", "pod_security", "violations"),
+    POD_SECURITY_CASES.values(),
+    ids=POD_SECURITY_CASES.keys(),
+)
 def test_pod_templates_meet_pod_security(
-    cluster: Cluster, namespace: str, values: list[Path], component: str, pod_security: str,
-    admitted: bool,
+    cluster: Cluster,
+    namespace: str,
+    helm_args: list[str],
+    component: str,
+    pod_security: str,
+    violations: list[str],
 ) -> None:
     """Each workload's pod, bound to a node, against the namespace's Pod Security level."""
-    cluster.kubectl("label", "namespace", namespace,
-                    f"pod-security.kubernetes.io/enforce={pod_security}")  # fmt: skip
-    rendered = cluster.helm("template", "polca", str(CHART), "-n", namespace,
-                            *values_args(values)).stdout  # fmt: skip
-    workload = next(doc for doc in yaml.safe_load_all(rendered) if doc
-                    and doc["kind"] in {"Deployment", "DaemonSet"}
-                    and doc["metadata"]["labels"]["app.kubernetes.io/component"] == component)
-    pod = {"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": "probe", "namespace": namespace,
-                        "labels": workload["spec"]["template"]["metadata"]["labels"]},
-           "spec": {**workload["spec"]["template"]["spec"], "nodeName": "gpu-node"}}  # fmt: skip
-    result = cluster.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(pod),
-                             check=False)  # fmt: skip
-    assert (result.returncode == 0) is admitted, result.stderr
-    if not admitted:
+    cluster.kubectl(
+        "label", "namespace", namespace, f"pod-security.kubernetes.io/enforce={pod_security}"
+    )
+    rendered = cluster.helm("template", "polca", str(CHART), "-n", namespace, *helm_args).stdout
+    workload = next(
+        doc
+        for doc in yaml.safe_load_all(rendered)
+        if doc
+        and doc["kind"] in {"Deployment", "DaemonSet"}
+        and doc["metadata"]["labels"]["app.kubernetes.io/component"] == component
+    )
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "probe",
+            "namespace": namespace,
+            "labels": workload["spec"]["template"]["metadata"]["labels"],
+        },
+        "spec": {**workload["spec"]["template"]["spec"], "nodeName": "gpu-node"},
+    }
+    result = cluster.kubectl(
+        "create", "--dry-run=server", "-f", "-", input=json.dumps(pod), check=False
+    )
+    assert (result.returncode == 0) is (not violations), result.stderr
+    if violations:
         assert "violates PodSecurity" in result.stderr
-        assert "SYS_ADMIN" in result.stderr and "hostPath" in result.stderr
+        assert all(violation in result.stderr for violation in violations), result.stderr
 
 
 def test_bad_values_fail_helm_install(cluster: Cluster, unique_name: Names) -> None:
     release = unique_name("bad")
-    result = cluster.helm("install", release, str(CHART), "-n", "default",
-                          "--set", "node.guardPeriodSeconds=5", check=False)  # fmt: skip
+    result = cluster.helm(
+        "install",
+        release,
+        str(CHART),
+        "-n",
+        "default",
+        "--set",
+        "node.guardPeriodSeconds=5",
+        check=False,
+    )
     assert result.returncode != 0
     assert "values don't meet the specifications of the schema" in result.stderr
     assert "/node/guardPeriodSeconds" in result.stderr
@@ -182,17 +249,27 @@ def test_bad_values_fail_helm_install(cluster: Cluster, unique_name: Names) -> N
 def release_objects(namespace: str, release: str) -> list[tuple[str, ...]]:
     """`kubectl get` arguments of every object a default install creates (hooks aside)."""
     full = f"{release}-polca"
-    namespaced = [("deployment", f"{full}-operator"), ("daemonset", f"{full}-node"),
-                  ("serviceaccount", f"{full}-operator"), ("serviceaccount", f"{full}-node"),
-                  ("service", f"{full}-operator-metrics"), ("service", f"{full}-node-metrics"),
-                  ("role", f"{full}-operator-events"), ("rolebinding", f"{full}-node-events")]
-    cluster_scoped = [("clusterrole", f"{full}-operator"), ("clusterrole", f"{full}-node"),
-                      ("clusterrolebinding", f"{full}-operator"),
-                      ("clusterrolebinding", f"{full}-node"),
-                      ("validatingadmissionpolicy", f"{full}-node-own-nodepowerstate"),
-                      ("validatingadmissionpolicybinding", f"{full}-node-own-nodepowerstate"),
-                      ("clusterkopfpeering", full)]  # fmt: skip
-    return [(kind, name, "-n", namespace) for kind, name in namespaced] + cluster_scoped
+    namespaced: list[tuple[str, str]] = [
+        ("deployment", f"{full}-operator"),
+        ("daemonset", f"{full}-node"),
+        ("serviceaccount", f"{full}-operator"),
+        ("serviceaccount", f"{full}-node"),
+        ("service", f"{full}-operator-metrics"),
+        ("service", f"{full}-node-metrics"),
+        ("role", f"{full}-operator-events"),
+        ("rolebinding", f"{full}-node-events"),
+    ]
+    cluster_scoped: list[tuple[str, ...]] = [
+        ("clusterrole", f"{full}-operator"),
+        ("clusterrole", f"{full}-node"),
+        ("clusterrolebinding", f"{full}-operator"),
+        ("clusterrolebinding", f"{full}-node"),
+        ("validatingadmissionpolicy", f"{full}-node-own-nodepowerstate"),
+        ("validatingadmissionpolicybinding", f"{full}-node-own-nodepowerstate"),
+        ("clusterkopfpeering", full),
+    ]
+    with_namespace: list[tuple[str, ...]] = [(k, n, "-n", namespace) for k, n in namespaced]
+    return with_namespace + cluster_scoped
 
 
 class HookKubelet:
@@ -204,13 +281,22 @@ class HookKubelet:
         self.output = ""
 
     def run_when_created(self, timeout_s: float = 60.0) -> None:
-        wait_for(f"job/{self.job}", lambda: exists(self.cluster, "job", self.job, "-n",
-                                                   self.namespace), timeout_s)  # fmt: skip
+        wait_for(
+            f"job/{self.job}",
+            lambda: exists(self.cluster, "job", self.job, "-n", self.namespace),
+            timeout_s,
+        )
         job = get_json(self.cluster, "job", self.job, "-n", self.namespace)
         started = datetime.now(UTC)
         self._set_status({"startTime": _stamp(started), "active": 1})
-        result = subprocess.run(self._argv(job), env=self._env(job), capture_output=True,
-                                text=True, check=False, timeout=120)  # fmt: skip
+        result = subprocess.run(
+            self._argv(job),
+            env=self._env(job),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
         self.exit_code, self.output = result.returncode, result.stdout + result.stderr
         self._report(started, succeeded=result.returncode == 0)
 
@@ -233,14 +319,25 @@ class HookKubelet:
     def _env(self, job: Manifest) -> dict[str, str]:
         """A kubeconfig holding a real token of the Job's service account, nothing else."""
         account = job["spec"]["template"]["spec"]["serviceAccountName"]
-        token = self.cluster.kubectl("create", "token", account, "-n", self.namespace,
-                                     "--duration=10m").stdout.strip()  # fmt: skip
-        config = {"apiVersion": "v1", "kind": "Config", "current-context": "hook",
-                  "clusters": [{"name": "c", "cluster": {
-                      "server": self.cluster.server,
-                      "certificate-authority": str(self.cluster.pki.ca_cert)}}],
-                  "users": [{"name": "hook", "user": {"token": token}}],
-                  "contexts": [{"name": "hook", "context": {"cluster": "c", "user": "hook"}}]}  # fmt: skip
+        token = self.cluster.kubectl(
+            "create", "token", account, "-n", self.namespace, "--duration=10m"
+        ).stdout.strip()
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "hook",
+            "clusters": [
+                {
+                    "name": "c",
+                    "cluster": {
+                        "server": self.cluster.server,
+                        "certificate-authority": str(self.cluster.pki.ca_cert),
+                    },
+                }
+            ],
+            "users": [{"name": "hook", "user": {"token": token}}],
+            "contexts": [{"name": "hook", "context": {"cluster": "c", "user": "hook"}}],
+        }
         path = self.workdir / "kubeconfig"
         path.write_text(json.dumps(config))
         env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
@@ -249,42 +346,75 @@ class HookKubelet:
     def _report(self, started: datetime, *, succeeded: bool) -> None:
         now = _stamp(datetime.now(UTC))
         if succeeded:
-            first, final, reason, counts = ("SuccessCriteriaMet", "Complete",
-                                            "CompletionsReached", {"succeeded": 1})  # fmt: skip
+            first, final, reason, counts = (
+                "SuccessCriteriaMet",
+                "Complete",
+                "CompletionsReached",
+                {"succeeded": 1},
+            )
         else:
-            first, final, reason, counts = ("FailureTarget", "Failed", "BackoffLimitExceeded",
-                                            {"failed": 1})  # fmt: skip
-        conditions = [{"type": kind, "status": "True", "reason": reason, "message": reason,
-                       "lastProbeTime": now, "lastTransitionTime": now}
-                      for kind in (first, final)]  # fmt: skip
-        status = {"startTime": _stamp(started), "active": 0, "ready": 0, **counts,
-                  "conditions": conditions}  # fmt: skip
+            first, final, reason, counts = (
+                "FailureTarget",
+                "Failed",
+                "BackoffLimitExceeded",
+                {"failed": 1},
+            )
+        conditions = [
+            {
+                "type": kind,
+                "status": "True",
+                "reason": reason,
+                "message": reason,
+                "lastProbeTime": now,
+                "lastTransitionTime": now,
+            }
+            for kind in (first, final)
+        ]
+        status = {
+            "startTime": _stamp(started),
+            "active": 0,
+            "ready": 0,
+            **counts,
+            "conditions": conditions,
+        }
         if succeeded:
             status["completionTime"] = now
         self._set_status(status)
 
     def _set_status(self, status: Manifest) -> None:
-        self.cluster.kubectl("patch", "job", self.job, "-n", self.namespace,
-                             "--subresource=status", "--type=merge",
-                             "-p", json.dumps({"status": status}))  # fmt: skip
+        self.cluster.kubectl(
+            "patch",
+            "job",
+            self.job,
+            "-n",
+            self.namespace,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            json.dumps({"status": status}),
+        )
 
 
 def _stamp(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def uninstall_in_background(
-    cluster: Cluster, release: str, namespace: str
-) -> tuple[threading.Thread, list[subprocess.CompletedProcess[str]]]:
-    results: list[subprocess.CompletedProcess[str]] = []
+class BackgroundUninstall:
+    """`helm uninstall` in a thread: it blocks while its hook Job runs."""
 
-    def run() -> None:
-        results.append(cluster.helm("uninstall", release, "-n", namespace, "--timeout=120s",
-                                    check=False, timeout_s=150))  # fmt: skip
+    def __init__(self, cluster: Cluster, release: str, namespace: str) -> None:
+        self._results: list[subprocess.CompletedProcess[str]] = []
+        argv = ("uninstall", release, "-n", namespace, "--timeout=120s")
+        self._thread = threading.Thread(
+            target=lambda: self._results.append(cluster.helm(*argv, check=False, timeout_s=150)),
+            daemon=True,
+        )
+        self._thread.start()
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, results
+    def result(self) -> subprocess.CompletedProcess[str]:
+        self._thread.join(timeout=160)
+        assert self._results, "helm uninstall did not finish"
+        return self._results[0]
 
 
 def install(cluster: Cluster, release: str, namespace: str, *args: str) -> None:
@@ -311,11 +441,23 @@ def test_install_upgrade_uninstall(
     daemonset = f"{release}-polca-node"
     assert get_json(cluster, "daemonset", daemonset, "-n", namespace)["metadata"]["generation"] == 1
 
-    cluster.helm("upgrade", release, str(CHART), "-n", namespace, "--reuse-values",
-                 "--set", "node.guardPeriodSeconds=0.25", "--set", "operator.replicas=3")  # fmt: skip
+    cluster.helm(
+        "upgrade",
+        release,
+        str(CHART),
+        "-n",
+        namespace,
+        "--reuse-values",
+        "--set-json",
+        "node.guardPeriodSeconds=0.25",
+        "--set",
+        "operator.replicas=3",
+    )
     upgraded = get_json(cluster, "daemonset", daemonset, "-n", namespace)
-    env = {e["name"]: e.get("value") for e in
-           upgraded["spec"]["template"]["spec"]["containers"][0]["env"]}  # fmt: skip
+    env = {
+        e["name"]: e.get("value")
+        for e in upgraded["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
     assert env["POLCA_GUARD_PERIOD_S"] == "0.25"
     operator = get_json(cluster, "deployment", f"{release}-polca-operator", "-n", namespace)
     assert operator["spec"]["replicas"] == 3
@@ -323,10 +465,10 @@ def test_install_upgrade_uninstall(
     assert [entry["revision"] for entry in history] == [1, 2]
 
     kubelet = HookKubelet(cluster, namespace, f"{release}-polca-restore", tmp_path)
-    thread, results = uninstall_in_background(cluster, release, namespace)
+    uninstall = BackgroundUninstall(cluster, release, namespace)
     kubelet.run_when_created()
-    thread.join(timeout=150)
-    assert results and results[0].returncode == 0, results and results[0].stderr
+    done = uninstall.result()
+    assert done.returncode == 0, done.stderr
     assert kubelet.exit_code == 0, kubelet.output
     for args in release_objects(namespace, release):
         assert not exists(cluster, *args), args
@@ -342,30 +484,46 @@ class StandInOperator:
 
     def __init__(self, cluster: Cluster, policy: str, namespace: str, release: str) -> None:
         self.cluster, self.policy = cluster, policy
-        self.workloads = [("deployment", f"{release}-polca-operator", "-n", namespace),
-                          ("daemonset", f"{release}-polca-node", "-n", namespace)]  # fmt: skip
+        self.workloads = [
+            ("deployment", f"{release}-polca-operator", "-n", namespace),
+            ("daemonset", f"{release}-polca-node", "-n", namespace),
+        ]
         self.workloads_present_at_deletion: bool | None = None
 
     def wait_for_deletion(self) -> None:
         def deleting() -> bool:
-            found = self.cluster.kubectl("get", "powerpolicy", self.policy, "-o", "json",
-                                         check=False)  # fmt: skip
-            return found.returncode == 0 and "deletionTimestamp" in json.loads(found.stdout)[
-                "metadata"]
+            found = self.cluster.kubectl(
+                "get", "powerpolicy", self.policy, "-o", "json", check=False
+            )
+            return (
+                found.returncode == 0
+                and "deletionTimestamp" in json.loads(found.stdout)["metadata"]
+            )
 
         wait_for(f"deletion of powerpolicy/{self.policy}", deleting, timeout_s=60)
         self.workloads_present_at_deletion = all(exists(self.cluster, *w) for w in self.workloads)
 
     def release(self) -> None:
-        self.cluster.kubectl("patch", "powerpolicy", self.policy, "--type=json",
-                             "-p", '[{"op": "remove", "path": "/metadata/finalizers"}]')  # fmt: skip
+        self.cluster.kubectl(
+            "patch",
+            "powerpolicy",
+            self.policy,
+            "--type=json",
+            "-p",
+            '[{"op": "remove", "path": "/metadata/finalizers"}]',
+        )
 
 
 def create_policy(cluster: Cluster, name: str) -> None:
-    policy = {"apiVersion": "polca.dev/v1alpha1", "kind": "PowerPolicy",
-              "metadata": {"name": name, "finalizers": [FINALIZER]},
-              "spec": {"nodeSelector": {"matchLabels": {"polca.dev/power-domain": name}},
-                       "budgetWatts": 40000}}  # fmt: skip
+    policy = {
+        "apiVersion": "polca.dev/v1alpha1",
+        "kind": "PowerPolicy",
+        "metadata": {"name": name, "finalizers": [FINALIZER]},
+        "spec": {
+            "nodeSelector": {"matchLabels": {"polca.dev/power-domain": name}},
+            "budgetWatts": 40000,
+        },
+    }
     cluster.kubectl("create", "-f", "-", input=json.dumps(policy))
 
 
@@ -379,7 +537,7 @@ def test_uninstall_restores_before_removing_polca(
     create_policy(cluster, policy)
     operator = StandInOperator(cluster, policy, namespace, release)
     kubelet = HookKubelet(cluster, namespace, f"{release}-polca-restore", tmp_path)
-    thread, results = uninstall_in_background(cluster, release, namespace)
+    uninstall = BackgroundUninstall(cluster, release, namespace)
     hook = threading.Thread(target=kubelet.run_when_created, daemon=True)
     hook.start()
 
@@ -391,9 +549,9 @@ def test_uninstall_restores_before_removing_polca(
     operator.release()
 
     hook.join(timeout=90)
-    thread.join(timeout=150)
     assert kubelet.exit_code == 0, kubelet.output
-    assert results and results[0].returncode == 0, results and results[0].stderr
+    done = uninstall.result()
+    assert done.returncode == 0, done.stderr
     assert not exists(cluster, "powerpolicy", policy)
     assert not any(exists(cluster, *w) for w in operator.workloads)
 
@@ -408,14 +566,14 @@ def test_uninstall_stops_when_the_restore_does_not_finish(
     create_policy(cluster, policy)
     operator = StandInOperator(cluster, policy, namespace, release)  # never lets go
     kubelet = HookKubelet(cluster, namespace, f"{release}-polca-restore", tmp_path)
-    thread, results = uninstall_in_background(cluster, release, namespace)
+    uninstall = BackgroundUninstall(cluster, release, namespace)
     try:
         kubelet.run_when_created()
-        thread.join(timeout=150)
+        done = uninstall.result()
         assert kubelet.exit_code == 1
         assert f"{policy}: finalizers ['{FINALIZER}']" in kubelet.output
-        assert results and results[0].returncode != 0
-        assert "pre-delete" in results[0].stderr
+        assert done.returncode != 0
+        assert f"job {release}-polca-restore failed" in done.stderr
         # Nothing was removed: the operator and the daemons keep managing the GPUs.
         assert all(exists(cluster, *w) for w in operator.workloads)
         assert exists(cluster, "job", f"{release}-polca-restore", "-n", namespace)  # for logs

@@ -92,25 +92,37 @@ class Install:
 def install(cluster: Cluster) -> Iterator[Install]:
     """The chart with default values, in its own namespace, for the whole module."""
     cluster.kubectl("apply", "-f", str(REPO / "crds"), "-f", str(KOPF_CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                    "crd/powerpolicies.polca.dev", "crd/nodepowerstates.polca.dev")  # fmt: skip
+    cluster.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/powerpolicies.polca.dev",
+        "crd/nodepowerstates.polca.dev",
+    )
     installed = Install(namespace=f"rbac-{time.monotonic_ns() % 10**8}", release="rbac")
-    cluster.helm("install", installed.release, str(CHART), "-n", installed.namespace,
-                 "--create-namespace")  # fmt: skip
+    cluster.helm(
+        "install", installed.release, str(CHART), "-n", installed.namespace, "--create-namespace"
+    )
     # Another account in the same namespace: what every service account may do anyway.
     cluster.kubectl("create", "serviceaccount", "bystander", "-n", installed.namespace)
     _wait_until_allowed(cluster, installed.user("node"), "watch", "powerpolicies.polca.dev")
     _wait_until_allowed(cluster, installed.user("operator"), "patch", "powerpolicies.polca.dev")
     yield installed
-    cluster.helm("uninstall", installed.release, "-n", installed.namespace, "--no-hooks",
-                 check=False)  # fmt: skip
+    cluster.helm(
+        "uninstall", installed.release, "-n", installed.namespace, "--no-hooks", check=False
+    )
     cluster.kubectl("delete", "namespace", installed.namespace, "--wait=false", check=False)
 
 
 def can_i(cluster: Cluster, user: str, verb: str, resource: str, namespace: str = "") -> bool:
+    """`kubectl auth can-i`; `resource` may name a subresource as `kind.group/sub`."""
+    resource, _, subresource = resource.partition("/")
     scope = ["-n", namespace] if namespace else ["--all-namespaces"]
-    answer = cluster.kubectl("auth", "can-i", verb, resource, *scope, f"--as={user}",
-                             check=False).stdout.strip()  # fmt: skip
+    if subresource:
+        scope.append(f"--subresource={subresource}")
+    answer = cluster.kubectl(
+        "auth", "can-i", verb, resource, *scope, f"--as={user}", check=False
+    ).stdout.strip()
     assert answer in {"yes", "no"}, answer
     return answer == "yes"
 
@@ -124,36 +136,56 @@ def _wait_until_allowed(cluster: Cluster, user: str, verb: str, resource: str) -
 
 def granted_rules(cluster: Cluster, user: str, namespace: str) -> set[Rule]:
     """Every (group, resource, verb) the API server grants `user` in `namespace`."""
-    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview",
-              "spec": {"namespace": namespace}}  # fmt: skip
-    result = cluster.kubectl("create", "-f", "-", "-o", "json", f"--as={user}",
-                             input=json.dumps(review))  # fmt: skip
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectRulesReview",
+        "spec": {"namespace": namespace},
+    }
+    # --validate=false: client-side validation would list CRDs, as `user`.
+    result = cluster.kubectl(
+        "create",
+        "--validate=false",
+        "-f",
+        "-",
+        "-o",
+        "json",
+        f"--as={user}",
+        input=json.dumps(review),
+    )
     status = json.loads(result.stdout)["status"]
     assert not status.get("incomplete"), status
-    return {(group, resource, verb)
-            for rule in status["resourceRules"]
-            for group in rule.get("apiGroups", [""])
-            for resource in rule.get("resources", [])
-            for verb in rule["verbs"]
-            if not rule.get("resourceNames")}  # fmt: skip
+    return {
+        (group, resource, verb)
+        for rule in status["resourceRules"]
+        for group in rule.get("apiGroups", [""])
+        for resource in rule.get("resources", [])
+        for verb in rule["verbs"]
+        if not rule.get("resourceNames")
+    }
 
 
-@pytest.mark.parametrize(("component", "expected"),
-                         [("operator", OPERATOR_RULES), ("node", NODE_RULES)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("component", "expected"), [("operator", OPERATOR_RULES), ("node", NODE_RULES)]
+)
 def test_each_account_gets_exactly_its_rules(
     cluster: Cluster, install: Install, component: str, expected: set[Rule]
 ) -> None:
-    everyone = granted_rules(cluster, f"system:serviceaccount:{install.namespace}:bystander",
-                             install.namespace)  # fmt: skip
+    everyone = granted_rules(
+        cluster, f"system:serviceaccount:{install.namespace}:bystander", install.namespace
+    )
     granted = granted_rules(cluster, install.user(component), install.namespace) - everyone
     assert granted == expected
     # Events only in the release namespace: elsewhere the account has only what everyone has.
     assert granted_rules(cluster, install.user(component), "default") - everyone == {
-        rule for rule in expected if rule[1] != "events"}  # fmt: skip
+        rule for rule in expected if rule[1] != "events"
+    }
 
 
-@pytest.mark.parametrize(("component", "verb", "resource", "namespace"), REFUSED,
-                         ids=[f"{c}-{v}-{r}" for c, v, r, _ in REFUSED])  # fmt: skip
+@pytest.mark.parametrize(
+    ("component", "verb", "resource", "namespace"),
+    REFUSED,
+    ids=[f"{c}-{v}-{r}" for c, v, r, _ in REFUSED],
+)
 def test_refused(
     cluster: Cluster, install: Install, component: str, verb: str, resource: str, namespace: str
 ) -> None:
@@ -169,15 +201,24 @@ def test_matrix_allowances_are_real(cluster: Cluster, install: Install) -> None:
             target = full + (f"/{resource.split('/')[1]}" if "/" in resource else "")
             namespace = install.namespace if resource == "events" else ""
             assert can_i(cluster, install.user(component), verb, target, namespace), (
-                component, verb, target)
+                component,
+                verb,
+                target,
+            )
 
 
 # --- the admission policy: a daemon writes only its own node's NodePowerState ---------------
 
 
 def node_power_state(node: str) -> str:
-    return json.dumps({"apiVersion": "polca.dev/v1alpha1", "kind": "NodePowerState",
-                       "metadata": {"name": node}, "spec": {"nodeName": node}})  # fmt: skip
+    return json.dumps(
+        {
+            "apiVersion": "polca.dev/v1alpha1",
+            "kind": "NodePowerState",
+            "metadata": {"name": node},
+            "spec": {"nodeName": node},
+        }
+    )
 
 
 class Identity:
@@ -186,12 +227,22 @@ class Identity:
     def __init__(self, cluster: Cluster, path: Path, user: dict[str, Any]) -> None:
         self.cluster = cluster
         self.path = path
-        config = {"apiVersion": "v1", "kind": "Config", "current-context": "c",
-                  "clusters": [{"name": "c", "cluster": {
-                      "server": cluster.server,
-                      "certificate-authority": str(cluster.pki.ca_cert)}}],
-                  "users": [{"name": "u", "user": user}],
-                  "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}  # fmt: skip
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "c",
+            "clusters": [
+                {
+                    "name": "c",
+                    "cluster": {
+                        "server": cluster.server,
+                        "certificate-authority": str(cluster.pki.ca_cert),
+                    },
+                }
+            ],
+            "users": [{"name": "u", "user": user}],
+            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+        }
         path.write_text(json.dumps(config))
 
     @classmethod
@@ -199,19 +250,31 @@ class Identity:
         cls, cluster: Cluster, path: Path, username: str, extra: dict[str, list[str]]
     ) -> Identity:
         namespace = username.split(":")[2]
-        return cls(cluster, path, {
-            "client-certificate": str(cluster.pki.admin_cert),
-            "client-key": str(cluster.pki.admin_key),
-            "as": username,
-            "as-groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}",
-                          "system:authenticated"],
-            "as-user-extra": extra,
-        })  # fmt: skip
+        return cls(
+            cluster,
+            path,
+            {
+                "client-certificate": str(cluster.pki.admin_cert),
+                "client-key": str(cluster.pki.admin_key),
+                "as": username,
+                "as-groups": [
+                    "system:serviceaccounts",
+                    f"system:serviceaccounts:{namespace}",
+                    "system:authenticated",
+                ],
+                "as-user-extra": extra,
+            },
+        )
 
     def kubectl(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:  # noqa: A002
-        return subprocess.run([str(self.cluster.bin_dir / "kubectl"), "--kubeconfig",
-                               str(self.path), *args], input=input, capture_output=True,
-                              text=True, check=False, timeout=60)  # fmt: skip
+        return subprocess.run(
+            [str(self.cluster.bin_dir / "kubectl"), "--kubeconfig", str(self.path), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
 
 
 @pytest.fixture
@@ -227,8 +290,9 @@ def assert_own_node_only(cluster: Cluster, daemon: Identity, own: str, other: st
     """The daemon creates and updates its node's NodePowerState and no other's."""
     cluster.kubectl("create", "-f", "-", input=node_power_state(other))  # as admin
     deadline = time.monotonic() + 15  # the policy takes effect once its informer has synced
-    while (refused := daemon.kubectl("create", "-f", "-", input=node_power_state(f"{other}-x"))
-           ).returncode == 0:  # fmt: skip
+    while (
+        refused := daemon.kubectl("create", "-f", "-", input=node_power_state(f"{other}-x"))
+    ).returncode == 0:
         cluster.kubectl("delete", "nodepowerstate", f"{other}-x", check=False)
         assert time.monotonic() < deadline, "the admission policy never took effect"
         time.sleep(0.3)
@@ -238,8 +302,9 @@ def assert_own_node_only(cluster: Cluster, daemon: Identity, own: str, other: st
     assert created.returncode == 0, created.stderr
     status = json.dumps({"status": {"gpuCount": 8}})
     for target, allowed in ((own, True), (other, False)):
-        patched = daemon.kubectl("patch", "nodepowerstate", target, "--subresource=status",
-                                 "--type=merge", "-p", status)  # fmt: skip
+        patched = daemon.kubectl(
+            "patch", "nodepowerstate", target, "--subresource=status", "--type=merge", "-p", status
+        )
         assert (patched.returncode == 0) is allowed, patched.stderr
         labelled = daemon.kubectl("label", "nodepowerstate", target, "polca.dev/seen=yes")
         assert (labelled.returncode == 0) is allowed, labelled.stderr
@@ -254,8 +319,9 @@ def test_daemon_writes_only_its_node_impersonated(
     cluster: Cluster, install: Install, nodes: tuple[str, str], tmp_path: Path
 ) -> None:
     own, other = nodes
-    daemon = Identity.impersonating(cluster, tmp_path / "daemon", install.user("node"),
-                                    {NODE_CLAIM: [own]})  # fmt: skip
+    daemon = Identity.impersonating(
+        cluster, tmp_path / "daemon", install.user("node"), {NODE_CLAIM: [own]}
+    )
     assert_own_node_only(cluster, daemon, own, other)
 
 
@@ -265,8 +331,9 @@ def test_daemon_without_node_claim_is_refused(
     own, _ = nodes
     daemon = Identity.impersonating(cluster, tmp_path / "no-claim", install.user("node"), {})
     deadline = time.monotonic() + 15
-    while (result := daemon.kubectl("create", "-f", "-", input=node_power_state(own))
-           ).returncode == 0:  # fmt: skip
+    while (
+        result := daemon.kubectl("create", "-f", "-", input=node_power_state(own))
+    ).returncode == 0:
         cluster.kubectl("delete", "nodepowerstate", own, check=False)
         assert time.monotonic() < deadline, "the admission policy never took effect"
         time.sleep(0.3)
@@ -280,8 +347,11 @@ def test_other_accounts_are_not_affected(
     own, other = nodes
     assert cluster.kubectl("create", "-f", "-", input=node_power_state(other)).returncode == 0
     bystander = Identity.impersonating(
-        cluster, tmp_path / "bystander",
-        f"system:serviceaccount:{install.namespace}:bystander", {NODE_CLAIM: [own]})  # fmt: skip
+        cluster,
+        tmp_path / "bystander",
+        f"system:serviceaccount:{install.namespace}:bystander",
+        {NODE_CLAIM: [own]},
+    )
     refused = bystander.kubectl("create", "-f", "-", input=node_power_state(own))
     assert "forbidden" in refused.stderr.lower()  # by RBAC, not by the policy
     assert "ValidatingAdmissionPolicy" not in refused.stderr
@@ -292,21 +362,47 @@ def test_daemon_writes_only_its_node_with_a_pod_bound_token(
 ) -> None:
     """A real token, bound to a daemon pod on `own`, as the kubelet would mount it."""
     own, other = nodes
-    cluster.kubectl("create", "-f", "-", input=json.dumps(
-        {"apiVersion": "v1", "kind": "Node", "metadata": {"name": own}}))  # fmt: skip
+    cluster.kubectl(
+        "create",
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "Node", "metadata": {"name": own}}),
+    )
     pod_name = f"daemon-{own}"
-    cluster.kubectl("create", "-n", install.namespace, "-f", "-", input=json.dumps({
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod_name},
-        "spec": {"nodeName": own, "serviceAccountName": install.account("node"),
-                 "automountServiceAccountToken": False,
-                 "containers": [{"name": "c", "image": "polca:dev"}]},
-    }))  # fmt: skip
-    pod_uid = json.loads(cluster.kubectl("get", "pod", pod_name, "-n", install.namespace,
-                                         "-o", "json").stdout)["metadata"]["uid"]  # fmt: skip
+    cluster.kubectl(
+        "create",
+        "-n",
+        install.namespace,
+        "-f",
+        "-",
+        input=json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": pod_name},
+                "spec": {
+                    "nodeName": own,
+                    "serviceAccountName": install.account("node"),
+                    "automountServiceAccountToken": False,
+                    "containers": [{"name": "c", "image": "polca:dev"}],
+                },
+            }
+        ),
+    )
+    pod_uid = json.loads(
+        cluster.kubectl("get", "pod", pod_name, "-n", install.namespace, "-o", "json").stdout
+    )["metadata"]["uid"]
     token = cluster.kubectl(
-        "create", "token", install.account("node"), "-n", install.namespace,
-        "--bound-object-kind=Pod", f"--bound-object-name={pod_name}",
-        f"--bound-object-uid={pod_uid}", "--duration=10m").stdout.strip()  # fmt: skip
+        "create",
+        "token",
+        install.account("node"),
+        "-n",
+        install.namespace,
+        "--bound-object-kind=Pod",
+        f"--bound-object-name={pod_name}",
+        f"--bound-object-uid={pod_uid}",
+        "--duration=10m",
+    ).stdout.strip()
     daemon = Identity(cluster, tmp_path / "token", {"token": token})
     whoami = json.loads(daemon.kubectl("auth", "whoami", "-o", "json").stdout)
     assert whoami["status"]["userInfo"]["username"] == install.user("node")
@@ -314,5 +410,6 @@ def test_daemon_writes_only_its_node_with_a_pod_bound_token(
     try:
         assert_own_node_only(cluster, daemon, own, other)
     finally:
-        cluster.kubectl("delete", "pod", pod_name, "-n", install.namespace, "--wait=false",
-                        check=False)  # fmt: skip
+        cluster.kubectl(
+            "delete", "pod", pod_name, "-n", install.namespace, "--wait=false", check=False
+        )

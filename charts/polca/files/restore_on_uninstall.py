@@ -77,8 +77,9 @@ def release_all(
             return left
         for policy in left:
             store.delete(policy.name)
-        log.info("waiting for the operator to restore and release: %s",
-                 ", ".join(p.name for p in left))  # fmt: skip
+        log.info(
+            "waiting for the operator to restore and release: %s", ", ".join(p.name for p in left)
+        )
         sleep(poll_interval_s)
 
 
@@ -114,9 +115,7 @@ class KubernetesPolicyStore:
 
 def describe(left: Sequence[Leftover]) -> str:
     """Why the uninstall stops, and what to look at."""
-    lines = [
-        f"{len(left)} PowerPolicy object(s) still present; GPU defaults may not be restored:"
-    ]
+    lines = [f"{len(left)} PowerPolicy object(s) still present; GPU defaults may not be restored:"]
     lines += [f"  {p.name}: finalizers {list(p.finalizers)}" for p in left]
     lines.append(
         "Is the POLCA operator running? See `kubectl describe powerpolicy NAME` and "

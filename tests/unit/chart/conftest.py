@@ -23,8 +23,12 @@ def helm_template(tmp_path_factory: pytest.TempPathFactory) -> HelmTemplate:
     """`helm template polca charts/polca -n polca-system [-f FILE]... [--set K=V]... [EXTRA]...`"""
     helm = find_bin_dir() / "helm"
     home = tmp_path_factory.mktemp("helm-home")
-    env = {**os.environ, "HELM_CACHE_HOME": str(home / "cache"),
-           "HELM_CONFIG_HOME": str(home / "config"), "HELM_DATA_HOME": str(home / "data")}  # fmt: skip
+    env = {
+        **os.environ,
+        "HELM_CACHE_HOME": str(home / "cache"),
+        "HELM_CONFIG_HOME": str(home / "config"),
+        "HELM_DATA_HOME": str(home / "data"),
+    }
 
     def run(
         values_files: Iterable[Path] = (),
@@ -36,8 +40,9 @@ def helm_template(tmp_path_factory: pytest.TempPathFactory) -> HelmTemplate:
             argv += ["-f", str(path)]
         for key, value in (set_values or {}).items():
             argv += ["--set", f"{key}={value}"]
-        return subprocess.run([*argv, *extra], capture_output=True, text=True, check=False,
-                              env=env, timeout=60)  # fmt: skip
+        return subprocess.run(
+            [*argv, *extra], capture_output=True, text=True, check=False, env=env, timeout=60
+        )
 
     return run
 

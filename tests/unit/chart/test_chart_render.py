@@ -21,21 +21,33 @@ INSTALL_DOC = REPO_ROOT / "docs" / "install.md"
 Manifest = dict[str, Any]
 Render = Callable[..., list[Manifest]]
 
-OPTIONAL_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "PodDisruptionBudget",
-                  "PowerPolicy"}  # fmt: skip
+OPTIONAL_KINDS = {
+    "ServiceMonitor",
+    "PodMonitor",
+    "PrometheusRule",
+    "PodDisruptionBudget",
+    "PowerPolicy",
+}
 # The metric names the issue fixes; docs/install.md may add to them, never drop one.
 REQUIRED_METRICS = {
-    "polca_domain_power_watts", "polca_domain_budget_watts", "polca_domain_stage",
-    "polca_telemetry_age_seconds", "polca_domain_failsafe",
-    "polca_node_heartbeat_timestamp_seconds", "polca_gpu_write_failures_total",
-    "polca_gpu_power_watts", "polca_gpu_sm_clock_mhz", "polca_gpu_clock_ceiling_mhz",
+    "polca_domain_power_watts",
+    "polca_domain_budget_watts",
+    "polca_domain_stage",
+    "polca_telemetry_age_seconds",
+    "polca_domain_failsafe",
+    "polca_node_heartbeat_timestamp_seconds",
+    "polca_gpu_write_failures_total",
+    "polca_gpu_power_watts",
+    "polca_gpu_sm_clock_mhz",
+    "polca_gpu_clock_ceiling_mhz",
     "polca_throttled_gpus",
-}  # fmt: skip
+}
 
 
 def one(objects: Iterable[Manifest], kind: str, name_suffix: str = "") -> Manifest:
-    matches = [o for o in objects
-               if o["kind"] == kind and o["metadata"]["name"].endswith(name_suffix)]  # fmt: skip
+    matches = [
+        o for o in objects if o["kind"] == kind and o["metadata"]["name"].endswith(name_suffix)
+    ]
     assert len(matches) == 1, f"{kind} *{name_suffix}: {[m['metadata']['name'] for m in matches]}"
     return matches[0]
 
@@ -110,7 +122,8 @@ class TestOperator:
         assert security["allowPrivilegeEscalation"] is False
         assert security["readOnlyRootFilesystem"] is True
         assert security["capabilities"] == {"drop": ["ALL"]}
-        assert operator["resources"]["requests"] and operator["resources"]["limits"]["memory"]
+        assert operator["resources"]["requests"]
+        assert operator["resources"]["limits"]["memory"]
 
 
 class TestNodeDaemon:
@@ -130,25 +143,32 @@ class TestNodeDaemon:
     def test_updates_never_uncap(self, default: list[Manifest]) -> None:
         daemonset = one(default, "DaemonSet", "-node")
         assert daemonset["spec"]["updateStrategy"] == {
-            "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}}  # fmt: skip
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxUnavailable": 1},
+        }
         # No preStop hook (nor any lifecycle hook) may restore defaults on the way out.
         assert "lifecycle" not in the_container(daemonset)
 
     def test_pod_resources_mounted_read_only(self, default: list[Manifest]) -> None:
         daemonset = one(default, "DaemonSet", "-node")
         mounts = {m["name"]: m for m in the_container(daemonset)["volumeMounts"]}
-        assert mounts["pod-resources"] == {"name": "pod-resources", "readOnly": True,
-                                           "mountPath": "/var/lib/kubelet/pod-resources"}  # fmt: skip
+        assert mounts["pod-resources"] == {
+            "name": "pod-resources",
+            "readOnly": True,
+            "mountPath": "/var/lib/kubelet/pod-resources",
+        }
         volumes = {v["name"]: v for v in daemonset["spec"]["template"]["spec"]["volumes"]}
         assert volumes["pod-resources"]["hostPath"]["path"] == "/var/lib/kubelet/pod-resources"
 
     def test_environment_is_the_documented_contract(self, default: list[Manifest]) -> None:
         env = env_of(one(default, "DaemonSet", "-node"))
         documented = doc_table_first_column("Node daemon (`polca-node`):")
-        fake_only = {"POLCA_FAKE_PROFILE", "POLCA_FAKE_GPU_ANNOTATION"}
+        fake_only = {"POLCA_FAKE_PROFILE", "POLCA_FAKE_GPU_ANNOTATION", "POLCA_FAKE_STATE"}
         nvml_only = {"NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES"}
         assert set(env) == (documented - fake_only) | nvml_only
         assert env["POLCA_NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+        assert env["POLCA_EVENT_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+        assert env["POLCA_POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
         assert env["POLCA_GPU_BACKEND"] == "nvml"
         assert env["POLCA_PODRESOURCES_SOCKET"] == "/var/lib/kubelet/pod-resources/kubelet.sock"
         assert (env["POLCA_METRICS_PORT"], env["POLCA_GUARD_PERIOD_S"]) == ("9400", "0.5")
@@ -170,14 +190,28 @@ class TestNodeDaemon:
         assert env["POLCA_GPU_BACKEND"] == "fake"
         assert env["POLCA_FAKE_PROFILE"] == "H100-SXM:8"
         assert env["POLCA_FAKE_GPU_ANNOTATION"] == "polca.dev/fake-gpus"
+        assert env["POLCA_FAKE_STATE"] == "/var/lib/polca/fake-gpus/state.json"
         assert "NVIDIA_VISIBLE_DEVICES" not in env
         assert "POLCA_PODRESOURCES_SOCKET" not in env
-        # Fake GPUs are unknown to the kubelet: no PodResources socket, no hostPath.
+        assert the_container(daemonset)["image"] == "polca:dev"
+        # Fake GPUs are unknown to the kubelet: no PodResources socket. Their settings survive
+        # restarts in a node directory, written as root without any capability.
+        volumes = daemonset["spec"]["template"]["spec"]["volumes"]
+        assert [v["hostPath"]["path"] for v in volumes if "hostPath" in v] == [
+            "/var/lib/polca/fake-gpus"
+        ]
+        security = the_container(daemonset)["securityContext"]
+        assert security["runAsUser"] == 0
+        assert security["capabilities"] == {"drop": ["ALL"]}
+        assert security["allowPrivilegeEscalation"] is False
+
+    def test_fake_gpus_without_state_run_unprivileged(self, render: Render) -> None:
+        daemonset = one(render([KIND_VALUES], {"fakeGpu.stateDir": ""}), "DaemonSet")
         assert "hostPath" not in json.dumps(daemonset)
+        assert "POLCA_FAKE_STATE" not in env_of(daemonset)
         security = the_container(daemonset)["securityContext"]
         assert security["runAsNonRoot"] is True
         assert security["capabilities"] == {"drop": ["ALL"]}
-        assert the_container(daemonset)["image"] == "polca:dev"
 
 
 class TestOptionalParts:
@@ -198,8 +232,12 @@ class TestOptionalParts:
     def test_alerts_cover_the_failure_modes(self, everything: list[Manifest]) -> None:
         rules = one(everything, "PrometheusRule")["spec"]["groups"][0]["rules"]
         assert {r["alert"] for r in rules} == {
-            "PolcaDomainAboveBudget", "PolcaTelemetryStale", "PolcaNodeHeartbeatMissing",
-            "PolcaGpuWriteFailures", "PolcaFailsafeEngaged"}  # fmt: skip
+            "PolcaDomainAboveBudget",
+            "PolcaTelemetryStale",
+            "PolcaNodeHeartbeatMissing",
+            "PolcaGpuWriteFailures",
+            "PolcaFailsafeEngaged",
+        }
         for rule in rules:
             assert "{{ $labels." in rule["annotations"]["summary"], rule["alert"]
 
@@ -224,12 +262,14 @@ class TestOptionalParts:
         assert policy["apiVersion"] == "polca.dev/v1alpha1"
         assert policy["spec"]["budgetWatts"] == 40000
         assert policy["spec"]["nodeSelector"] == {
-            "matchLabels": {"polca.dev/power-domain": "row-a"}}  # fmt: skip
+            "matchLabels": {"polca.dev/power-domain": "row-a"}
+        }
 
 
 class TestEveryObject:
-    @pytest.mark.parametrize("values", [[], [KIND_VALUES], [ALL_FEATURES]],
-                             ids=["default", "kind", "all-features"])  # fmt: skip
+    @pytest.mark.parametrize(
+        "values", [[], [KIND_VALUES], [ALL_FEATURES]], ids=["default", "kind", "all-features"]
+    )
     def test_labelled_and_placed(self, render: Render, values: list[Path]) -> None:
         for obj in render(values):
             labels = obj["metadata"]["labels"]
@@ -246,13 +286,18 @@ class TestEveryObject:
 
 class TestRestoreHook:
     def test_runs_before_anything_is_deleted(self, default: list[Manifest]) -> None:
-        hooks = [o for o in default
-                 if o["metadata"].get("annotations", {}).get("helm.sh/hook")]  # fmt: skip
+        hooks = [o for o in default if o["metadata"].get("annotations", {}).get("helm.sh/hook")]
         assert {o["kind"] for o in hooks} == {
-            "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Job"}  # fmt: skip
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ConfigMap",
+            "Job",
+        }
         assert all(o["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete" for o in hooks)
-        weights = {o["kind"]: int(o["metadata"]["annotations"]["helm.sh/hook-weight"])
-                   for o in hooks}  # fmt: skip
+        weights = {
+            o["kind"]: int(o["metadata"]["annotations"]["helm.sh/hook-weight"]) for o in hooks
+        }
         assert weights["Job"] > max(w for k, w in weights.items() if k != "Job")
 
     def test_job_runs_the_shipped_script(self, default: list[Manifest]) -> None:
@@ -278,11 +323,16 @@ class TestCrds:
 
     def test_kopf_peering_crd_ships_in_the_subchart(self, helm_template: Any) -> None:
         with_crds = helm_template(extra=["--include-crds"])
-        without = helm_template(set_values={"operator.peering.installCRD": "false"},
-                                extra=["--include-crds"])  # fmt: skip
-        assert with_crds.returncode == 0 and without.returncode == 0, with_crds.stderr
-        names = [d["metadata"]["name"] for d in yaml.safe_load_all(with_crds.stdout)
-                 if d and d["kind"] == "CustomResourceDefinition"]  # fmt: skip
+        without = helm_template(
+            set_values={"operator.peering.installCRD": "false"}, extra=["--include-crds"]
+        )
+        assert with_crds.returncode == 0, with_crds.stderr
+        assert without.returncode == 0, without.stderr
+        names = [
+            d["metadata"]["name"]
+            for d in yaml.safe_load_all(with_crds.stdout)
+            if d and d["kind"] == "CustomResourceDefinition"
+        ]
         assert "clusterkopfpeerings.kopf.dev" in names
         assert "clusterkopfpeerings.kopf.dev" not in without.stdout
         # The peering object itself stays: another Kopf operator may have installed the CRD.

@@ -66,8 +66,11 @@ def test_every_default_value_is_described_by_the_schema() -> None:
 
 
 def test_chart_owned_objects_refuse_unknown_keys() -> None:
-    closed = [path for path, sub in SCHEMA_OBJECTS.items()
-              if sub.get("type") == "object" and "properties" in sub]  # fmt: skip
+    closed = [
+        path
+        for path, sub in SCHEMA_OBJECTS.items()
+        if sub.get("type") == "object" and "properties" in sub
+    ]
     assert closed
     assert all(SCHEMA_OBJECTS[path]["additionalProperties"] is False for path in closed)
     assert SCHEMA["additionalProperties"] is False
@@ -78,8 +81,9 @@ def test_defaults_pass(helm_template: HelmTemplate) -> None:
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize(("key", "value", "named"), BAD_VALUES,
-                         ids=[f"{k}={v}" for k, v, _ in BAD_VALUES])  # fmt: skip
+@pytest.mark.parametrize(
+    ("key", "value", "named"), BAD_VALUES, ids=[f"{k}={v}" for k, v, _ in BAD_VALUES]
+)
 def test_bad_value_is_refused_with_its_path(
     helm_template: HelmTemplate, key: str, value: str, named: str
 ) -> None:

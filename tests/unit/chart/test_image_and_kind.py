@@ -38,9 +38,11 @@ class TestDockerfile:
     def test_copies_every_package_root_from_the_project_files(self) -> None:
         copied = set(re.findall(r"^COPY (\S+)/ ", DOCKERFILE, re.MULTILINE))
         package_roots = set(PYPROJECT["tool"]["setuptools"]["packages"]["find"]["where"]) - {"."}
-        core_packages = {p.split(".")[0] for p in
-                         PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
-                         if (REPO_ROOT / p.split(".")[0].rstrip("*")).is_dir()}  # fmt: skip
+        core_packages = {
+            p.split(".")[0]
+            for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+            if (REPO_ROOT / p.split(".")[0].rstrip("*")).is_dir()
+        }
         assert package_roots | core_packages <= copied
         assert all((REPO_ROOT / path).is_dir() for path in copied)
         assert re.search(r"^COPY pyproject.toml ", DOCKERFILE, re.MULTILINE)
@@ -100,9 +102,16 @@ def sandbox_path(tmp_path: Path) -> str:
 def test_docker_targets_fail_plainly_without_docker(
     sandbox_path: str, target: str, says: str
 ) -> None:
-    result = subprocess.run(["make", "--no-print-directory", target], cwd=REPO_ROOT,
-                            env={"PATH": sandbox_path, "HOME": os.environ.get("HOME", "/")},
-                            capture_output=True, text=True, check=False, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        ["make", "--no-print-directory", target],
+        cwd=REPO_ROOT,
+        env={"PATH": sandbox_path, "HOME": os.environ.get("HOME", "/")},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert result.returncode != 0
     assert f"make {target}: {says}" in result.stderr
-    assert "docker build" not in result.stdout and "kind create" not in result.stdout
+    assert "docker build" not in result.stdout
+    assert "kind create" not in result.stdout

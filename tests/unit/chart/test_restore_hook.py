@@ -14,7 +14,8 @@ SCRIPT = Path(__file__).resolve().parents[3] / "charts/polca/files/restore_on_un
 
 def _load() -> ModuleType:
     spec = importlib.util.spec_from_file_location("restore_on_uninstall", SCRIPT)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -48,18 +49,20 @@ class FakeStore:
         if self.failing_reads:
             self.failing_reads -= 1
             raise hook.ReadFailedError("connection refused")
-        return [hook.Leftover(name, ("polca.dev/restore",))
-                for name, delay in self.release_after_s.items()
-                if name not in self.deleted_at_s
-                or self.time.now_s < self.deleted_at_s[name] + delay]  # fmt: skip
+        return [
+            hook.Leftover(name, ("polca.dev/restore",))
+            for name, delay in self.release_after_s.items()
+            if name not in self.deleted_at_s or self.time.now_s < self.deleted_at_s[name] + delay
+        ]
 
     def delete(self, name: str) -> None:
         self.deleted_at_s.setdefault(name, self.time.now_s)
 
 
 def run(store: FakeStore, time: FakeTime, timeout_s: float) -> list[object]:
-    left: list[object] = hook.release_all(store, timeout_s=timeout_s, poll_interval_s=1.0,
-                                          monotonic=time.monotonic, sleep=time.sleep)  # fmt: skip
+    left: list[object] = hook.release_all(
+        store, timeout_s=timeout_s, poll_interval_s=1.0, monotonic=time.monotonic, sleep=time.sleep
+    )
     return left
 
 
@@ -114,7 +117,8 @@ def test_policies_created_meanwhile_are_deleted_too() -> None:
         original_sleep(seconds)
         store.release_after_s.setdefault("late", 1.0)
 
-    left = hook.release_all(store, timeout_s=60, poll_interval_s=1.0,
-                            monotonic=time.monotonic, sleep=sleep_and_create)  # fmt: skip
+    left = hook.release_all(
+        store, timeout_s=60, poll_interval_s=1.0, monotonic=time.monotonic, sleep=sleep_and_create
+    )
     assert left == []
     assert set(store.deleted_at_s) == {"row-a", "late"}

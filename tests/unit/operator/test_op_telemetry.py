@@ -58,9 +58,7 @@ def vector(label: str, values: dict[str, float]) -> dict[str, object]:
         "status": "success",
         "data": {
             "resultType": "vector",
-            "result": [
-                {"metric": {label: k}, "value": [NOW_S, str(v)]} for k, v in values.items()
-            ],
+            "result": [{"metric": {label: k}, "value": [NOW_S, str(v)]} for k, v in values.items()],
         },
     }
 
@@ -226,7 +224,9 @@ class FakeSource:
     error: str | None = None
     asked: list[set[str]] = field(default_factory=list)
 
-    async def node_samples(self, query: PowerQuery, nodes: Collection[str]) -> dict[str, NodeSample]:
+    async def node_samples(
+        self, query: PowerQuery, nodes: Collection[str]
+    ) -> dict[str, NodeSample]:
         self.asked.append(set(nodes))
         if self.error:
             raise TelemetryError(self.error)
@@ -248,7 +248,8 @@ async def test_primary_answers_and_fallback_is_not_asked() -> None:
     reading = await PowerReader(prom, direct, wall_clock=lambda: NOW_S).read(
         two_nodes(), staleness_s=5
     )
-    assert reading.power is not None and reading.power.power_w == 30
+    assert reading.power is not None
+    assert reading.power.power_w == 30
     assert reading.sources == ("prometheus",)
     assert direct.asked == []
 
@@ -259,7 +260,8 @@ async def test_failed_prometheus_falls_back_to_direct() -> None:
     reading = await PowerReader(prom, direct, wall_clock=lambda: NOW_S).read(
         two_nodes(), staleness_s=5
     )
-    assert reading.power is not None and reading.power.power_w == 30
+    assert reading.power is not None
+    assert reading.power.power_w == 30
     assert reading.sources == ("direct",)
     assert reading.errors == (("prometheus", "connection refused"),)
 
@@ -271,7 +273,8 @@ async def test_fallback_is_asked_only_for_the_missing_nodes() -> None:
         two_nodes(), staleness_s=5
     )
     assert direct.asked == [{"b"}]
-    assert reading.power is not None and reading.power.power_w == 35
+    assert reading.power is not None
+    assert reading.power.power_w == 35
     assert reading.sources == ("prometheus", "direct")
 
 
@@ -281,7 +284,8 @@ async def test_direct_policy_falls_back_to_prometheus() -> None:
     reading = await PowerReader(prom, direct, wall_clock=lambda: NOW_S).read(
         two_nodes("direct"), staleness_s=5
     )
-    assert reading.power is not None and reading.sources == ("prometheus",)
+    assert reading.power is not None
+    assert reading.sources == ("prometheus",)
 
 
 async def test_fallback_disabled_and_both_stale_give_no_power() -> None:
@@ -289,7 +293,8 @@ async def test_fallback_disabled_and_both_stale_give_no_power() -> None:
     direct = FakeSource("direct", {"a": NodeSample(10, NOW_S)})
     reader = PowerReader(prom, direct, wall_clock=lambda: NOW_S)
     no_fallback = await reader.read(two_nodes(direct_fallback=False), staleness_s=5)
-    assert no_fallback.power is None and direct.asked == []
+    assert no_fallback.power is None
+    assert direct.asked == []
 
     stale = FakeSource("direct", {"a": NodeSample(10, NOW_S - 60)})
     both_stale = await PowerReader(prom, stale, wall_clock=lambda: NOW_S).read(

@@ -1,0 +1,412 @@
+"""``polca simulate``: run policies over a power domain and print their figures, or search the
+largest safe oversubscription per policy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from polca.control.plan import ControlPlan, plan_from_dict
+from polca.power.profiles import PROFILES, get_profile
+from polca.sim.domain import DomainConfig, Mix
+from polca.sim.metrics import Criteria
+from polca.sim.policies import POLICY_NAMES, GuardSettings, PolicyConfig, make_policy
+from polca.sim.runner import Progress as ProgressFn
+from polca.sim.runner import Scenario, calibrate_load, run_level
+from polca.sim.synthetic import CONV_PARAMS, fit, generate
+from polca.sim.trace import Trace, TraceError, read_trace
+
+__all__ = ["register", "run"]
+
+_EPILOG = """\
+Model and sources: docs/simulator.md. Examples:
+  polca simulate --trace conv.csv --servers 40 --oversubscription 0.3 --policy polca
+  polca simulate --trace conv.csv --search --search-step 0.1 --json
+  polca simulate --oversubscription 0.4 --plot run.png        (synthetic requests)
+The load is calibrated (a few uncapped runs of the base row) unless --load-scale is given; the
+value used is printed, so later runs can pass it and skip the calibration.
+Exit status: 0 on success (a run that fails the criteria still exits 0), 2 on bad input.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "simulate",
+        help="simulate policies on a power domain; --search finds the safe oversubscription",
+        description=__doc__,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    work = p.add_argument_group("workload")
+    work.add_argument(
+        "--trace",
+        type=Path,
+        metavar="FILE",
+        help="CSV trace (TIMESTAMP,ContextTokens,GeneratedTokens; CRLF ok); default: synthetic "
+        "requests from the generator fitted to the Azure conversation trace",
+    )
+    work.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        metavar="S",
+        help="simulated seconds (default: the trace's span, or 3600 for synthetic requests)",
+    )
+    work.add_argument(
+        "--load-scale",
+        type=float,
+        default=None,
+        metavar="X",
+        help="request rate of the base row as a multiple of the trace's (default: calibrated so "
+        "the base row's uncapped peak is --target-peak-pct)",
+    )
+    work.add_argument(
+        "--target-peak-pct",
+        type=float,
+        default=79.0,
+        metavar="PCT",
+        help="uncapped peak of the base row, %% of budget, for load calibration (default 79, "
+        "POLCA's production inference rows)",
+    )
+    work.add_argument(
+        "--mix",
+        default="high=0.5,low=0.5,train=0",
+        help="server shares per workload, e.g. high=0.5,low=0.3,train=0.2 (default %(default)s)",
+    )
+    work.add_argument(
+        "--fit-trace",
+        action="store_true",
+        help="print the synthetic generator's parameters fitted to --trace and exit",
+    )
+
+    dom = p.add_argument_group("power domain")
+    dom.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default="H100-SXM",
+        help="GPU model (default %(default)s)",
+    )
+    dom.add_argument(
+        "--servers",
+        type=int,
+        metavar="N",
+        default=40,
+        help="servers the budget is provisioned for (default %(default)s)",
+    )
+    dom.add_argument(
+        "--gpus-per-server", type=int, default=8, metavar="N", help="default %(default)s"
+    )
+    dom.add_argument(
+        "--server-overhead-w",
+        type=float,
+        default=1500.0,
+        metavar="W",
+        help="constant non-GPU power per server (default %(default)s W)",
+    )
+    dom.add_argument(
+        "--oversubscription",
+        type=float,
+        default=0.0,
+        metavar="FRAC",
+        help="extra servers as a fraction of --servers, e.g. 0.3 (default %(default)s)",
+    )
+
+    pol = p.add_argument_group("policies")
+    pol.add_argument(
+        "--policy",
+        action="append",
+        choices=POLICY_NAMES,
+        help=f"policy to run; repeat for several (default: all of {', '.join(POLICY_NAMES)})",
+    )
+    pol.add_argument(
+        "--polca-delay",
+        type=float,
+        default=40.0,
+        metavar="S",
+        help="POLCA's out-of-band actuation delay (default %(default)s s)",
+    )
+    pol.add_argument(
+        "--k8s-actuation",
+        type=float,
+        default=0.2,
+        metavar="S",
+        help="polca-k8s actuation: status write + watch + NVML (default %(default)s s)",
+    )
+    pol.add_argument(
+        "--telemetry-period",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="telemetry sampling period (default %(default)s s)",
+    )
+    pol.add_argument(
+        "--control-interval",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="controller interval (default %(default)s s)",
+    )
+    pol.add_argument(
+        "--plan",
+        type=Path,
+        metavar="FILE",
+        help="YAML/JSON control plan for polca-k8s instead of its default (keys of "
+        "polca.control.plan.plan_from_dict; see docs/simulator.md)",
+    )
+    pol.add_argument(
+        "--polca-plan",
+        type=Path,
+        metavar="FILE",
+        help="YAML/JSON control plan for the polca policy instead of the paper's table "
+        "(for ablations: POLCA's delays with another plan)",
+    )
+    pol.add_argument(
+        "--no-derive-triggers",
+        action="store_true",
+        help="run polca-k8s with its plan's triggers as written, not derived from its reaction "
+        "time and the baseline's largest power rise",
+    )
+    pol.add_argument(
+        "--no-guard", action="store_true", help="run polca-k8s without the local guard"
+    )
+    pol.add_argument(
+        "--guard-share",
+        type=float,
+        default=1.3,
+        metavar="X",
+        help="guard budget per node as a multiple of its share of the domain budget "
+        "(default %(default)s)",
+    )
+
+    sim = p.add_argument_group("simulation")
+    sim.add_argument(
+        "--dt", type=float, default=0.1, metavar="S", help="time step (default %(default)s s)"
+    )
+    sim.add_argument(
+        "--meter-window",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="averaging window of the metered power (default %(default)s s)",
+    )
+    sim.add_argument(
+        "--brake-hold",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="how long a brake holds every GPU near halt (default %(default)s s)",
+    )
+    sim.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+
+    out = p.add_argument_group("search and output")
+    out.add_argument(
+        "--search",
+        action="store_true",
+        help="find the largest oversubscription meeting POLCA's criteria (zero brakes, "
+        "high-priority P50 impact < 1%%, low-priority throughput >= 98%%) for each policy",
+    )
+    out.add_argument(
+        "--search-step",
+        type=float,
+        default=0.1,
+        metavar="FRAC",
+        help="coarse search step before bisection (default %(default)s)",
+    )
+    out.add_argument(
+        "--search-max",
+        type=float,
+        default=1.0,
+        metavar="FRAC",
+        help="largest oversubscription tried (default %(default)s)",
+    )
+    out.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    out.add_argument("--plot", type=Path, metavar="PNG", help="write a figure to this file")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    err = Console(stderr=True)
+    try:
+        return _run(args, err)
+    except (TraceError, ValueError, OSError, yaml.YAMLError) as exc:
+        err.print(f"[red]polca simulate: {exc}[/red]")
+        return 2
+
+
+def _load_trace(args: argparse.Namespace) -> tuple[Trace, float, str]:
+    if args.trace is not None:
+        trace = read_trace(args.trace)
+        duration = args.duration if args.duration is not None else max(trace.duration_s, 1.0)
+        return trace, duration, str(args.trace)
+    duration = args.duration if args.duration is not None else 3600.0
+    rng = np.random.default_rng([args.seed, 7])
+    return generate(CONV_PARAMS, duration, rng), duration, "synthetic (conv fit)"
+
+
+def _parse_mix(text: str) -> Mix:
+    shares: dict[str, float] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or key.strip() not in {"high", "low", "train"}:
+            raise ValueError(f"--mix: expected high=X,low=Y,train=Z, got {text!r}")
+        shares[key.strip()] = float(value)
+    return Mix(
+        high=shares.get("high", 0.0), low=shares.get("low", 0.0), train=shares.get("train", 0.0)
+    )
+
+
+def _read_plan(path: Path | None) -> ControlPlan | None:
+    if path is None:
+        return None
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        return plan_from_dict(data)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def _policies(args: argparse.Namespace) -> list[PolicyConfig]:
+    plans = {"polca": _read_plan(args.polca_plan), "polca-k8s": _read_plan(args.plan)}
+    names = args.policy or list(POLICY_NAMES)
+    return [
+        make_policy(
+            name,
+            polca_delay_s=args.polca_delay,
+            k8s_actuation_s=args.k8s_actuation,
+            telemetry_period_s=args.telemetry_period,
+            control_interval_s=args.control_interval,
+            plan=plans.get(name),
+            guard=GuardSettings(budget_share=args.guard_share),
+            use_guard=not args.no_guard,
+            derive_triggers=not args.no_derive_triggers,
+        )
+        for name in dict.fromkeys(names)
+    ]
+
+
+@contextmanager
+def _progress(enabled: bool, console: Console) -> Iterator[ProgressFn]:
+    if not enabled:
+        yield lambda _label, _fraction: None
+        return
+    with Progress(
+        TextColumn("{task.description:<32}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("starting", total=1.0)
+
+        def update(label: str, fraction: float) -> None:
+            bar.update(task, description=label, completed=fraction)
+
+        yield update
+
+
+def _run(args: argparse.Namespace, err: Console) -> int:
+    trace, duration, source = _load_trace(args)
+    if args.fit_trace:
+        print(json.dumps(fit(trace).as_dict(), indent=2))
+        return 0
+    domain = DomainConfig(
+        profile=get_profile(args.profile),
+        base_servers=args.servers,
+        oversubscription=args.oversubscription,
+        gpus_per_server=args.gpus_per_server,
+        server_overhead_w=args.server_overhead_w,
+        mix=_parse_mix(args.mix),
+    )
+    scenario = Scenario(
+        trace=trace,
+        domain=domain,
+        duration_s=duration,
+        dt_s=args.dt,
+        seed=args.seed,
+        load_scale=args.load_scale,
+        target_peak_pct=args.target_peak_pct,
+        meter_window_s=args.meter_window,
+        brake_hold_s=args.brake_hold,
+        criteria=Criteria(),
+    )
+    policies = _policies(args)
+    # Piped output gets room for the wide tables instead of rich's 80-column default.
+    out = Console() if sys.stdout.isatty() else Console(width=220)
+    show_progress = not args.no_progress and err.is_terminal
+    with _progress(show_progress, err) as progress:
+        load_scale = calibrate_load(scenario, progress)
+        scenario = replace(scenario, load_scale=load_scale)
+        described = _describe(args, scenario, source)
+        if args.search:
+            from polca.sim.report import search_json, search_table
+            from polca.sim.search import search
+
+            result = search(
+                scenario,
+                policies,
+                coarse_step=args.search_step,
+                max_oversubscription=args.search_max,
+                progress=progress,
+            )
+            if args.plot is not None:
+                from polca.sim.plotting import plot_search
+
+                plot_search(result, args.plot)
+            if args.json:
+                print(json.dumps(search_json(described, result), indent=2))
+            else:
+                out.print(search_table(result))
+            return 0
+        level = run_level(
+            scenario, domain.oversubscription, policies, load_scale=load_scale, progress=progress
+        )
+
+    metrics = [r.metrics for r in level.runs.values()]
+    if args.plot is not None:
+        from polca.sim.plotting import plot_runs
+
+        plot_runs([r.result for r in level.runs.values()], args.plot)
+    if args.json:
+        from polca.sim.report import simulate_json
+
+        print(json.dumps(simulate_json(described, metrics), indent=2))
+    else:
+        from polca.sim.report import domain_table, latency_table
+
+        out.print(
+            f"[bold]{source}[/bold], {args.profile}, load scale {load_scale:.4g}, seed {args.seed}"
+        )
+        out.print(domain_table(metrics))
+        out.print(latency_table(metrics))
+    return 0
+
+
+def _describe(args: argparse.Namespace, scenario: Scenario, source: str) -> dict[str, Any]:
+    return {
+        "trace": source,
+        "profile": args.profile,
+        "base_servers": args.servers,
+        "gpus_per_server": args.gpus_per_server,
+        "server_overhead_w": args.server_overhead_w,
+        "oversubscription": args.oversubscription,
+        "mix": args.mix,
+        "duration_s": scenario.duration_s,
+        "dt_s": scenario.dt_s,
+        "load_scale": scenario.load_scale,
+        "target_peak_pct": scenario.target_peak_pct,
+        "seed": scenario.seed,
+        "budget_w": scenario.domain.budget_w,
+    }

@@ -1,0 +1,173 @@
+"""Tables (rich) and JSON for simulation results."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.table import Table
+
+from polca.sim.metrics import Metrics
+from polca.sim.search import SearchResult
+
+__all__ = ["domain_table", "latency_table", "search_json", "search_table", "simulate_json"]
+
+
+def _ms(value_s: float) -> str:
+    return "∞" if math.isinf(value_s) else ("–" if math.isnan(value_s) else f"{1000 * value_s:.0f}")
+
+
+def _s(value_s: float) -> str:
+    return "∞" if math.isinf(value_s) else ("–" if math.isnan(value_s) else f"{value_s:.2f}")
+
+
+def _pct(value: float, *, signed: bool = False) -> str:
+    if math.isnan(value):
+        return "–"
+    return f"{100 * value:+.2f}%" if signed else f"{100 * value:.1f}%"
+
+
+def domain_table(metrics: Sequence[Metrics]) -> Table:
+    table = Table(title="Power domain", title_justify="left")
+    for name in (
+        "policy",
+        "servers",
+        "brake events",
+        "time > budget",
+        "energy",
+        "mean power",
+        "peak power",
+        "top trigger",
+        "time per stage",
+        "criteria",
+    ):
+        table.add_column(name, justify="left" if name in {"policy", "criteria"} else "right")
+    for m in metrics:
+        table.add_row(
+            m.policy,
+            f"{m.servers} (+{100 * m.oversubscription:.1f}%)",
+            str(m.brake_events),
+            f"{m.time_above_budget_s:.1f} s",
+            f"{m.energy_kwh:.1f} kWh",
+            f"{m.mean_power_pct:.1f}%",
+            f"{m.peak_power_pct:.1f}%",
+            "–" if m.top_trigger_pct is None else f"{m.top_trigger_pct:.1f}%",
+            " / ".join(f"{p:.0f}" for p in m.stage_time_pct) + " %",
+            "pass" if m.passed else "FAIL: " + "; ".join(m.failures),
+        )
+    return table
+
+
+def latency_table(metrics: Sequence[Metrics]) -> Table:
+    table = Table(title="Per tier (impact relative to the uncapped baseline)", title_justify="left")
+    for name in (
+        "policy",
+        "tier",
+        "requests",
+        "TTFT p50/p99 ms",
+        "TBT p50/p99 ms",
+        "e2e p50/p99 s",
+        "e2e p50 impact",
+        "TTFT p50 impact",
+        "throughput",
+    ):
+        table.add_column(name, justify="left" if name in {"policy", "tier"} else "right")
+    for m in metrics:
+        for tier, t in m.tiers.items():
+            table.add_row(
+                m.policy,
+                tier,
+                str(t.requests),
+                f"{_ms(t.ttft_p50_s)} / {_ms(t.ttft_p99_s)}",
+                f"{_ms(t.tbt_p50_s)} / {_ms(t.tbt_p99_s)}",
+                f"{_s(t.e2e_p50_s)} / {_s(t.e2e_p99_s)}",
+                _pct(t.e2e_p50_impact, signed=True),
+                _pct(t.ttft_p50_impact, signed=True),
+                _pct(t.throughput_rel),
+            )
+    return table
+
+
+def search_table(result: SearchResult) -> Table:
+    table = Table(
+        title=(
+            f"Largest oversubscription meeting the criteria (base {result.base_servers} servers, "
+            f"load scale {result.load_scale:.3g})"
+        ),
+        title_justify="left",
+    )
+    for name in (
+        "policy",
+        "oversubscription",
+        "servers",
+        "brake events",
+        "peak power",
+        "high e2e p50 impact",
+        "low throughput",
+        "low e2e p50 impact",
+        "top trigger",
+        "levels tried (servers: pass/FAIL)",
+    ):
+        table.add_column(
+            name,
+            justify="left" if name in {"policy", "levels tried (servers: pass/FAIL)"} else "right",
+        )
+    for p in result.policies:
+        tried = ", ".join(f"{m.servers}:{'pass' if m.passed else 'FAIL'}" for m in p.evaluated)
+        if p.best is None:
+            table.add_row(p.policy, "none passes", "–", "–", "–", "–", "–", "–", "–", tried)
+            continue
+        b = p.best
+        high, low = b.tiers["high"], b.tiers["low"]
+        table.add_row(
+            p.policy,
+            f"+{100 * (p.best_extra_servers or 0) / result.base_servers:.1f}%",
+            str(b.servers),
+            str(b.brake_events),
+            f"{b.peak_power_pct:.1f}%",
+            _pct(high.e2e_p50_impact, signed=True),
+            _pct(low.throughput_rel),
+            _pct(low.e2e_p50_impact, signed=True),
+            "–" if b.top_trigger_pct is None else f"{b.top_trigger_pct:.1f}%",
+            tried,
+        )
+    return table
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: non-finite floats become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def simulate_json(scenario: Mapping[str, Any], metrics: Sequence[Metrics]) -> dict[str, Any]:
+    out: dict[str, Any] = _clean({"scenario": scenario, "results": [m.as_dict() for m in metrics]})
+    return out
+
+
+def search_json(scenario: Mapping[str, Any], result: SearchResult) -> dict[str, Any]:
+    policies = [
+        {
+            "policy": p.policy,
+            "best_extra_servers": p.best_extra_servers,
+            "best_oversubscription": p.best_oversubscription(result.base_servers),
+            "best": p.best.as_dict() if p.best is not None else None,
+            "evaluated": [m.as_dict() for m in p.evaluated],
+        }
+        for p in result.policies
+    ]
+    out: dict[str, Any] = _clean(
+        {
+            "scenario": scenario,
+            "load_scale": result.load_scale,
+            "base_servers": result.base_servers,
+            "policies": policies,
+        }
+    )
+    return out

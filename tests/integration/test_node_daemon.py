@@ -1,0 +1,253 @@
+"""Node daemons (fake NVML, fake kubelet, real `polca-node` processes) on the real control plane.
+
+- two daemons apply a PowerPolicy status change to their GPUs within one second (issue 4);
+- a restarted daemon keeps the clock ceilings (it never resets them on the way);
+- a node that leaves the policy gets its defaults back, recorded in status and as an Event.
+
+The operator is not running: the tests write the policy's status themselves, as it would.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from polca_node.kube_client import ApiError, KubeClient, kubeconfig_credentials
+from polca_testbed.cluster import Cluster
+from polca_testbed.nodes import SimNode, SimNodes
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+DOMAIN_LABEL = "polca.dev/test-domain"
+POLICIES = "/apis/polca.dev/v1alpha1/powerpolicies"
+STATES = "/apis/polca.dev/v1alpha1/nodepowerstates"
+REACTION_BOUND_S = 1.0  # issue 4: daemons react to a PowerPolicy status change within 1 s
+WAIT_S = 30.0
+TRAINING = {"training.kubeflow.org/job-name": "pretrain"}
+
+
+@pytest.fixture(scope="module")
+def crds(cluster: Cluster) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s",
+        "crd/powerpolicies.polca.dev", "crd/nodepowerstates.polca.dev",
+    )  # fmt: skip
+
+
+@pytest.fixture
+def api(cluster: Cluster) -> Iterator[KubeClient]:
+    client = KubeClient(kubeconfig_credentials(cluster.kubeconfig))
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def sim(cluster: Cluster, crds: None) -> Iterator[SimNodes]:
+    with SimNodes(cluster.kubeconfig) as nodes:
+        yield nodes
+
+
+@pytest.fixture
+def namespace(
+    cluster: Cluster, unique_name: Callable[[str], str], cleanup: Callable[..., None]
+) -> str:
+    name = unique_name("ns")
+    cleanup(f"namespace/{name}")
+    cluster.kubectl("create", "namespace", name)
+    return name
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout_s: float = WAIT_S) -> Any:
+    """Poll `check` every 20 ms until it returns something truthy."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def node_state(api: KubeClient, node: str) -> dict[str, Any]:
+    try:
+        found: dict[str, Any] = api.request("GET", f"{STATES}/{node}")
+    except ApiError as exc:
+        if exc.not_found:
+            return {}
+        raise
+    return found
+
+
+def condition(state: dict[str, Any], type_: str) -> dict[str, Any]:
+    for entry in (state.get("status") or {}).get("conditions") or ():
+        if entry["type"] == type_:
+            return dict(entry)
+    return {}
+
+
+def status_ceilings(state: dict[str, Any]) -> list[int | None]:
+    gpus = (state.get("status") or {}).get("gpus") or []
+    return [g.get("clockCeilingMHz") for g in sorted(gpus, key=lambda g: g["index"])]
+
+
+def create_policy(api: KubeClient, name: str, domain: str) -> None:
+    api.request("POST", POLICIES, body={
+        "apiVersion": "polca.dev/v1alpha1", "kind": "PowerPolicy",
+        "metadata": {"name": name},
+        "spec": {"nodeSelector": {"matchLabels": {DOMAIN_LABEL: domain}}, "budgetWatts": 100000},
+    })  # fmt: skip
+
+
+def set_stage(api: KubeClient, name: str, stage: str, index: int, nodes: int) -> None:
+    api.request(
+        "PATCH",
+        f"{POLICIES}/{name}/status",
+        body={"status": {"stage": stage, "stageIndex": index, "nodeCount": nodes}},
+        content_type="application/merge-patch+json",
+    )
+
+
+def create_pod(
+    cluster: Cluster, node: SimNode, namespace: str, name: str, gpus: list[int],
+    labels: dict[str, str],
+) -> None:  # fmt: skip
+    """A pod bound to the node, and the fake kubelet giving it these GPUs (first, as a kubelet
+    assigns devices before the pod's containers start)."""
+    node.assign_pod(namespace, name, gpus)
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
+        "spec": {"nodeName": node.name, "containers": [{"name": "main", "image": "none"}]},
+    }))  # fmt: skip
+
+
+def ready_reason(api: KubeClient, node: str) -> str:
+    return str(condition(node_state(api, node), "Ready").get("reason", ""))
+
+
+def test_two_daemons_apply_a_stage_change_within_one_second(
+    cluster: Cluster,
+    api: KubeClient,
+    sim: SimNodes,
+    namespace: str,
+    unique_name: Callable[[str], str],
+    cleanup: Callable[..., None],
+) -> None:
+    domain, policy = unique_name("dom"), unique_name("policy")
+    cleanup(f"powerpolicy/{policy}")
+    trainer = sim.add(unique_name("gpu"), labels={DOMAIN_LABEL: domain}, profile="H100-SXM:4")
+    server = sim.add(unique_name("gpu"), labels={DOMAIN_LABEL: domain}, profile="H100-SXM:4")
+    create_pod(cluster, trainer, namespace, "train-0", [0, 1], TRAINING)
+    create_pod(cluster, server, namespace, "llm-0", [0], {"app": "llm"})
+    create_policy(api, policy, domain)
+    owners = {trainer.name: "train-0", server.name: "llm-0"}
+
+    def daemons_ready() -> bool:
+        # The policy has no decision yet: the daemons hold (tighten only) and know the pods.
+        states = {n: node_state(api, n) for n in owners}
+        return all(
+            condition(state, "Ready").get("reason") == "TightenOnly"
+            and (state["status"]["gpus"][0].get("pod") or {}).get("name") == owners[n]
+            for n, state in states.items()
+        )
+
+    wait_for("the daemons to see the policy and the pods", daemons_ready)
+    assert trainer.clock_ceilings_mhz() == [None] * 4
+
+    started = time.monotonic()
+    set_stage(api, policy, "stage2", 2, nodes=2)
+    expected = {trainer.name: [1110] * 4, server.name: [None, 1110, 1110, 1110]}
+
+    def gpus_done() -> bool:
+        return all(sim.nodes[n].clock_ceilings_mhz() == c for n, c in expected.items())
+
+    wait_for("the fake GPUs to get their ceilings", gpus_done)
+    gpus_s = time.monotonic() - started
+
+    def status_done() -> bool:
+        return all(status_ceilings(node_state(api, n)) == c for n, c in expected.items())
+
+    wait_for("NodePowerState to show the ceilings", status_done)
+    status_s = time.monotonic() - started
+    print(f"stage change → GPUs {gpus_s * 1000:.0f} ms, → NodePowerState {status_s * 1000:.0f} ms")
+    assert gpus_s < REACTION_BOUND_S
+    assert status_s < REACTION_BOUND_S
+
+    state = node_state(api, trainer.name)["status"]
+    assert state["policies"] == [
+        {"name": policy, "stage": "stage2", "observedGeneration": 1, "dryRun": False}
+    ]
+    assert [g.get("tier") for g in state["gpus"]] == ["low", "low", "idle", "idle"]
+    assert state["gpus"][0]["pod"] == {"namespace": namespace, "name": "train-0"}
+    assert state["metricsEndpoint"] == trainer.metrics_url
+    assert condition(node_state(api, server.name), "Ready")["reason"] == "Enforce"
+
+
+def test_restarted_daemon_keeps_the_ceilings(
+    api: KubeClient, sim: SimNodes, unique_name: Callable[[str], str],
+    cleanup: Callable[..., None],
+) -> None:  # fmt: skip
+    domain, policy = unique_name("dom"), unique_name("policy")
+    cleanup(f"powerpolicy/{policy}")
+    node = sim.add(unique_name("gpu"), labels={DOMAIN_LABEL: domain}, profile="H100-SXM:2")
+    create_policy(api, policy, domain)
+    set_stage(api, policy, "stage1", 1, nodes=1)
+    wait_for("stage 1 on the GPUs", lambda: node.clock_ceilings_mhz() == [1275, 1275])
+    resets = node.fake_state()["setter_calls"].get("nvmlDeviceResetGpuLockedClocks", 0)
+
+    wait_for(
+        "stage 1 in NodePowerState",
+        lambda: status_ceilings(node_state(api, node.name)) == [1275, 1275],
+    )
+    before = node_state(api, node.name)["status"]["heartbeatTime"]
+    node.stop_daemon()
+    assert node.clock_ceilings_mhz() == [1275, 1275]  # the GPUs keep them while it is down
+    node.start_daemon()
+    wait_for(
+        "the restarted daemon to enforce again",
+        lambda: (
+            node_state(api, node.name)["status"]["heartbeatTime"] != before
+            and ready_reason(api, node.name) == "Enforce"
+        ),
+    )
+    assert node.clock_ceilings_mhz() == [1275, 1275]
+    assert node.fake_state()["setter_calls"].get("nvmlDeviceResetGpuLockedClocks", 0) == resets
+    assert status_ceilings(node_state(api, node.name)) == [1275, 1275]
+
+
+def test_leaving_the_policy_restores_defaults_with_an_event(
+    cluster: Cluster, api: KubeClient, sim: SimNodes, unique_name: Callable[[str], str],
+    cleanup: Callable[..., None],
+) -> None:  # fmt: skip
+    domain, policy = unique_name("dom"), unique_name("policy")
+    cleanup(f"powerpolicy/{policy}")
+    stays = sim.add(unique_name("gpu"), labels={DOMAIN_LABEL: domain}, profile="H100-SXM:2")
+    leaves = sim.add(unique_name("gpu"), labels={DOMAIN_LABEL: domain}, profile="H100-SXM:2")
+    create_policy(api, policy, domain)
+    set_stage(api, policy, "brake", 4, nodes=2)
+    wait_for(
+        "the brake on both nodes",
+        lambda: stays.clock_ceilings_mhz() == leaves.clock_ceilings_mhz() == [345, 345],
+    )
+
+    sim.label_node(leaves.name, {DOMAIN_LABEL: None})
+    wait_for("defaults on the node that left", lambda: leaves.clock_ceilings_mhz() == [None, None])
+    assert [g["power_limit_w"] for g in leaves.fake_state()["gpus"]] == [700.0, 700.0]
+    restored = wait_for(
+        "DefaultsRestored in NodePowerState",
+        lambda: condition(node_state(api, leaves.name), "DefaultsRestored"),
+    )
+    assert (restored["status"], restored["reason"]) == ("True", "LeftEveryPolicy")
+    events = wait_for("the DefaultsRestored event", lambda: json.loads(cluster.kubectl(
+        "get", "events", "-n", "default", "-o", "json",
+        "--field-selector", f"involvedObject.name={leaves.name},reason=DefaultsRestored",
+    ).stdout)["items"])  # fmt: skip
+    assert events[0]["involvedObject"]["kind"] == "NodePowerState"
+    assert stays.clock_ceilings_mhz() == [345, 345]  # the other node is still braked

@@ -1,0 +1,558 @@
+"""The operator end to end: real API server, real Prometheus, simulated nodes with real daemons.
+
+Two simulated H100 nodes (8 fake GPUs each, `polca-node` processes with fake NVML) share a
+7 kW domain: at decode load 0.3 the domain draws about 38%, at 1.0 about 87% (stage 1). GPUs
+0-3 of the first node belong to a high-tier pod; all others are idle and throttled first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import kubernetes.client
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from polca.api.defaults import DEFAULT_STAGES
+from polca_testbed.cluster import Cluster
+from polca_testbed.nodes import SimNode, SimNodes
+from polca_testbed.processes import free_port, group_alive, start_process, stop_group
+from polca_testbed.prometheus import Prometheus, start_prometheus
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+PEERING_CRD = REPO / "testbed" / "polca_testbed" / "manifests" / "kopf-peering.yaml"
+DOMAIN_LABEL = "polca.dev/power-domain"
+FINALIZER = "polca.dev/restore-defaults"
+BUDGET_W = 7000.0
+IDLE_LOAD = {"decode": 0.3}
+BUSY_LOAD = {"decode": 1.0}
+STAGE1_MHZ = 1275
+STAGE2_MHZ = 1110
+HIGH_GPUS = [0, 1, 2, 3]
+Names = Callable[[str], str]
+
+
+def eventually(what: str, condition: Callable[[], bool], timeout_s: float = 45.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"not within {timeout_s:.0f} s: {what}")
+
+
+@dataclass
+class Env:
+    cluster: Cluster
+    nodes: SimNodes
+    prometheus: Prometheus
+    api: kubernetes.client.CustomObjectsApi
+    core: kubernetes.client.CoreV1Api
+    sims: list[SimNode] = field(default_factory=list)
+
+    def restart_prometheus(self) -> None:
+        old = self.prometheus
+        self.prometheus = start_prometheus(
+            old.state_dir, [f"127.0.0.1:{n.metrics_port}" for n in self.sims], port=old.port
+        )
+
+    def status(self, policy: str) -> dict[str, Any]:
+        obj = self.api.get_cluster_custom_object("polca.dev", "v1alpha1", "powerpolicies", policy)
+        status: dict[str, Any] = obj.get("status") or {}
+        return status
+
+    def exists(self, policy: str) -> bool:
+        found = self.cluster.kubectl(
+            "get", "powerpolicy", policy, "--ignore-not-found", "-o", "name"
+        )
+        return bool(found.stdout.strip())
+
+    def stage(self, policy: str) -> str | None:
+        stage: str | None = self.status(policy).get("stage")
+        return stage
+
+    def condition(self, policy: str, type_: str) -> tuple[str, str] | None:
+        for c in self.status(policy).get("conditions") or ():
+            if c["type"] == type_:
+                return c["status"], c["reason"]
+        return None
+
+    def set_load(self, load: dict[str, float]) -> None:
+        for sim in self.sims:
+            sim.set_load(load)
+
+    def ceilings(self) -> list[list[int | None]]:
+        return [sim.clock_ceilings_mhz() for sim in self.sims]
+
+    def gpu_power_w(self) -> float:
+        result = self.prometheus.query("sum(polca_gpu_power_watts)")
+        return float(result[0]["value"][1]) if result else float("nan")
+
+    def events(self, policy: str) -> list[tuple[str, str]]:
+        listed = self.core.list_event_for_all_namespaces(
+            field_selector=f"involvedObject.name={policy}"
+        )
+        return [(e.reason, e.message) for e in listed.items]
+
+
+def stage1_ceilings() -> list[list[int | None]]:
+    """Idle GPUs at the stage-1 ceiling, the high-tier pod's GPUs untouched."""
+    first = [None if i in HIGH_GPUS else STAGE1_MHZ for i in range(8)]
+    return [first, [STAGE1_MHZ] * 8]
+
+
+UNCAPPED: list[list[int | None]] = [[None] * 8, [None] * 8]
+
+
+@pytest.fixture(scope="module")
+def env(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    cluster.kubectl("apply", "-f", str(REPO / "crds"), "-f", str(PEERING_CRD))
+    cluster.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/powerpolicies.polca.dev",
+        "crd/nodepowerstates.polca.dev",
+        "crd/clusterkopfpeerings.kopf.dev",
+    )
+    client = cluster.api_client()
+    with SimNodes(cluster.kubeconfig) as nodes:
+        suffix = os.getpid() % 10000
+        sims = [nodes.add(f"op-sim-{suffix}-{i}", labels={DOMAIN_LABEL: "none"}) for i in (0, 1)]
+        pod: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": f"llm-{suffix}",
+                "namespace": "default",
+                "labels": {"polca.dev/tier": "high"},
+            },
+            "spec": {"nodeName": sims[0].name, "containers": [{"name": "main", "image": "x"}]},
+        }
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(pod))
+        sims[0].assign_pod("default", pod["metadata"]["name"], HIGH_GPUS)
+        prometheus = start_prometheus(
+            tmp_path_factory.mktemp("prometheus"), [f"127.0.0.1:{s.metrics_port}" for s in sims]
+        )
+        prometheus.wait_for("polca_gpu_power_watts", count=16)
+        environment = Env(
+            cluster,
+            nodes,
+            prometheus,
+            kubernetes.client.CustomObjectsApi(client),
+            kubernetes.client.CoreV1Api(client),
+            sims,
+        )
+        try:
+            yield environment
+        finally:
+            environment.prometheus.stop()
+            cluster.kubectl(
+                "delete",
+                "pod",
+                "-n",
+                "default",
+                pod["metadata"]["name"],
+                "--wait=false",
+                check=False,
+            )
+            _release_finalizers(cluster)
+
+
+def _release_finalizers(cluster: Cluster) -> None:
+    """Our operators are gone: drop their finalizer so later tests can delete policies."""
+    listed = json.loads(cluster.kubectl("get", "powerpolicies", "-o", "json").stdout)
+    for item in listed["items"]:
+        finalizers = item["metadata"].get("finalizers") or []
+        if FINALIZER in finalizers:
+            kept = [f for f in finalizers if f != FINALIZER]
+            patch = json.dumps({"metadata": {"finalizers": kept or None}})
+            cluster.kubectl(
+                "patch",
+                "powerpolicy",
+                item["metadata"]["name"],
+                "--type=merge",
+                "-p",
+                patch,
+                check=False,
+            )
+
+
+@dataclass
+class OperatorProcess:
+    pid: int
+    metrics_port: int
+    log_path: Path
+
+    def stop(self) -> None:
+        stop_group(self.pid)
+
+    def kill(self) -> None:
+        """A crash: no chance to leave the peering or finish anything."""
+        os.killpg(self.pid, signal.SIGKILL)
+        eventually("the killed operator is gone", lambda: not group_alive(self.pid), 10)
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        try:
+            url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=2) as response:
+                text = response.read().decode()
+        except (urllib.error.URLError, OSError):
+            return None
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
+                    return float(sample.value)
+        return None
+
+    def log_tail(self) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])
+
+
+@pytest.fixture
+def start_operator(env: Env, tmp_path: Path) -> Iterator[Callable[..., OperatorProcess]]:
+    started: list[OperatorProcess] = []
+
+    def start(*extra: str, name: str = "operator") -> OperatorProcess:
+        port = free_port()
+        argv = [
+            sys.executable,
+            "-m",
+            "polca_operator.main",
+            "--metrics-host",
+            "127.0.0.1",
+            "--metrics-port",
+            str(port),
+            "--telemetry-timeout",
+            "1",
+            "--restore-wait",
+            "5",
+            *extra,
+        ]
+        if "--peering" not in extra:
+            argv.append("--standalone")
+        log_path = tmp_path / f"{name}.log"
+        environ = {**os.environ, "KUBECONFIG": str(env.cluster.kubeconfig)}
+        process = start_process(argv, log_path=log_path, env=environ)
+        operator = OperatorProcess(process.pid, port, log_path)
+        started.append(operator)
+        eventually("operator /healthz", lambda: _healthy(port), 30)
+        return operator
+
+    yield start
+    for operator in started:
+        operator.stop()
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+            return bool(r.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@pytest.fixture
+def domain(env: Env, unique_name: Names) -> Iterator[str]:
+    """A fresh domain label on both nodes, idle load; afterwards nobody selects them."""
+    value = unique_name("d")[-63:].strip("-")
+    env.set_load(IDLE_LOAD)
+    for sim in env.sims:
+        env.nodes.label_node(sim.name, {DOMAIN_LABEL: value})
+    yield value
+    for sim in env.sims:
+        env.nodes.label_node(sim.name, {DOMAIN_LABEL: "none"})
+
+
+def stages(stage1: tuple[float, float] = (80, 75)) -> list[dict[str, Any]]:
+    """POLCA's default stages with stage 1's trigger and release replaced."""
+    out = [s.to_wire() for s in DEFAULT_STAGES]
+    out[1]["triggerPercent"], out[1]["releasePercent"] = stage1
+    return out
+
+
+def apply_policy(env: Env, name: str, domain: str, **spec: Any) -> None:
+    policy = {
+        "apiVersion": "polca.dev/v1alpha1",
+        "kind": "PowerPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "nodeSelector": {"matchLabels": {DOMAIN_LABEL: domain}},
+            "budgetWatts": BUDGET_W,
+            "telemetry": {
+                "source": "prometheus",
+                "prometheusURL": env.prometheus.url,
+                "stalenessSeconds": 3,
+                "directFallback": False,
+            },
+            "settleSeconds": 5,
+            "holdSeconds": 5,
+            **spec,
+        },
+    }
+    env.cluster.kubectl("apply", "-f", "-", input=json.dumps(policy))
+
+
+@pytest.fixture
+def policy(env: Env, unique_name: Names) -> Iterator[str]:
+    name = unique_name("pp")
+    yield name
+    env.cluster.kubectl(
+        "delete", "powerpolicy", name, "--ignore-not-found", "--wait=false", check=False
+    )
+    _release_finalizers(env.cluster)
+
+
+class Sampler:
+    """Samples the policy's stage and the GPUs' ceilings in the background."""
+
+    def __init__(self, env: Env, policy: str) -> None:
+        self.env, self.policy = env, policy
+        self.stages: list[str | None] = []
+        self.ceilings: list[list[list[int | None]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.stages.append(self.env.stage(self.policy))
+            self.ceilings.append(self.env.ceilings())
+
+
+def test_load_up_throttles_idle_gpus_and_releases_after_the_hold(
+    env: Env, domain: str, policy: str, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    operator = start_operator()
+    apply_policy(env, policy, domain)
+    eventually(
+        "stage normal, Ready",
+        lambda: (
+            env.stage(policy) == "normal"
+            and env.condition(policy, "Ready") == ("True", "Enforcing")
+        ),
+    )
+    assert env.ceilings() == UNCAPPED
+
+    env.set_load(BUSY_LOAD)
+    eventually("stage1", lambda: env.stage(policy) == "stage1", 30)
+    eventually(
+        "idle GPUs at 1275 MHz, high tier untouched", lambda: env.ceilings() == stage1_ceilings()
+    )
+    entered = env.status(policy)["stageSince"]
+    eventually(
+        "power falls below stage 1's release", lambda: env.gpu_power_w() < 0.75 * BUDGET_W, 30
+    )
+
+    env.set_load(IDLE_LOAD)
+    eventually("released to normal", lambda: env.stage(policy) == "normal", 30)
+    released = env.status(policy)["stageSince"]
+    held_s = _seconds(released) - _seconds(entered)
+    assert held_s >= 5, f"released {held_s} s after entering stage1, hold is 5 s"
+    eventually("clocks unlocked", lambda: env.ceilings() == UNCAPPED)
+
+    events = env.events(policy)
+    escalated = [m for r, m in events if r == "StageEscalated"]
+    assert any(m.startswith("normal → stage1") and "of 7000 W" in m for m in escalated)
+    assert any(r == "StageReleased" for r, _ in events)
+    assert operator.metric("polca_domain_budget_watts", policy=policy) == BUDGET_W
+
+
+def test_prometheus_lost_falls_back_to_direct_then_failsafe(
+    env: Env, domain: str, policy: str, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    start_operator()
+    apply_policy(
+        env,
+        policy,
+        domain,
+        telemetry={
+            "source": "prometheus",
+            "prometheusURL": env.prometheus.url,
+            "stalenessSeconds": 3,
+            "directFallback": True,
+        },
+    )
+    eventually("stage normal", lambda: env.stage(policy) == "normal")
+    env.prometheus.stop()
+    try:
+        time.sleep(6)  # twice the staleness limit: the daemons answer directly
+        assert env.stage(policy) == "normal"
+        assert env.condition(policy, "TelemetryStale") == ("False", "FreshPower")
+
+        apply_policy(env, policy, domain)  # the same, without the direct fallback
+        eventually("failsafe stage", lambda: env.stage(policy) == "stage2", 20)
+        assert env.condition(policy, "TelemetryStale") == ("True", "NoFreshPower")
+        eventually(
+            "idle GPUs at the failsafe ceiling", lambda: env.ceilings()[1] == [STAGE2_MHZ] * 8
+        )
+    finally:
+        env.restart_prometheus()
+    eventually(
+        "fresh telemetry",
+        lambda: env.condition(policy, "TelemetryStale") == ("False", "FreshPower"),
+        30,
+    )
+    eventually("released step by step to normal", lambda: env.stage(policy) == "normal", 40)
+
+
+def test_operator_restart_mid_stage_never_uncaps(
+    env: Env, domain: str, policy: str, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    first = start_operator(name="first")
+    apply_policy(env, policy, domain, holdSeconds=600)
+    env.set_load(BUSY_LOAD)
+    eventually("stage1", lambda: env.stage(policy) == "stage1", 30)
+    eventually("ceilings applied", lambda: env.ceilings() == stage1_ceilings())
+    env.set_load(IDLE_LOAD)  # power falls far below release: only the hold keeps stage1
+
+    with Sampler(env, policy) as sampler:
+        first.stop()
+        time.sleep(2)
+        second = start_operator(name="second")
+        eventually(
+            "the new operator runs the loop",
+            lambda: second.metric("polca_domain_stage", policy=policy) == 1,
+            30,
+        )
+        time.sleep(3)
+    assert sampler.stages, "sampled"
+    assert set(sampler.stages) == {"stage1"}, second.log_tail()
+    assert all(c == stage1_ceilings() for c in sampler.ceilings)
+
+
+def test_policy_update_changes_thresholds(
+    env: Env, domain: str, policy: str, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    start_operator()
+    env.set_load({"decode": 0.6})
+    apply_policy(env, policy, domain)
+    eventually("stage normal", lambda: env.stage(policy) == "normal")
+    eventually(
+        "utilisation settles", lambda: 45 < env.status(policy).get("utilizationPercent", 0) < 75, 30
+    )
+
+    apply_policy(env, policy, domain, stages=stages((40, 35)))
+    eventually("stage1 under the lower trigger", lambda: env.stage(policy) == "stage1", 20)
+    assert env.status(policy)["observedGeneration"] == 2
+    eventually("ceilings applied", lambda: env.ceilings() == stage1_ceilings())
+
+    apply_policy(env, policy, domain, stages=stages((95, 90)))
+    eventually("released under the higher release", lambda: env.stage(policy) == "normal", 30)
+    assert env.status(policy)["observedGeneration"] == 3
+
+
+def test_invalid_update_keeps_the_stage(
+    env: Env, domain: str, policy: str, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    start_operator()
+    apply_policy(env, policy, domain, holdSeconds=600)
+    env.set_load(BUSY_LOAD)
+    eventually("stage1", lambda: env.stage(policy) == "stage1", 30)
+    # Valid for the schema, refused by the operator: overhead alone exceeds the budget.
+    apply_policy(
+        env, policy, domain, holdSeconds=600, nodePower={"source": "gpu", "overheadWatts": 4000}
+    )
+    eventually(
+        "Ready=False", lambda: env.condition(policy, "Ready") == ("False", "OverheadExceedsBudget")
+    )
+    assert env.stage(policy) in ("stage1", "stage2", "stage3", "brake")
+    assert env.ceilings()[1] != [None] * 8
+
+
+def test_standby_takes_over_after_a_crash_without_uncapping(
+    env: Env,
+    domain: str,
+    policy: str,
+    unique_name: Names,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    peering = unique_name("peering")
+    env.cluster.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps(
+            {
+                "apiVersion": "kopf.dev/v1",
+                "kind": "ClusterKopfPeering",
+                "metadata": {"name": peering},
+            }
+        ),
+    )
+    try:
+        args = ("--peering", peering, "--peering-lifetime", "6")
+        active = start_operator(*args, name="active")
+        apply_policy(env, policy, domain, holdSeconds=600)
+        eventually(
+            "the active replica runs the loop",
+            lambda: active.metric("polca_domain_stage", policy=policy) == 0,
+        )
+        standby = start_operator(*args, name="standby")
+        time.sleep(4)
+        assert standby.metric("polca_domain_stage", policy=policy) is None, "standby is paused"
+
+        env.set_load(BUSY_LOAD)
+        eventually("stage1", lambda: env.stage(policy) == "stage1", 30)
+        eventually("ceilings applied", lambda: env.ceilings() == stage1_ceilings())
+        with Sampler(env, policy) as sampler:
+            active.kill()
+            eventually(
+                "the standby took over at stage 1",
+                lambda: standby.metric("polca_domain_stage", policy=policy) == 1,
+                40,
+            )
+            decisions = standby.metric("polca_decisions_total", policy=policy, change="none")
+            time.sleep(3)
+        assert set(sampler.stages) == {"stage1"}
+        assert all(c == stage1_ceilings() for c in sampler.ceilings)
+        later = standby.metric("polca_decisions_total", policy=policy, change="none")
+        assert decisions is not None
+        assert later is not None
+        assert later > decisions, "the standby decides every cycle now"
+    finally:
+        env.cluster.kubectl("delete", "clusterkopfpeering", peering, "--wait=false", check=False)
+
+
+def test_deleting_the_policy_records_the_restore(
+    env: Env, domain: str, policy: str, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    start_operator()
+    apply_policy(env, policy, domain, holdSeconds=600)
+    env.set_load(BUSY_LOAD)
+    eventually("ceilings applied", lambda: env.ceilings() == stage1_ceilings(), 40)
+    meta = env.api.get_cluster_custom_object("polca.dev", "v1alpha1", "powerpolicies", policy)
+    assert FINALIZER in meta["metadata"]["finalizers"]
+
+    env.cluster.kubectl("delete", "powerpolicy", policy, "--wait=false")
+    eventually("the policy is gone", lambda: not env.exists(policy), 30)
+    eventually("the daemons restored the defaults", lambda: env.ceilings() == UNCAPPED, 30)
+    reasons = {r for r, _ in env.events(policy)}
+    assert reasons & {"DefaultsRestored", "RestoreIncomplete"}
+
+
+def _seconds(stamp: str) -> float:
+    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()

@@ -1,0 +1,287 @@
+"""The daemon end to end in one process (fake GPUs, no API server): restart, restore, rejected
+writes, the guard, dry run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from polca.api.powerpolicy import PowerPolicy
+from polca.power.model import PhaseDemand
+from polca_node.daemon import DaemonConfig, NodeDaemon
+from polca_node.exporter import NodeMetrics
+from polca_node.gpu.fake_nvml import SETTER_FUNCTIONS, FakeHandle, FakeNvml, ManualClock
+from polca_node.gpu.load import ConstantLoad
+from polca_node.gpu.nvml_backend import NvmlBackend
+from polca_node.kube_client import KubeClient
+from polca_node.policies import Mode
+from polca_node.status_writer import PreviousRecord, build_status, previous_record
+
+PolicyFactory = Callable[..., PowerPolicy]
+NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+NODE = "node-a"
+TRAINING_POD = {
+    "metadata": {
+        "namespace": "ml", "name": "train-0", "creationTimestamp": "2025-01-01T00:00:00Z",
+        "labels": {"training.kubeflow.org/job-name": "j"},
+        "annotations": {"polca.dev/fake-gpus": "1"},
+    },
+    "spec": {"nodeName": NODE},
+}  # fmt: skip
+
+
+class StubKube:
+    """Records API requests (Events) and answers them with an empty object."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, Any]] = []
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        self.requests.append((method, path, kwargs.get("body")))
+        return {}
+
+    def close(self) -> None:
+        pass
+
+    def events(self) -> list[tuple[str, str]]:
+        return [
+            (body["reason"], body["type"])
+            for method, path, body in self.requests
+            if method == "POST" and path.endswith("/events")
+        ]
+
+
+@pytest.fixture
+def kube() -> StubKube:
+    return StubKube()
+
+
+@pytest.fixture
+def started(
+    h100_fake: FakeNvml, fake_clock: ManualClock, kube: StubKube
+) -> Iterator[Callable[[], NodeDaemon]]:
+    backends: list[NvmlBackend] = []
+
+    def start() -> NodeDaemon:
+        """A daemon process over the (persistent) fake GPUs: call twice for a restart."""
+        backend = NvmlBackend(h100_fake)
+        backends.append(backend)
+        config = DaemonConfig(NODE, fake_gpu_annotation="polca.dev/fake-gpus")
+        daemon = NodeDaemon(
+            config, backend, cast(KubeClient, kube), NodeMetrics(NODE),
+            clock=fake_clock.now, wall_clock=lambda: NOW,
+        )  # fmt: skip
+        daemon.adopt(backend.open())
+        return daemon
+
+    yield start
+    for backend in backends:
+        backend.close()
+
+
+def observe(daemon: NodeDaemon, *policies: PowerPolicy, row: str = "a") -> None:
+    daemon.observed.replace_nodes([{"metadata": {"name": NODE, "labels": {"polca.dev/row": row}}}])
+    daemon.observed.replace_policies([p.to_wire() for p in policies])
+    daemon.observed.replace_pods([TRAINING_POD])
+
+
+def mode(daemon: NodeDaemon) -> Mode:
+    # A function, not the attribute: each reconcile changes it under mypy's narrowing.
+    return daemon.decision.mode
+
+
+def ceilings(fake: FakeNvml) -> list[int | None]:
+    return [gpu.clock_ceiling_mhz for gpu in fake.gpus]
+
+
+def setter_calls(fake: FakeNvml) -> dict[str, int]:
+    return {name: fake.calls[name] for name in SETTER_FUNCTIONS}
+
+
+def counter(daemon: NodeDaemon, name: str, **labels: str) -> float:
+    text = daemon.metrics.exposition().decode()
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def record_of(daemon: NodeDaemon) -> PreviousRecord:
+    """What the daemon's NodePowerState holds (as a restarted daemon reads it back)."""
+    status = build_status(daemon.build_status_inputs())
+    return previous_record({"metadata": {"uid": "u"}, "status": status.to_wire()})
+
+
+async def test_restart_holds_settings_until_the_policies_are_known(
+    started: Callable[[], NodeDaemon], h100_fake: FakeNvml, make_policy: PolicyFactory
+) -> None:
+    first = started()
+    observe(first, make_policy(stage="stage2"))
+    first.recall(PreviousRecord())
+    await first.reconcile()
+    assert mode(first) is Mode.ENFORCE
+    assert ceilings(h100_fake) == [1110] * 4  # GPU 0: training (low); 1-3: idle
+    record = record_of(first)
+    assert record.managed
+    assert record.ceilings_mhz == dict.fromkeys(range(4), 1110)
+
+    # The process exits and a new one starts over the same GPUs.
+    before = setter_calls(h100_fake)
+    second = started()
+    await second.reconcile()
+    assert mode(second) is Mode.HOLD
+    observe(second, make_policy(stage="stage2"))
+    await second.reconcile()
+    assert mode(second) is Mode.HOLD  # our previous NodePowerState is not read yet
+    assert setter_calls(h100_fake) == before
+    second.recall(record)
+    await second.reconcile()
+    assert mode(second) is Mode.ENFORCE
+    assert ceilings(h100_fake) == [1110] * 4
+    assert (
+        h100_fake.calls["nvmlDeviceResetGpuLockedClocks"]
+        == before["nvmlDeviceResetGpuLockedClocks"]
+    )
+    status = build_status(second.build_status_inputs())
+    assert [g.clock_ceiling_mhz for g in status.gpus or ()] == [1110] * 4
+
+
+async def test_restart_while_the_policy_has_no_decision_only_tightens(
+    started: Callable[[], NodeDaemon], h100_fake: FakeNvml, make_policy: PolicyFactory
+) -> None:
+    first = started()
+    observe(first, make_policy(stage="stage2"))
+    first.recall(PreviousRecord())
+    await first.reconcile()
+    record = record_of(first)
+    second = started()
+    observe(second, make_policy(stage=None))  # e.g. the status was wiped
+    second.recall(record)
+    await second.reconcile()
+    assert mode(second) is Mode.TIGHTEN
+    assert ceilings(h100_fake) == [1110] * 4
+    assert record_of(second).managed  # still remembered as managed
+
+
+@pytest.mark.parametrize("how", ["label removed", "policy deleted"])
+async def test_defaults_restored_only_on_leaving_every_policy(
+    started: Callable[[], NodeDaemon],
+    h100_fake: FakeNvml,
+    kube: StubKube,
+    make_policy: PolicyFactory,
+    how: str,
+) -> None:
+    daemon = started()
+    row_a, hall = make_policy("row-a", stage="stage2"), make_policy("hall", stage="stage1")
+    observe(daemon, row_a, hall)
+    daemon.recall(PreviousRecord())
+    h100_fake.nvmlDeviceSetPowerManagementLimit(FakeHandle(0), 400_000)
+    await daemon.reconcile()
+    assert ceilings(h100_fake) == [1110] * 4
+
+    # Leaving one of two policies is no restore: the other one still applies.
+    daemon.observed.apply_policy("DELETED", row_a.to_wire())
+    await daemon.reconcile()
+    assert mode(daemon) is Mode.ENFORCE
+    assert ceilings(h100_fake) == [1275] * 4
+    assert kube.events() == []
+
+    if how == "label removed":
+        daemon.observed.apply_node("MODIFIED", {"metadata": {"name": NODE, "labels": {}}})
+    else:
+        daemon.observed.apply_policy("DELETED", hall.to_wire())
+    result = await daemon.reconcile()
+    await daemon.flush_background()
+    assert mode(daemon) is Mode.RESTORE
+    assert result.complete
+    assert ceilings(h100_fake) == [None] * 4
+    assert [g.power_limit_mw for g in h100_fake.gpus] == [700_000] * 4
+    assert kube.events() == [("DefaultsRestored", "Normal")]
+    status = build_status(daemon.build_status_inputs())
+    restored = status.condition("DefaultsRestored")
+    assert restored is not None
+    assert restored.status == "True"
+    assert not status.policies
+
+    await daemon.reconcile()
+    assert mode(daemon) is Mode.UNMANAGED
+    assert kube.events() == [("DefaultsRestored", "Normal")]
+
+
+async def test_rejected_write_is_a_condition_a_metric_and_one_event(
+    started: Callable[[], NodeDaemon],
+    h100_fake: FakeNvml,
+    kube: StubKube,
+    make_policy: PolicyFactory,
+) -> None:
+    daemon = started()
+    observe(daemon, make_policy(stage="stage2"))
+    daemon.recall(PreviousRecord())
+    h100_fake.deny_setters(gpu_index=2)
+    await daemon.reconcile()
+    await daemon.reconcile()  # retried, still rejected
+    await daemon.flush_background()
+    assert ceilings(h100_fake) == [1110, 1110, None, 1110]
+    failures = counter(daemon, "polca_gpu_write_failures_total", gpu="2", reason="NoPermission")
+    assert failures == 2.0
+    status = build_status(daemon.build_status_inputs())
+    condition = status.condition("GpuWriteFailed")
+    assert condition is not None
+    assert condition.status == "True"
+    assert kube.events() == [("GpuWriteFailed", "Warning")]
+
+
+async def test_guard_throttles_in_tier_order_and_lets_go_with_hysteresis(
+    started: Callable[[], NodeDaemon],
+    h100_fake: FakeNvml,
+    fake_clock: ManualClock,
+    make_policy: PolicyFactory,
+) -> None:
+    daemon = started()
+    guard = {"nodeBudgetWatts": 1000, "triggerPercent": 120, "releasePercent": 110}
+    observe(daemon, make_policy(stage="normal", guard=guard))
+    daemon.recall(PreviousRecord())
+    await daemon.reconcile()
+    assert ceilings(h100_fake) == [None] * 4
+
+    # Prefill: 4 x 700 W; with the idle-tier GPUs at 1110 MHz still 700 + 3 x 242 W > 1200 W.
+    h100_fake.load = ConstantLoad(PhaseDemand(prefill_frac=1.0))
+    await daemon.sample()
+    await daemon.reconcile()
+    assert ceilings(h100_fake) == [None, 1110, 1110, 1110]  # idle GPUs first
+    fake_clock.advance(0.5)
+    await daemon.sample()
+    await daemon.reconcile()
+    assert ceilings(h100_fake) == [1110] * 4  # then the training GPU
+    assert counter(daemon, "polca_guard_activations_total", policy="row-a") == 1.0
+
+    h100_fake.load = ConstantLoad()  # idle: far below the 1100 W release level
+    levels = []
+    for _ in range(12):
+        fake_clock.advance(1.0)
+        await daemon.sample()
+        await daemon.reconcile()
+        levels.append(daemon.guard_outcomes()["row-a"].level)
+    assert levels[:4] == [2, 2, 2, 2]  # held for the hysteresis period
+    assert levels[-1] == 0
+    assert ceilings(h100_fake) == [None] * 4
+
+
+async def test_dry_run_counts_what_it_would_do_and_writes_nothing(
+    started: Callable[[], NodeDaemon], h100_fake: FakeNvml, make_policy: PolicyFactory
+) -> None:
+    daemon = started()
+    observe(daemon, make_policy(stage="stage2", dry_run=True))
+    daemon.recall(PreviousRecord())
+    await daemon.reconcile()
+    await daemon.reconcile()
+    assert mode(daemon) is Mode.UNMANAGED
+    assert setter_calls(h100_fake) == dict.fromkeys(SETTER_FUNCTIONS, 0)
+    assert counter(daemon, "polca_gpu_actions_total", dry_run="true") == 4.0
+    assert counter(daemon, "polca_gpu_actions_total", dry_run="false") == 0.0

@@ -1,0 +1,155 @@
+"""Metrics: the contract names, labels and types, and the /metrics and /healthz endpoints."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from polca.power.model import PhaseDemand
+from polca_node.exporter import GPU_LABELS, GpuSample, MetricsServer, NodeMetrics, NodeSnapshot
+from polca_node.gpu.backend import CLOCK_EVENT_REASONS
+from polca_node.gpu.fake_nvml import FakeNvml
+from polca_node.gpu.load import ConstantLoad
+from polca_node.gpu.nvml_backend import NvmlBackend
+
+CONTRACT = {
+    "polca_gpu_power_watts": "gauge",
+    "polca_gpu_energy_joules": "counter",
+    "polca_gpu_sm_clock_mhz": "gauge",
+    "polca_gpu_clock_ceiling_mhz": "gauge",
+    "polca_gpu_power_limit_watts": "gauge",
+    "polca_gpu_enforced_power_limit_watts": "gauge",
+    "polca_gpu_throttle_reason": "gauge",
+    "polca_gpu_actions": "counter",
+    "polca_gpu_write_failures": "counter",
+    "polca_guard_activations": "counter",
+    "polca_nvml_call_seconds": "histogram",
+    "polca_node_heartbeat_timestamp_seconds": "gauge",
+    "polca_throttled_gpus": "gauge",
+}
+
+
+@pytest.fixture
+def metrics(h100_fake: FakeNvml, h100_backend: NvmlBackend) -> NodeMetrics:
+    h100_fake.load = ConstantLoad(PhaseDemand(decode_frac=0.9))
+    metrics = NodeMetrics("node-a")
+    gpus = h100_backend.inventory().gpus
+    samples = (
+        GpuSample(gpus[0], h100_backend.read(0), "ml", "train-0", "low", 1110, True),
+        GpuSample(gpus[1], h100_backend.read(1), clock_ceiling_known=True),
+        GpuSample(gpus[2], h100_backend.read(2)),  # ceiling unknown after a restart
+        GpuSample(gpus[3], None),  # the read failed
+    )
+    metrics.update(NodeSnapshot(samples, throttled_gpus=1, heartbeat_s=1_700_000_000.0))
+    return metrics
+
+
+def samples(metrics: NodeMetrics, name: str) -> list[tuple[dict[str, str], float]]:
+    text = metrics.exposition().decode()
+    return [
+        (s.labels, s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    ]
+
+
+def test_every_contract_metric_is_exposed_with_its_type(metrics: NodeMetrics) -> None:
+    metrics.on_write(0, "clockCeiling")
+    metrics.on_failure(1, "powerLimit", "NoPermission")
+    metrics.on_guard_activation("row-a")
+    metrics.on_nvml_call("nvmlDeviceGetPowerUsage", 0.0004, False)
+    found = {f.name: f.type for f in text_string_to_metric_families(metrics.exposition().decode())}
+    assert {name: found.get(name) for name in CONTRACT} == CONTRACT
+
+
+def test_per_gpu_labels(metrics: NodeMetrics) -> None:
+    power = samples(metrics, "polca_gpu_power_watts")
+    assert len(power) == 3  # the GPU whose read failed has no sample
+    labels, value = power[0]
+    assert tuple(sorted(labels)) == tuple(sorted(GPU_LABELS))
+    assert labels["node"] == "node-a"
+    assert (labels["gpu"], labels["pod"], labels["namespace"], labels["tier"]) == (
+        "0", "train-0", "ml", "low"
+    )  # fmt: skip
+    assert labels["uuid"].startswith("GPU-")
+    assert labels["model"] == "NVIDIA H100 80GB HBM3"
+    assert 75 < value <= 700
+    energy = samples(metrics, "polca_gpu_energy_joules_total")
+    assert len(energy) == 3
+
+
+def test_clock_ceiling_is_the_locked_one_or_the_maximum(metrics: NodeMetrics) -> None:
+    by_gpu = {
+        labels["gpu"]: value for labels, value in samples(metrics, "polca_gpu_clock_ceiling_mhz")
+    }
+    assert by_gpu == {"0": 1110, "1": 1980}  # GPUs 2 and 3: not known, so absent
+
+
+def test_throttle_reasons_are_flags(metrics: NodeMetrics) -> None:
+    flags = [
+        (labels["reason"], v)
+        for labels, v in samples(metrics, "polca_gpu_throttle_reason")
+        if labels["gpu"] == "0"
+    ]
+    assert sorted(r for r, _ in flags) == sorted(CLOCK_EVENT_REASONS.values())
+    assert {v for _, v in flags} <= {0.0, 1.0}
+
+
+def test_node_gauges_and_counters(metrics: NodeMetrics) -> None:
+    metrics.on_write(0, "clockCeiling")
+    metrics.on_write(0, "clockCeiling")
+    metrics.on_dry_run_write(2, "powerLimit")
+    metrics.on_failure(1, "powerLimit", "NoPermission")
+    metrics.on_guard_activation("row-a")
+    for _ in range(3):
+        metrics.on_nvml_call("nvmlDeviceGetPowerUsage", 0.0004, False)
+    assert samples(metrics, "polca_throttled_gpus") == [({"node": "node-a"}, 1.0)]
+    assert samples(metrics, "polca_node_heartbeat_timestamp_seconds")[0][1] == 1_700_000_000.0
+    actions = {
+        (labels["gpu"], labels["knob"], labels["dry_run"]): v
+        for labels, v in samples(metrics, "polca_gpu_actions_total")
+    }
+    assert actions == {("0", "clockCeiling", "false"): 2.0, ("2", "powerLimit", "true"): 1.0}
+    failures = samples(metrics, "polca_gpu_write_failures_total")
+    assert failures == [
+        ({"node": "node-a", "gpu": "1", "knob": "powerLimit", "reason": "NoPermission"}, 1.0)
+    ]
+    assert samples(metrics, "polca_guard_activations_total") == [
+        ({"node": "node-a", "policy": "row-a"}, 1.0)
+    ]
+    count = samples(metrics, "polca_nvml_call_seconds_count")
+    assert count == [({"node": "node-a", "function": "nvmlDeviceGetPowerUsage"}, 3.0)]
+
+
+@pytest.fixture
+def server(metrics: NodeMetrics) -> Iterator[tuple[MetricsServer, list[bool]]]:
+    health = [True]
+    running = MetricsServer(
+        metrics, lambda: (health[0], "detail"), host="127.0.0.1", port=0
+    ).start()
+    yield running, health
+    running.stop()
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_http_endpoints(server: tuple[MetricsServer, list[bool]]) -> None:
+    running, health = server
+    status, body = get(running.port, "/metrics")
+    assert status == 200
+    assert "polca_gpu_power_watts{" in body
+    assert get(running.port, "/healthz") == (200, "detail\n")
+    health[0] = False
+    assert get(running.port, "/healthz")[0] == 503
+    assert get(running.port, "/nothing")[0] == 404

@@ -1,0 +1,123 @@
+"""The daemon's view of the cluster: a refused policy keeps its last good version, a lost Node
+is not a Node without labels, and every update says whether it changed something."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from polca_node.observed import LoopSink, ObservedCluster, pod_info
+
+
+def policy(name: str, stage: str | None = None, budget: Any = 1000) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": "polca.dev/v1alpha1",
+        "kind": "PowerPolicy",
+        "metadata": {"name": name, "resourceVersion": "1", "managedFields": [{"manager": "x"}]},
+        "spec": {"nodeSelector": {}, "budgetWatts": budget},
+    }
+    if stage:
+        body["status"] = {"stage": stage}
+    return body
+
+
+def node(name: str, **labels: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": labels}}
+
+
+class TestPolicies:
+    def test_list_is_authoritative(self) -> None:
+        seen = ObservedCluster("n1")
+        assert not seen.policies_synced
+        assert seen.replace_policies([policy("a"), policy("b")])
+        assert seen.policies_synced
+        assert seen.replace_policies([policy("b")])
+        assert set(seen.policies) == {"b"}
+        assert not seen.replace_policies([policy("b")])
+
+    def test_events_update_and_delete(self) -> None:
+        seen = ObservedCluster("n1")
+        seen.replace_policies([])
+        assert seen.apply_policy("ADDED", policy("a"))
+        assert seen.apply_policy("MODIFIED", policy("a", stage="stage1"))
+        status = seen.policies["a"].status
+        assert status is not None
+        assert status.stage == "stage1"
+        assert not seen.apply_policy("MODIFIED", policy("a", stage="stage1"))
+        assert seen.apply_policy("DELETED", policy("a"))
+        assert seen.policies == {}
+
+    def test_refused_version_keeps_the_last_good_one(self) -> None:
+        seen = ObservedCluster("n1")
+        seen.replace_policies([policy("a", stage="stage2")])
+        assert not seen.apply_policy("MODIFIED", policy("a", stage="stage3", budget=-5))
+        status = seen.policies["a"].status
+        assert status is not None
+        assert status.stage == "stage2"
+        assert "a" in seen.policy_errors
+        assert seen.apply_policy("MODIFIED", policy("a", stage="stage3"))
+        assert "a" not in seen.policy_errors
+
+
+class TestNode:
+    def test_only_our_node_counts(self) -> None:
+        seen = ObservedCluster("n1")
+        assert not seen.node_synced
+        assert not seen.replace_nodes([node("n2", row="b")])
+        assert not seen.node_synced
+        assert seen.apply_node("ADDED", node("n1", row="a"))
+        assert seen.node_labels == {"row": "a"}
+        assert not seen.apply_node("MODIFIED", node("n2", row="c"))
+
+    def test_a_deleted_node_is_unknown_not_unlabelled(self) -> None:
+        seen = ObservedCluster("n1")
+        seen.replace_nodes([node("n1", row="a")])
+        assert seen.apply_node("DELETED", node("n1", row="a"))
+        assert seen.node_labels is None
+
+
+class TestPods:
+    def test_pod_facts_from_a_pod(self) -> None:
+        info = pod_info({
+            "metadata": {"namespace": "ns", "name": "p", "uid": "u", "labels": {"a": "b"},
+                         "annotations": {"polca.dev/fake-gpus": "2"},
+                         "creationTimestamp": "2025-01-01T00:00:00Z"},
+            "spec": {"priority": -3, "nodeName": "n1"},
+            "status": {"phase": "Succeeded"},
+        })  # fmt: skip
+        assert info.key == ("ns", "p")
+        assert info.finished
+        assert info.facts().priority == -3
+        assert info.facts().labels == {"a": "b"}
+
+    def test_replace_and_events(self) -> None:
+        seen = ObservedCluster("n1")
+        pod = {"metadata": {"namespace": "ns", "name": "p"}}
+        assert seen.replace_pods([])
+        assert seen.pods_synced
+        assert not seen.replace_pods([])
+        assert seen.apply_pod("ADDED", pod)
+        assert not seen.apply_pod("MODIFIED", pod)
+        assert seen.apply_pod("DELETED", pod)
+        assert seen.pods == {}
+
+
+async def test_loop_sink_runs_updates_on_the_loop_and_notifies_on_change() -> None:
+    seen = ObservedCluster("n1")
+    changes: list[str] = []
+    failures: list[Exception] = []
+    sink = LoopSink(
+        asyncio.get_running_loop(),
+        seen.replace_policies,
+        seen.apply_policy,
+        lambda: changes.append("changed"),
+        failures.append,
+    )
+    await asyncio.to_thread(sink.replace, [policy("a")])
+    await asyncio.to_thread(sink.apply, "MODIFIED", policy("a"))  # no change
+    await asyncio.to_thread(sink.failed, RuntimeError("down"))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert changes == ["changed"]
+    assert [str(f) for f in failures] == ["down"]
+    assert set(seen.policies) == {"a"}

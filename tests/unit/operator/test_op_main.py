@@ -1,0 +1,70 @@
+"""The command line: environment defaults, peering settings, priorities, --help."""
+
+from __future__ import annotations
+
+import kopf
+import pytest
+
+from polca_operator.handlers import CONTROL_DAEMON_ID, RESTORE_HANDLER_ID, OperatorConfig, register
+from polca_operator.main import FINALIZER, build_settings, default_priority, parse_args
+
+
+def test_environment_sets_the_defaults() -> None:
+    env = {
+        "POLCA_METRICS_PORT": "9555",
+        "POLCA_PEERING": "polca",
+        "POLCA_PROMETHEUS_URL": "http://prom:9090",
+        "POLCA_LOG_LEVEL": "DEBUG",
+    }
+    args = parse_args([], env)
+    assert (args.metrics_port, args.peering, args.prometheus_url, args.log_level) == (
+        9555, "polca", "http://prom:9090", "debug",
+    )  # fmt: skip
+    assert parse_args(["--metrics-port", "1"], env).metrics_port == 1
+
+
+def test_defaults_without_environment() -> None:
+    args = parse_args([], {})
+    assert (args.metrics_port, args.peering, args.prometheus_url, args.log_level) == (
+        9401, None, None, "info",
+    )  # fmt: skip
+
+
+def test_peering_is_mandatory_when_named_and_standalone_otherwise() -> None:
+    peered = build_settings(parse_args([], {"POLCA_PEERING": "polca"}))
+    assert (peered.peering.name, peered.peering.mandatory, peered.peering.standalone) == (
+        "polca", True, False,
+    )  # fmt: skip
+    assert peered.persistence.finalizer == FINALIZER
+    assert peered.peering.lifetime == 15
+    alone = build_settings(parse_args(["--standalone"], {"POLCA_PEERING": "polca"}))
+    assert alone.peering.standalone
+
+
+def test_older_replicas_get_higher_priorities() -> None:
+    old = default_priority(now_s=1_700_000_000.0, jitter=999)
+    new = default_priority(now_s=1_700_000_000.001, jitter=0)
+    assert old > new > 0
+
+
+def test_bad_log_level_is_refused() -> None:
+    with pytest.raises(SystemExit):
+        parse_args([], {"POLCA_LOG_LEVEL": "loud"})
+
+
+def test_help_documents_the_environment(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--help"], {})
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for word in ("POLCA_METRICS_PORT", "POLCA_PEERING", "POLCA_PROMETHEUS_URL", "--peering"):
+        assert word in out
+
+
+def test_register_adds_the_daemon_the_finalizer_handler_and_the_indexes() -> None:
+    registry = kopf.OperatorRegistry()
+    register(registry, OperatorConfig())
+    ids = {h.id for h in registry._spawning.get_all_handlers()}
+    ids |= {h.id for h in registry._changing.get_all_handlers()}
+    ids |= {h.id for h in registry._indexing.get_all_handlers()}
+    assert {CONTROL_DAEMON_ID, RESTORE_HANDLER_ID, "polca_node_labels", "polca_node_reports"} <= ids
