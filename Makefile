@@ -46,11 +46,21 @@ test-fast: venv ## Unit tests only
 crds: venv ## Render crds/*.yaml (and the chart's copy) from the pydantic models
 	$(PY) -m polca.api.crdgen --out crds
 
-demo: venv control-plane ## POLCA at work on an embedded cluster
-	@echo "make demo is not built yet (issue 7). It will start an embedded kube-apiserver,"
-	@echo "the operator and simulated GPU nodes, replay a request trace and show a power"
-	@echo "domain held under its budget. Until then: 'make cluster-up' starts the control plane."
-	@exit 2
+# `make demo` knobs; `.venv/bin/python -m polca_testbed.demo --help` explains each.
+NODES ?= 8
+GPUS ?= 8
+PROFILE ?= A100-80GB
+SPEEDUP ?= 20
+DURATION ?= 180
+OVERSUB ?= 0.3
+POLICY ?= examples/polca-default.yaml
+TRACE ?= $(wildcard ../shared/traces/AzureLLMInferenceTrace_conv.csv)
+OUT ?= demo-out
+
+demo: venv control-plane ## POLCA at work on an embedded cluster (NODES GPUS PROFILE SPEEDUP DURATION OVERSUB POLICY TRACE OUT)
+	POLCA_CONTROL_PLANE_BIN="$(CONTROL_PLANE_BIN)" $(PY) -m polca_testbed.demo \
+	  --nodes $(NODES) --gpus $(GPUS) --profile $(PROFILE) --speedup $(SPEEDUP) \
+	  --duration $(DURATION) --oversub $(OVERSUB) --policy "$(POLICY)" --trace "$(TRACE)" --out "$(OUT)"
 
 cluster-up: venv control-plane ## Start a local kube-apiserver + etcd and print its kubeconfig
 	POLCA_CONTROL_PLANE_BIN="$(CONTROL_PLANE_BIN)" $(PY) -m polca_testbed.cluster up --dir $(CLUSTER_DIR)
@@ -60,6 +70,9 @@ cluster-down: venv ## Stop the cluster started by cluster-up
 
 bench-operator: venv control-plane prometheus ## Operator figures: reaction time, API writes, cost, RSS
 	POLCA_CONTROL_PLANE_BIN="$(CONTROL_PLANE_BIN)" $(PY) benchmarks/bench_operator.py
+
+bench-node: venv control-plane ## Node daemon cost: CPU per control loop and RSS, 8 fake GPUs at 0.5 s
+	POLCA_CONTROL_PLANE_BIN="$(CONTROL_PLANE_BIN)" $(PY) benchmarks/bench_node.py
 
 bench-sim: venv ## Simulator speed: one simulated hour of a 50-server row at 100 ms, one core
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 taskset -c 0 $(PY) benchmarks/bench_sim.py

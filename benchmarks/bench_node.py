@@ -27,16 +27,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
+from polca.power.model import PhaseDemand
 from polca_node.daemon import DaemonConfig, NodeDaemon
 from polca_node.exporter import NodeMetrics
 from polca_node.gpu.fake_nvml import FakeNvml
 from polca_node.gpu.load import ConstantLoad
 from polca_node.gpu.nvml_backend import NvmlBackend
-from polca_node.kube_client import KubeClient, kubeconfig_credentials
+from polca_node.kube_client import KubeClient
 from polca_node.status_writer import PreviousRecord
 from polca_testbed.cluster import start_cluster
 from polca_testbed.nodes import SimNodes
-from polca.power.model import PhaseDemand
 
 REPO = Path(__file__).resolve().parents[1]
 GUARD_PERIOD_S = 0.5
@@ -64,7 +64,7 @@ def rss_mb(pid: int) -> tuple[float, float]:
 
 
 def scrape(url: str) -> int:
-    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
+    with urllib.request.urlopen(url, timeout=5) as response:
         return len(response.read())
 
 
@@ -96,9 +96,9 @@ def measure_process(seconds: float, warmup_s: float) -> dict[str, float]:
                     "spec": {"nodeSelector": {"matchLabels": {"polca.dev/bench": "yes"}},
                              "budgetWatts": 4000},
                 }))  # fmt: skip
+                stage2 = {"status": {"stage": "stage2", "stageIndex": 2, "nodeCount": 1}}
                 cluster.kubectl("patch", "powerpolicy", "bench", "--subresource=status",
-                                "--type=merge", "-p", json.dumps({"status": {
-                                    "stage": "stage2", "stageIndex": 2, "nodeCount": 1}}))  # fmt: skip
+                                "--type=merge", "-p", json.dumps(stage2))  # fmt: skip
                 assert node.daemon_pid is not None
                 pid = node.daemon_pid
                 time.sleep(warmup_s)

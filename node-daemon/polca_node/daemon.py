@@ -124,6 +124,7 @@ class NodeDaemon:
         self._guard_since: datetime | None = None
         self._readings: dict[int, GpuReading] = {}
         self._read_errors: dict[int, str] = {}
+        self._inventory_errors: dict[int, str] = {}  # GPUs NVML could not even describe
         self._last_sample_s: float | None = None
         self._previous: PreviousRecord | None = None  # None until our NodePowerState is read
         self._record: tuple[AppliedPolicy, ...] = ()
@@ -213,12 +214,23 @@ class NodeDaemon:
         return None
 
     async def _report_open_error(self, exc: GpuError) -> None:
-        status = NodePowerStateStatus(
-            heartbeat_time=self._wall_clock(), metrics_endpoint=self.config.metrics_endpoint
-        ).with_condition("Ready", "False", exc.reason, str(exc), now=self._wall_clock())
+        """Ready=False with NVML's reason. Only the conditions and the heartbeat are patched:
+        the record of applied policies must survive for when NVML comes back."""
+        now = self._wall_clock()
         try:
-            await asyncio.to_thread(self.state_client.ensure)
-            await asyncio.to_thread(self.state_client.write_status, status)
+            found = await asyncio.to_thread(self.state_client.ensure)
+            conditions = previous_record(found).conditions
+            status = NodePowerStateStatus(conditions=list(conditions) or None).with_condition(
+                "Ready", "False", exc.reason, str(exc), now=now
+            )
+            await asyncio.to_thread(
+                self.state_client.patch_status,
+                {
+                    "conditions": status.to_wire()["conditions"],
+                    "heartbeatTime": now.isoformat().replace("+00:00", "Z"),
+                    "metricsEndpoint": self.config.metrics_endpoint,
+                },
+            )
         except ApiError as api_exc:
             logger.warning("cannot report the NVML failure: %s", api_exc)
 
@@ -229,6 +241,7 @@ class NodeDaemon:
         self._limits = {index: gpu_limits(info) for index, info in self._gpus.items()}
         for index, failure in inventory.failures.items():
             logger.error("GPU %d unusable: %s", index, failure)
+        self._inventory_errors = {i: str(e) for i, e in inventory.failures.items()}
         self.actuator = Actuator(
             self.backend, self._gpus, self.metrics, wall_clock=self._wall_clock
         )
@@ -530,7 +543,7 @@ class NodeDaemon:
             now=self._wall_clock(),
             metrics_endpoint=self.config.metrics_endpoint,
             restored=self._restored,
-            read_errors=self._read_errors,
+            read_errors={**self._inventory_errors, **self._read_errors},
         )
 
     async def _status_loop(self, stop: asyncio.Event) -> None:

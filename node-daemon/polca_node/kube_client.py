@@ -32,8 +32,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-import yaml
-
 __all__ = [
     "ApiError",
     "Credentials",
@@ -146,6 +144,8 @@ def _named(entries: Any, name: str, what: str) -> Mapping[str, Any]:
 
 def kubeconfig_credentials(path: Path, context_name: str | None = None) -> Credentials:
     """Credentials from a kubeconfig file: client certificates or a bearer token."""
+    import yaml  # only here: in a cluster the daemon never reads a kubeconfig
+
     config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     base_dir = path.resolve().parent
     context = _named(config.get("contexts"), context_name or config["current-context"], "context")
@@ -207,7 +207,11 @@ def _error_from_response(response: http.client.HTTPResponse, body: bytes) -> Api
 
 
 class WatchStream:
-    """The events of one watch request, as dicts. `close()` may be called from any thread."""
+    """The events of one watch request, as dicts. `close()` may be called from any thread.
+
+    Closing from another thread only shuts the socket down, which wakes the reading thread;
+    that thread releases the connection itself, so http.client is never torn down under it.
+    """
 
     def __init__(
         self,
@@ -218,31 +222,53 @@ class WatchStream:
         self._connection = connection
         self._response = response
         self._on_close = on_close
+        self._lock = threading.Lock()
         self._closed = False
+        self._reading = False
+        self._released = False
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        with self._lock:
+            if self._closed:
+                self._release_locked()
+                return
+            self._reading = True
         try:
-            while not self._closed:
-                line = self._response.readline()
+            while True:
+                try:
+                    line = self._response.readline()
+                except Exception as exc:
+                    if self._closed:
+                        return  # closed under us: any error from the dead socket is expected
+                    if isinstance(exc, OSError | http.client.HTTPException | ValueError):
+                        raise ApiError(0, type(exc).__name__, f"watch stream broke: {exc}") from exc
+                    raise
                 if not line:
                     return  # the server ended the watch (timeoutSeconds) or we closed it
                 if line.strip():
                     event: dict[str, Any] = json.loads(line)
                     yield event
-        except (OSError, http.client.HTTPException) as exc:
-            if not self._closed:
-                raise ApiError(0, type(exc).__name__, f"watch stream broke: {exc}") from exc
         finally:
-            self.close()
+            with self._lock:
+                self._reading = False
+                self._release_locked()
+
+    def _release_locked(self) -> None:
+        if not self._released:
+            self._released = True
+            self._on_close(self._connection)
 
     def close(self) -> None:
         """End the stream; a thread blocked reading it returns at once."""
-        self._closed = True
+        with self._lock:
+            self._closed = True
+            if not self._reading:
+                self._release_locked()
+                return
         sock = self._connection.sock
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-        self._on_close(self._connection)
 
 
 class KubeClient:

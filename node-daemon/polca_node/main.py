@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -262,6 +263,9 @@ def _backend(options: Options, metrics: NodeMetrics) -> NvmlBackend:
 async def run(options: Options) -> None:
     """Run the daemon until SIGTERM or SIGINT."""
     loop = asyncio.get_running_loop()
+    # Few blocking jobs run at once (a GPU sample, an apply, a status write, a kubelet read):
+    # a small pool keeps threads, and their memory, few.
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=6, thread_name_prefix="polca-io"))
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)

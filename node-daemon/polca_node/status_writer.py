@@ -61,6 +61,7 @@ READY = "Ready"
 GPU_WRITE_FAILED = "GpuWriteFailed"
 DRY_RUN = "DryRun"
 DEFAULTS_RESTORED = "DefaultsRestored"
+GPU_READ_FAILED = "GpuReadFailed"
 
 # Fields that change with every sample: refreshed by the heartbeat, never a reason to write.
 _VOLATILE = ("heartbeatTime", "powerWatts", "nodePowerWatts")
@@ -234,6 +235,13 @@ def _conditions(status: NodePowerStateStatus, inputs: StatusInputs) -> NodePower
             DRY_RUN, "True" if dry else "False", "DryRunPolicy" if dry else "NoDryRunPolicy",
             message[:MAX_MESSAGE], now=now,
         )  # fmt: skip
+    errors = dict(sorted(inputs.read_errors.items()))
+    if errors or status.condition(GPU_READ_FAILED) is not None:
+        message = "; ".join(errors.values()) or "every GPU answers"
+        status = status.with_condition(
+            GPU_READ_FAILED, "True" if errors else "False",
+            "GpuUnreadable" if errors else "GpusReadable", message[:MAX_MESSAGE], now=now,
+        )  # fmt: skip
     if inputs.restored or status.condition(DEFAULTS_RESTORED) is not None:
         status = status.with_condition(
             DEFAULTS_RESTORED, "True" if inputs.restored else "False",
@@ -362,6 +370,15 @@ class NodeStateClient:
                 self.ensure()  # deleted under us: create it again
             else:
                 return
+
+    def patch_status(self, fields: Mapping[str, Any]) -> None:
+        """Merge `fields` into the status, leaving the others as they are."""
+        self._client.request(
+            "PATCH",
+            f"{self._path}/status",
+            body={"status": dict(fields)},
+            content_type="application/merge-patch+json",
+        )
 
     def post_event(
         self, reason: str, message: str, *, now: datetime, warning: bool = False

@@ -134,7 +134,10 @@ class Watcher:
                 self._fail(exc, backoff_s)
                 backoff_s = min(backoff_s * 2, self._max_backoff_s)
             except Exception as exc:
-                # must not end the watch for good: list again after a pause.
+                # A malformed answer or a bug in a sink must not end the watch for good: list
+                # again after a pause.
+                if self._stopping.is_set():
+                    break
                 logger.exception("%s: unexpected failure", self._target.name)
                 resource_version = None
                 self._fail(exc, backoff_s)

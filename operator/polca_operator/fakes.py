@@ -114,11 +114,10 @@ class ScriptedReader:
         self,
         query: PowerQuery,
         *,
-        staleness_s: float,
         last_known: Mapping[str, NodeSample] | None = None,  # noqa: ARG002 - scripted power
     ) -> TelemetryReading:
         self.queries.append(query)
-        if self.power_w is None or self.age_s > staleness_s:
+        if self.power_w is None or self.age_s > query.staleness_s:
             return TelemetryReading(None, (), (("prometheus", "connection refused"),))
         power = DomainPower(self.power_w, self.clock.wall() - self.age_s, len(query.nodes), 0)
         return TelemetryReading(power, ("prometheus",))

@@ -50,11 +50,7 @@ DEFAULT_INTERVAL_S = 1.0
 
 class PowerReading(Protocol):
     async def read(
-        self,
-        query: PowerQuery,
-        *,
-        staleness_s: float,
-        last_known: Mapping[str, NodeSample] | None = None,
+        self, query: PowerQuery, *, last_known: Mapping[str, NodeSample] | None = None
     ) -> TelemetryReading: ...
 
 
@@ -186,9 +182,7 @@ class ControlLoop:
         domain = self._domain_for(parsed, view)
         plan = parsed.plan
         staleness_s = plan.staleness_s
-        reading = await self._deps.reader.read(
-            domain.query, staleness_s=staleness_s, last_known=self._last_known
-        )
+        reading = await self._deps.reader.read(domain.query, last_known=self._last_known)
         self._last_known.update(reading.samples)
         self._note_errors(reading)
         age_s = reading.age_s(self._deps.wall_clock())
@@ -302,6 +296,7 @@ class ControlLoop:
             # Direct scrapes count GPU power only: no stand-in for whole-node PromQL power.
             direct_fallback=spec.telemetry.direct_fallback and not promql,
             overhead_w=0.0 if promql else spec.node_power.overhead_watts,
+            staleness_s=parsed.plan.staleness_s,
             promql=spec.node_power.query if promql else None,
             node_label=spec.node_power.node_label,
             metrics_urls=urls,

@@ -62,6 +62,7 @@ class PowerQuery:
     prometheus_url: str | None = None
     direct_fallback: bool = True
     overhead_w: float = 0.0
+    staleness_s: float = 10.0
     promql: str | None = None
     node_label: str = NODE_LABEL
     metrics_urls: Mapping[str, str] = field(default_factory=dict)
@@ -145,12 +146,21 @@ class PrometheusSource:
 
     @staticmethod
     def expressions(query: PowerQuery) -> tuple[str, str]:
-        """The power and sample-time expressions for the query's way of counting power."""
+        """The power and sample-time expressions for the query's way of counting power.
+
+        Only series sampled within the staleness limit count. After a Prometheus restart,
+        or a relabelled series, the old series stay visible for the lookback window (5 min);
+        counted, they would add their old power twice and make the node look stale.
+        """
         if query.promql is not None:
-            inner, label = query.promql, query.node_label
+            inner, label = f"({query.promql})", query.node_label
         else:
             inner, label = GPU_POWER_METRIC, NODE_LABEL
-        return f"sum by ({label}) ({inner})", f"min by ({label}) (timestamp({inner}))"
+        fresh = f"time() - timestamp({inner}) <= {query.staleness_s:g}"
+        return (
+            f"sum by ({label}) ({inner} and ({fresh}))",
+            f"min by ({label}) (timestamp({inner}) and ({fresh}))",
+        )
 
     async def node_samples(
         self, query: PowerQuery, nodes: Collection[str]
@@ -269,13 +279,10 @@ class PowerReader:
         return [s for s in ordered if s is not None]
 
     async def read(
-        self,
-        query: PowerQuery,
-        *,
-        staleness_s: float,
-        last_known: Mapping[str, NodeSample] | None = None,
+        self, query: PowerQuery, *, last_known: Mapping[str, NodeSample] | None = None
     ) -> TelemetryReading:
         """Fresh per-node power from the sources, combined; `last_known` sizes silent nodes."""
+        staleness_s = query.staleness_s
         names = query.node_names
         expected = {n.name for n in query.nodes if n.reporting}
         samples: dict[str, NodeSample] = {}

@@ -2,18 +2,19 @@
 
 All three run the hardware brake (every GPU near halt while the metered domain power is above
 the budget). ``polca`` and ``polca-k8s`` run :func:`polca.control.controller.decide`, the code
-the operator runs; they differ only in their delays, thresholds and the local guard:
+the operator runs; they differ in their plans, delays, thresholds and the local guard:
 
 * ``polca``: POLCA's table (80/89/89% triggers, A100 clocks made relative to the GPU's max),
   out-of-band actuation of ``actuation_delay_s`` = 40 s (the paper's BMC path takes up to
   40 s; we take the worst case), settle time equal to that delay, so stage 3 only follows once
   stage 2 has taken effect.
-* ``polca-k8s``: the same stages; in-band reaction = telemetry period (1 s) + telemetry latency
-  (0.1 s: a Prometheus query) + control interval (1 s) + actuation (0.2 s: the status write,
-  the daemons' watch and the NVML call). Its triggers are derived from that reaction time
-  (:func:`derive_top_trigger`): the highest throttling stage fires when power is within the
-  largest rise seen over one reaction time (plus a margin) of the budget. A per-node local
-  guard (:mod:`polca.control.guard`) runs every 0.5 s.
+* ``polca-k8s``: :data:`K8S_PLAN` (finer and deeper low-tier steps, power caps first, POLCA's
+  stage 3 last); in-band reaction = telemetry period (1 s) + telemetry latency (0.1 s: a
+  Prometheus query) + control interval (1 s) + actuation (0.2 s: the status write, the daemons'
+  watch and the NVML call); settle time = that reaction time. Its triggers are derived from the
+  reaction time (:func:`derive_top_trigger`): the highest throttling stages fire when power is
+  within the largest rise seen over one reaction time (plus a margin) of the budget. A per-node
+  local guard (:mod:`polca.control.guard`) runs every 0.5 s.
 """
 
 from __future__ import annotations

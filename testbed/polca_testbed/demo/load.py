@@ -13,11 +13,12 @@ Each simulated node is one 8-GPU server (all its GPUs in the same phase) running
   and communication (decode-level power), the service model's iteration. Its iterations run in
   wall-clock time, not sped up, so the job's power swings stay visible at the daemons' sampling.
 
-Time: the trace is replayed ``speedup`` times faster; one load update (``update_s`` of wall
-time) covers ``update_s × speedup`` seconds of the trace, averaged. The request rate is
-calibrated so each node's uncapped power peaks at ``target_peak_pct`` of its provisioned GPU
-power (79%: production inference rows peak there, per POLCA); the oversubscribed domain's
-budget then provisions only ``nodes / (1 + oversubscription)`` of them.
+Time: the servers' activity may ramp up over the first seconds (a row whose traffic grows,
+rather than a step from idle); the trace is replayed ``speedup`` times faster; one load update
+(``update_s`` of wall time) covers ``update_s × speedup`` seconds of the trace, averaged. The
+request rate is calibrated so each node's uncapped power peaks at ``target_peak_pct`` of its
+provisioned GPU power (79%: production inference rows peak there, per POLCA); the
+oversubscribed domain's budget then provisions only ``nodes / (1 + oversubscription)`` of them.
 """
 
 from __future__ import annotations
@@ -266,9 +267,9 @@ def build_timeline(
     The first `warmup_s` seconds of the trace only fill the decode batches (the demo starts
     with busy servers, not empty ones). Over the first `ramp_s` wall seconds the servers'
     activity rises from `ramp_from` to all of the trace's demand, so a policy meets the load
-    the way a row does when traffic grows, not as a step from idle. The calibration scales the trace's request rate (a
-    bisection over `build_requests` with the same seed each time) until the domain's busiest
-    bin reaches the target.
+    the way a row does when traffic grows, not as a step from idle. The calibration scales the
+    trace's request rate (a bisection over `build_requests` with the same seed each time)
+    until the domain's busiest bin reaches the target.
     """
     if speedup <= 0 or duration_s <= 0 or update_s <= 0:
         raise ValueError("speedup, duration_s and update_s must be positive")

@@ -10,6 +10,7 @@ power limit below the default limit.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,8 @@ __all__ = [
     "build_sample",
     "event_from_api",
     "parse_daemon_metrics",
+    "recording_from_json",
+    "recording_to_json",
 ]
 
 _POWER = "polca_gpu_power_watts"
@@ -188,4 +191,30 @@ def build_sample(
         throttled=throttled,
         lowest_ceiling_mhz=lowest,
         tier_throttled=by_tier,
+    )
+
+
+def recording_to_json(recording: Recording) -> dict[str, Any]:
+    """The recording as JSON-ready data (recording.json next to the summary)."""
+    return {
+        "budget_w": recording.budget_w,
+        "interval_s": recording.interval_s,
+        "stages": [dataclasses.asdict(line) for line in recording.stages],
+        "workloads": dict(recording.workloads),
+        "gpus_per_node": recording.gpus_per_node,
+        "samples": [dataclasses.asdict(sample) for sample in recording.samples],
+        "events": [dataclasses.asdict(event) for event in recording.events],
+    }
+
+
+def recording_from_json(data: Mapping[str, Any]) -> Recording:
+    """The inverse of `recording_to_json`."""
+    return Recording(
+        budget_w=float(data["budget_w"]),
+        stages=tuple(StageLine(**line) for line in data["stages"]),
+        workloads=dict(data["workloads"]),
+        gpus_per_node=int(data["gpus_per_node"]),
+        interval_s=float(data["interval_s"]),
+        samples=[Sample(**sample) for sample in data["samples"]],
+        events=[DemoEvent(**event) for event in data["events"]],
     )

@@ -10,7 +10,6 @@ Ctrl-C (SIGINT) or SIGTERM.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -51,9 +50,9 @@ from polca_testbed.demo.policy import (
     stage_lines,
 )
 from polca_testbed.demo.probe import Probe
-from polca_testbed.demo.recording import Recording, Sample, build_sample
+from polca_testbed.demo.recording import Recording, Sample, build_sample, recording_to_json
 from polca_testbed.demo.summary import Summary, plot_run, summarize, summary_table, summary_text
-from polca_testbed.demo.view import ViewInfo, render
+from polca_testbed.demo.view import ViewInfo, render, render_text
 from polca_testbed.nodes import SimNode, SimNodes
 from polca_testbed.processes import (
     free_port,
@@ -110,10 +109,13 @@ class DemoSettings:
 
 @dataclass(frozen=True)
 class Leftovers:
-    """What was still running after the shutdown (both empty after a clean one)."""
+    """What was still running after the shutdown (both empty after a clean one), of what the
+    demo had started."""
 
     pids: tuple[int, ...]
     ports: tuple[int, ...]
+    started_pids: tuple[int, ...]
+    started_ports: tuple[int, ...]
 
     @property
     def clean(self) -> bool:
@@ -129,6 +131,20 @@ class DemoResult:
     recording_path: Path
     leftovers: Leftovers
     interrupted: bool
+    cpu_cores: float | None  # mean CPU use of every demo process during the replay
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system, all threads) the live processes among `pids` have used."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
 
 
 class _Stop(Exception):  # noqa: N818 - a signal, not an error
@@ -146,6 +162,8 @@ class _Started:
         return Leftovers(
             pids=tuple(p for p in self.pids if group_alive(p)),
             ports=tuple(p for p in self.ports if port_open(p)),
+            started_pids=tuple(self.pids),
+            started_ports=tuple(self.ports),
         )
 
 
@@ -218,6 +236,11 @@ class _DemoRun:
             oversubscription=settings.oversubscription,
         )
         self.started = _Started()
+        self.cpu_cores: float | None = None
+
+    def _cpu_s(self) -> float:
+        own = os.times()
+        return cpu_seconds(self.started.pids) + own.user + own.system
 
     def say(self, message: str) -> None:
         self.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}")
@@ -362,6 +385,7 @@ class _DemoRun:
         recording = view.recording
         steps = math.ceil(settings.duration_s / settings.update_s)
         start = time.monotonic()
+        cpu_start_s = self._cpu_s()
         written: float | None = None  # uncapped power of the load written last
         for step in range(steps + 1):
             t_s = time.monotonic() - start
@@ -382,6 +406,7 @@ class _DemoRun:
                         recording.set_events(events)
                 view.show(sample)
             if step == steps:
+                self.cpu_cores = (self._cpu_s() - cpu_start_s) / (time.monotonic() - start)
                 return
             for node, demand in zip(nodes, timeline.at(t_s), strict=True):
                 write_load_file(node.load_file, load_file_payload(demand))
@@ -397,9 +422,14 @@ class _DemoRun:
         summary_path.write_text(summary_text(summary))
         plot_path = plot_run(recording, self.out / "demo.png")
         recording_path = self.out / "recording.json"
-        recording_path.write_text(json.dumps(recording_json(recording), indent=1))
+        recording_path.write_text(json.dumps(recording_to_json(recording), indent=1))
         self.console.print(summary_table(summary))
         self.say(f"summary {summary_path}, plot {plot_path}, samples {recording_path}")
+        if self.cpu_cores is not None:
+            self.say(
+                f"CPU: the demo's {len(self.started.pids) + 1} processes used "
+                f"{self.cpu_cores:.2f} cores on average during the replay"
+            )
         if leftovers.clean:
             self.say("[green]clean shutdown: no process or port of the demo is left[/green]")
         else:
@@ -415,6 +445,7 @@ class _DemoRun:
             recording_path=recording_path,
             leftovers=leftovers,
             interrupted=interrupted,
+            cpu_cores=self.cpu_cores,
         )
 
 
@@ -496,7 +527,10 @@ def run_demo(settings: DemoSettings, console: Console | None = None) -> DemoResu
                 workload_tiers=WORKLOAD_TIERS,
             )
             with _View(run, recording, info) as view:
-                run.replay(timeline, nodes, probe, view)
+                try:
+                    run.replay(timeline, nodes, probe, view)
+                finally:
+                    (run.out / "view.txt").write_text(render_text(recording, info))
         except (KeyboardInterrupt, _Stop):
             interrupted = True
             run.say("[yellow]interrupted[/yellow]")
@@ -507,27 +541,3 @@ def run_demo(settings: DemoSettings, console: Console | None = None) -> DemoResu
             raise KeyboardInterrupt
         raise RuntimeError("the demo did not start")  # unreachable: errors propagate above
     return run.finish(recording, interrupted)
-
-
-def recording_json(recording: Recording) -> dict[str, object]:
-    """The recording as JSON-ready data (recording.json next to the summary)."""
-    return {
-        "budget_w": recording.budget_w,
-        "stages": [{"name": s.name, "trigger_pct": s.trigger_pct} for s in recording.stages],
-        "workloads": dict(recording.workloads),
-        "gpus_per_node": recording.gpus_per_node,
-        "samples": [
-            {
-                "t_s": round(s.t_s, 3),
-                "power_w": s.power_w,
-                "uncapped_w": round(s.uncapped_w, 1),
-                "stage_index": s.stage_index,
-                "stage": s.stage,
-                "operator_power_w": s.operator_power_w,
-                "throttled": dict(s.throttled),
-                "tier_throttled": dict(s.tier_throttled),
-            }
-            for s in recording.samples
-        ],
-        "events": [dataclasses.asdict(e) for e in recording.events],
-    }

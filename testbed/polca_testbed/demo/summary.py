@@ -26,6 +26,7 @@ __all__ = [
     "summarize",
     "summary_table",
     "summary_text",
+    "trigger_names",
     "workload_order",
 ]
 
@@ -198,6 +199,16 @@ def summary_text(summary: Summary, width: int = 100) -> str:
     return output.getvalue()
 
 
+def trigger_names(recording: Recording) -> dict[float, list[str]]:
+    """Stage names by trigger (stages may share one: POLCA's stage 2 and 3), 100% and up left
+    out (the budget line stands for them)."""
+    out: dict[float, list[str]] = {}
+    for line in recording.stages:
+        if line.trigger_pct is not None and line.trigger_pct < 100.0:
+            out.setdefault(line.trigger_pct, []).append(line.name)
+    return out
+
+
 def plot_run(recording: Recording, path: Path) -> Path:
     """Domain power against the budget and stage triggers, the stage, and throttled GPUs."""
     import matplotlib as mpl
@@ -223,18 +234,17 @@ def plot_run(recording: Recording, path: Path) -> Path:
     )
     ax_power.plot(t, measured, color="tab:blue", linewidth=1.5, label="domain power (daemons)")
     ax_power.axhline(100.0, color="tab:red", linewidth=1.5, label="budget")
-    for line in recording.stages:
-        if line.trigger_pct is not None and line.trigger_pct < 100.0:
-            ax_power.axhline(line.trigger_pct, color="tab:orange", linewidth=0.8, linestyle=":")
-            ax_power.annotate(
-                line.name,
-                (1.0, line.trigger_pct),
-                xycoords=("axes fraction", "data"),
-                fontsize=7,
-                color="tab:orange",
-                va="bottom",
-                ha="right",
-            )
+    for trigger_pct, names in trigger_names(recording).items():
+        ax_power.axhline(trigger_pct, color="tab:orange", linewidth=0.8, linestyle=":")
+        ax_power.annotate(
+            " / ".join(names),
+            (1.0, trigger_pct),
+            xycoords=("axes fraction", "data"),
+            fontsize=7,
+            color="tab:orange",
+            va="bottom",
+            ha="right",
+        )
     ax_power.set_ylabel("% of budget")
     ax_power.set_title(
         f"POLCA demo: {len(recording.workloads)} nodes, budget {recording.budget_w / 1000:.1f} kW"
@@ -252,11 +262,16 @@ def plot_run(recording: Recording, path: Path) -> Path:
     ax_stage.set_ylabel("stage")
     ax_stage.grid(alpha=0.3)
 
+    # Workloads often move together (same tier): distinct dashes keep each line visible.
+    styles = iter([("-", 2.5), ("--", 1.8), (":", 1.8), ("-.", 1.5)])
     for workload in sorted(recording.gpus_by_workload(), key=workload_order):
+        linestyle, width = next(styles, ("-", 1.0))
         ax_gpus.step(
             t,
             [s.throttled.get(workload, 0) for s in samples],
             where="post",
+            linestyle=linestyle,
+            linewidth=width,
             label=WORKLOAD_TITLES.get(workload, workload),
         )
     ax_gpus.set_ylabel("throttled GPUs")

@@ -6,11 +6,12 @@ Pure rendering from a `Recording` (rich renderables); `run.py` refreshes it once
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.console import Group, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -18,10 +19,11 @@ from rich.text import Text
 from polca_testbed.demo.recording import Recording
 from polca_testbed.demo.summary import WORKLOAD_TITLES, workload_order
 
-__all__ = ["ViewInfo", "power_bar", "render", "sparkline"]
+__all__ = ["ViewInfo", "power_bar", "render", "render_text", "sparkline"]
 
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
 BAR_MAX_PCT = 120.0
+SPARK_LOW_PCT, SPARK_HIGH_PCT = 70.0, 105.0  # where the stages act
 EVENTS_SHOWN = 6
 
 
@@ -105,12 +107,14 @@ def _power_panel(recording: Recording, width: int) -> Panel:
         lines.append(
             sparkline(
                 [recording.percent(s.power_w) if s.power_w is not None else None for s in history],
-                low=60.0,
-                high=110.0,
+                low=SPARK_LOW_PCT,
+                high=SPARK_HIGH_PCT,
             ),
             style="cyan",
         )
-        lines.append("  last minute, 60–110%", style="dim")
+        lines.append(
+            f"  last {len(history)} samples, {SPARK_LOW_PCT:.0f}–{SPARK_HIGH_PCT:.0f}%", style="dim"
+        )
     title = f"budget {recording.budget_w / 1000:.1f} kW"
     return Panel(lines, title=title, title_align="left")
 
@@ -198,3 +202,10 @@ def render(recording: Recording, info: ViewInfo, *, width: int = 60) -> Renderab
         _events_table(recording),
         footer,
     )
+
+
+def render_text(recording: Recording, info: ViewInfo, *, columns: int = 100) -> str:
+    """The view as plain text (the last frame is saved next to the summary)."""
+    console = Console(file=io.StringIO(), width=columns, color_system=None, record=True)
+    console.print(render(recording, info))
+    return console.export_text()

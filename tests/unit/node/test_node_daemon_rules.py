@@ -3,6 +3,7 @@ writes, the guard, dry run."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -285,3 +286,33 @@ async def test_dry_run_counts_what_it_would_do_and_writes_nothing(
     assert setter_calls(h100_fake) == dict.fromkeys(SETTER_FUNCTIONS, 0)
     assert counter(daemon, "polca_gpu_actions_total", dry_run="true") == 4.0
     assert counter(daemon, "polca_gpu_actions_total", dry_run="false") == 0.0
+
+
+async def test_missing_nvml_is_reported_and_retried_not_a_crash(
+    h100_fake: FakeNvml, kube: StubKube, fake_clock: ManualClock
+) -> None:
+    h100_fake.library_missing()
+    daemon = NodeDaemon(
+        DaemonConfig(NODE), NvmlBackend(h100_fake), cast(KubeClient, kube), NodeMetrics(NODE),
+        clock=fake_clock.now, wall_clock=lambda: NOW,
+    )  # fmt: skip
+    stop = asyncio.Event()
+    running = asyncio.create_task(daemon.run(stop))
+
+    def patched() -> list[Any]:
+        return [body for method, path, body in kube.requests if method == "PATCH"]
+
+    for _ in range(200):
+        if patched():
+            break
+        await asyncio.sleep(0.01)
+    stop.set()
+    await asyncio.wait_for(running, timeout=10)
+    status = patched()[0]["status"]
+    assert set(status) == {"conditions", "heartbeatTime", "metricsEndpoint"}  # record kept
+    assert status["conditions"][0]["type"] == "Ready"
+    assert status["conditions"][0]["status"] == "False"
+    assert status["conditions"][0]["reason"] == "LibraryNotFound"
+    healthy, detail = daemon.healthy()
+    assert healthy
+    assert "LibraryNotFound" in detail

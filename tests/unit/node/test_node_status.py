@@ -187,6 +187,15 @@ class TestBuildStatus:
         assert status.policies is not None
         assert [(p.name, p.dry_run) for p in status.policies] == [("row-a", True)]
 
+    def test_unreadable_gpu_is_a_condition(self, h100_backend: NvmlBackend) -> None:
+        unmanaged = NodeDecision(Mode.UNMANAGED, "no PowerPolicy selects this node")
+        lost = {3: "GPU 3 nvmlDeviceGetPowerUsage: GPU is lost (GpuLost)"}
+        status = build_status(inputs(h100_backend, unmanaged, applied={}, read_errors=lost))
+        condition = status.condition("GpuReadFailed")
+        assert condition is not None
+        assert (condition.status, condition.reason) == ("True", "GpuUnreadable")
+        assert "GpuLost" in condition.message
+
     def test_restored_defaults_are_recorded(self, h100_backend: NvmlBackend) -> None:
         unmanaged = NodeDecision(Mode.UNMANAGED, "no PowerPolicy selects this node")
         status = build_status(inputs(h100_backend, unmanaged, applied={}, restored=True))

@@ -102,15 +102,18 @@ def test_parse_exposition_sums_the_nodes_gpus_only() -> None:
 
 
 def test_prometheus_expressions_ask_for_sample_times() -> None:
-    gpu = PowerQuery(nodes=())
+    gpu = PowerQuery(nodes=(), staleness_s=10)
+    fresh = "time() - timestamp(polca_gpu_power_watts) <= 10"
     assert PrometheusSource.expressions(gpu) == (
-        "sum by (node) (polca_gpu_power_watts)",
-        "min by (node) (timestamp(polca_gpu_power_watts))",
+        f"sum by (node) (polca_gpu_power_watts and ({fresh}))",
+        f"min by (node) (timestamp(polca_gpu_power_watts) and ({fresh}))",
     )
-    pdu = PowerQuery(nodes=(), promql='pdu_watts{rack="r1"}', node_label="host")
+    pdu = PowerQuery(nodes=(), promql='pdu_watts{rack="r1"}', node_label="host", staleness_s=2.5)
+    inner = '(pdu_watts{rack="r1"})'
+    fresh = f"time() - timestamp({inner}) <= 2.5"
     assert PrometheusSource.expressions(pdu) == (
-        'sum by (host) (pdu_watts{rack="r1"})',
-        'min by (host) (timestamp(pdu_watts{rack="r1"}))',
+        f"sum by (host) ({inner} and ({fresh}))",
+        f"min by (host) (timestamp({inner}) and ({fresh}))",
     )
 
 
@@ -127,7 +130,7 @@ def prometheus_app(
         expr = (await request.post())["query"]
         assert isinstance(expr, str)
         seen.append(expr)
-        answer = vector("node", times if "timestamp(" in expr else power)
+        answer = vector("node", times if expr.startswith("min by") else power)
         return web.json_response(answer)
 
     app = web.Application()
@@ -238,6 +241,7 @@ def two_nodes(source: SourceName = "prometheus", **kwargs: object) -> PowerQuery
         nodes=(DomainNode("a"), DomainNode("b")),
         source=source,
         prometheus_url="http://prometheus:9090",
+        staleness_s=5,
         **kwargs,  # type: ignore[arg-type]
     )
 
@@ -245,9 +249,7 @@ def two_nodes(source: SourceName = "prometheus", **kwargs: object) -> PowerQuery
 async def test_primary_answers_and_fallback_is_not_asked() -> None:
     prom = FakeSource("prometheus", {"a": NodeSample(10, NOW_S), "b": NodeSample(20, NOW_S)})
     direct = FakeSource("direct")
-    reading = await PowerReader(prom, direct, wall_clock=lambda: NOW_S).read(
-        two_nodes(), staleness_s=5
-    )
+    reading = await PowerReader(prom, direct, wall_clock=lambda: NOW_S).read(two_nodes())
     assert reading.power is not None
     assert reading.power.power_w == 30
     assert reading.sources == ("prometheus",)
@@ -257,9 +259,7 @@ async def test_primary_answers_and_fallback_is_not_asked() -> None:
 async def test_failed_prometheus_falls_back_to_direct() -> None:
     prom = FakeSource("prometheus", error="connection refused")
     direct = FakeSource("direct", {"a": NodeSample(10, NOW_S), "b": NodeSample(20, NOW_S)})
-    reading = await PowerReader(prom, direct, wall_clock=lambda: NOW_S).read(
-        two_nodes(), staleness_s=5
-    )
+    reading = await PowerReader(prom, direct, wall_clock=lambda: NOW_S).read(two_nodes())
     assert reading.power is not None
     assert reading.power.power_w == 30
     assert reading.sources == ("direct",)
@@ -269,9 +269,7 @@ async def test_failed_prometheus_falls_back_to_direct() -> None:
 async def test_fallback_is_asked_only_for_the_missing_nodes() -> None:
     prom = FakeSource("prometheus", {"a": NodeSample(10, NOW_S), "b": NodeSample(20, NOW_S - 60)})
     direct = FakeSource("direct", {"b": NodeSample(25, NOW_S)})
-    reading = await PowerReader(prom, direct, wall_clock=lambda: NOW_S).read(
-        two_nodes(), staleness_s=5
-    )
+    reading = await PowerReader(prom, direct, wall_clock=lambda: NOW_S).read(two_nodes())
     assert direct.asked == [{"b"}]
     assert reading.power is not None
     assert reading.power.power_w == 35
@@ -281,9 +279,7 @@ async def test_fallback_is_asked_only_for_the_missing_nodes() -> None:
 async def test_direct_policy_falls_back_to_prometheus() -> None:
     prom = FakeSource("prometheus", {"a": NodeSample(1, NOW_S), "b": NodeSample(2, NOW_S)})
     direct = FakeSource("direct", error="none of 2 metrics endpoints answered with power")
-    reading = await PowerReader(prom, direct, wall_clock=lambda: NOW_S).read(
-        two_nodes("direct"), staleness_s=5
-    )
+    reading = await PowerReader(prom, direct, wall_clock=lambda: NOW_S).read(two_nodes("direct"))
     assert reading.power is not None
     assert reading.sources == ("prometheus",)
 
@@ -292,14 +288,12 @@ async def test_fallback_disabled_and_both_stale_give_no_power() -> None:
     prom = FakeSource("prometheus", error="connection refused")
     direct = FakeSource("direct", {"a": NodeSample(10, NOW_S)})
     reader = PowerReader(prom, direct, wall_clock=lambda: NOW_S)
-    no_fallback = await reader.read(two_nodes(direct_fallback=False), staleness_s=5)
+    no_fallback = await reader.read(two_nodes(direct_fallback=False))
     assert no_fallback.power is None
     assert direct.asked == []
 
     stale = FakeSource("direct", {"a": NodeSample(10, NOW_S - 60)})
-    both_stale = await PowerReader(prom, stale, wall_clock=lambda: NOW_S).read(
-        two_nodes(), staleness_s=5
-    )
+    both_stale = await PowerReader(prom, stale, wall_clock=lambda: NOW_S).read(two_nodes())
     assert both_stale.power is None
     assert both_stale.age_s(NOW_S) is None
 

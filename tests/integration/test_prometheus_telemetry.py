@@ -1,0 +1,108 @@
+"""The operator's Prometheus source against a real Prometheus (Debian's package) on loopback."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+from polca_operator.domain_power import DomainNode
+from polca_operator.telemetry import PowerQuery, PrometheusSource, TelemetryError
+from polca_testbed.processes import free_port
+from polca_testbed.prometheus import Prometheus, start_prometheus
+
+STALENESS_S = 3.0
+
+
+class Daemons:
+    """A stand-in for two node daemons' GPU power gauges, served on one loopback port."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.power = Gauge(
+            "polca_gpu_power_watts", "GPU power", ["node", "gpu", "tier"], registry=self.registry
+        )
+        self.port = free_port()
+        self.server, self.thread = start_http_server(
+            self.port, addr="127.0.0.1", registry=self.registry
+        )
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def daemons() -> Iterator[Daemons]:
+    served = Daemons()
+    served.power.labels("n1", "0", "idle").set(300)
+    served.power.labels("n1", "1", "idle").set(200)
+    served.power.labels("n2", "0", "high").set(100)
+    yield served
+    served.stop()
+
+
+@pytest.fixture
+def prometheus(daemons: Daemons, tmp_path: Path) -> Iterator[Prometheus]:
+    prom = start_prometheus(tmp_path / "prometheus", [f"127.0.0.1:{daemons.port}"])
+    prom.wait_for("polca_gpu_power_watts", count=3)
+    yield prom
+    prom.stop()
+
+
+@pytest.fixture
+async def source() -> AsyncIterator[PrometheusSource]:
+    async with aiohttp.ClientSession() as session:
+        yield PrometheusSource(session, timeout_s=2)
+
+
+def query(prom: Prometheus) -> PowerQuery:
+    return PowerQuery(
+        nodes=(DomainNode("n1"), DomainNode("n2")),
+        source="prometheus",
+        prometheus_url=prom.url,
+        staleness_s=STALENESS_S,
+    )
+
+
+async def test_power_by_node_with_recent_sample_times(
+    prometheus: Prometheus, source: PrometheusSource
+) -> None:
+    samples = await source.node_samples(query(prometheus), {"n1", "n2"})
+    assert {n: s.power_w for n, s in samples.items()} == {"n1": 500.0, "n2": 100.0}
+    for sample in samples.values():
+        assert 0 <= time.time() - sample.time_s <= STALENESS_S
+
+
+async def test_series_left_over_from_before_a_restart_are_not_counted(
+    daemons: Daemons, prometheus: Prometheus, source: PrometheusSource, tmp_path: Path
+) -> None:
+    prometheus.stop()
+    # While Prometheus is down, a GPU changes tier: its old series never gets a staleness
+    # marker and stays visible for the 5-minute lookback after the restart.
+    daemons.power.remove("n1", "1", "idle")
+    daemons.power.labels("n1", "1", "low").set(250)
+    restarted = start_prometheus(
+        prometheus.state_dir, [f"127.0.0.1:{daemons.port}"], port=prometheus.port
+    )
+    try:
+        assert restarted.query('polca_gpu_power_watts{tier="idle",gpu="1"}'), "old series visible"
+        deadline = time.monotonic() + 30
+        samples = {}
+        while time.monotonic() < deadline and "n1" not in samples:
+            samples = await source.node_samples(query(restarted), {"n1", "n2"})
+            time.sleep(0.5)
+        assert samples["n1"].power_w == 550.0  # 300 + 250, not + the old 200
+    finally:
+        restarted.stop()
+
+
+async def test_stopped_prometheus_is_an_error_not_zero(
+    prometheus: Prometheus, source: PrometheusSource
+) -> None:
+    prometheus.stop()
+    with pytest.raises(TelemetryError):
+        await source.node_samples(query(prometheus), {"n1", "n2"})

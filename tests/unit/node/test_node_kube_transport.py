@@ -1,0 +1,158 @@
+"""The daemon's API client over real TLS with client certificates, against a small local server:
+JSON requests, Status errors, keep-alive, and watch streams that close from another thread."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from polca_node.kube_client import ApiError, KubeClient, kubeconfig_credentials
+from polca_testbed.pki import make_pki
+
+
+class FakeApiServer(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive and chunked watches, as the API server
+    release_watch: threading.Event
+    seen: list[tuple[str, str, str, bytes]]
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+    def _json(self, status: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def do_GET(self) -> None:
+        self.seen.append(("GET", self.path, self.headers.get("Authorization", ""), b""))
+        if self.path.startswith("/api/v1/pods?") and "watch=true" in self.path:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for name in ("a", "b"):
+                event = {"type": "ADDED", "object": {"metadata": {"name": name}}}
+                self._chunk(json.dumps(event).encode() + b"\n")
+            self.release_watch.wait(10)
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        if self.path.startswith("/api/v1/pods"):
+            self._json(200, {"metadata": {"resourceVersion": "7"}, "items": []})
+            return
+        self._json(
+            404, {"kind": "Status", "reason": "NotFound", "message": f"{self.path} not found"}
+        )
+
+    def do_PATCH(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.seen.append(("PATCH", self.path, self.headers["Content-Type"], body))
+        self._json(200, {"patched": json.loads(body)})
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, type[FakeApiServer]]]:
+    directory = tmp_path_factory.mktemp("api")
+    pki = make_pki(directory / "pki")
+
+    class Handler(FakeApiServer):
+        release_watch = threading.Event()
+        seen: list[tuple[str, str, str, bytes]] = []  # noqa: RUF012 - one server per module
+
+    handler = Handler
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca_cert))
+    context.load_cert_chain(str(pki.serving_cert), str(pki.serving_key))
+    context.verify_mode = ssl.CERT_REQUIRED  # only our client certificate gets in
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    kubeconfig = directory / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "current-context": "t",
+        "clusters": [{"name": "c", "cluster": {
+            "server": f"https://127.0.0.1:{httpd.server_address[1]}",
+            "certificate-authority": str(pki.ca_cert)}}],
+        "users": [{"name": "u", "user": {
+            "client-certificate": str(pki.admin_cert), "client-key": str(pki.admin_key)}}],
+        "contexts": [{"name": "t", "context": {"cluster": "c", "user": "u"}}],
+    }))  # fmt: skip
+    yield kubeconfig, handler
+    handler.release_watch.set()
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def client(server: tuple[Path, type[FakeApiServer]]) -> Iterator[KubeClient]:
+    api = KubeClient(kubeconfig_credentials(server[0]), timeout_s=5)
+    yield api
+    api.close()
+
+
+def test_requests_and_errors(client: KubeClient, server: tuple[Path, type[FakeApiServer]]) -> None:
+    listing = client.request("GET", "/api/v1/pods", params={"fieldSelector": "spec.nodeName=n1"})
+    assert listing["metadata"]["resourceVersion"] == "7"
+    assert client.request("GET", "/api/v1/pods")["items"] == []  # same kept-alive connection
+    with pytest.raises(ApiError) as raised:
+        client.request("GET", "/apis/polca.dev/v1alpha1/nodepowerstates/n1")
+    assert raised.value.not_found
+    assert raised.value.reason == "NotFound"
+    patched = client.request(
+        "PATCH", "/x/status", body=[{"op": "add", "path": "/status", "value": {}}],
+        content_type="application/json-patch+json",
+    )  # fmt: skip
+    assert patched["patched"][0]["op"] == "add"
+    seen = server[1].seen
+    assert ("GET", "/api/v1/pods?fieldSelector=spec.nodeName%3Dn1", "", b"") in seen
+    assert any(s[0] == "PATCH" and s[2] == "application/json-patch+json" for s in seen)
+
+
+def test_watch_streams_events_and_closes_from_another_thread(client: KubeClient) -> None:
+    stream = client.watch("/api/v1/pods", {"watch": True}, read_timeout_s=30)
+    events = iter(stream)
+    assert [next(events)["object"]["metadata"]["name"] for _ in range(2)] == ["a", "b"]
+    done = threading.Event()
+    leftovers: list[Any] = []
+
+    def drain() -> None:
+        leftovers.extend(events)  # blocks: the server holds the watch open
+        done.set()
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    time.sleep(0.1)
+    assert not done.is_set()
+    stream.close()
+    assert done.wait(5), "close() did not wake the reading thread"
+    assert leftovers == []
+
+
+def test_unreachable_server_is_an_api_error(
+    tmp_path: Path, server: tuple[Path, type[FakeApiServer]]
+) -> None:
+    config = yaml.safe_load(server[0].read_text())
+    config["clusters"][0]["cluster"]["server"] = "https://127.0.0.1:9"  # nothing listens
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    api = KubeClient(kubeconfig_credentials(path), timeout_s=2)
+    with pytest.raises(ApiError) as raised:
+        api.request("GET", "/api/v1/pods")
+    assert raised.value.status == 0
+    api.close()
