@@ -12,7 +12,8 @@ From a policy (`spec.guard`):
   `GUARD_HOLD_S` (hysteresis), one level per sample;
 - its levels are the reaction stage's actions (`reactionStage`, default `failsafeStage`) added
   tier by tier in throttling order (idle first): each level throttles one more tier, so
-  high-priority pods are throttled last. Tiers the reaction stage leaves alone are skipped.
+  high-priority pods are throttled last; then the later stages' actions the same way, up to
+  the last (brake) stage, so the guard can always bring the node back under its budget.
 - node power is the sum of the GPUs' power plus `nodePower.overheadWatts`.
 
 `run_periodic` is the drift-free ticker the daemon runs its sampling and guard on.
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from polca.api.convert import action_from_api, tier_set_from_spec
 from polca.api.powerpolicy import PowerPolicy
 from polca.control.guard import GuardConfig, GuardState, GuardStep, decide_guard
-from polca.control.plan import GpuLimits, ResolvedAction
+from polca.control.plan import GpuLimits, ResolvedAction, TierAction
 
 __all__ = [
     "GUARD_HOLD_S",
@@ -57,15 +58,27 @@ def node_budget_w(policy: PowerPolicy) -> float | None:
 
 
 def guard_steps(policy: PowerPolicy) -> tuple[GuardStep, ...]:
-    """One level per tier the reaction stage throttles, in throttling order."""
+    """The guard's ladder: the reaction stage's actions one tier at a time in throttling order,
+    then each later stage's, up to the last (brake) stage.
+
+    Climbing past the reaction stage matters: when the tiers it throttles are not the ones
+    drawing the power, a guard that stopped there could not bring the node back under budget.
+    A level is added only where it tightens (or first sets) that tier's action.
+    """
     spec = policy.spec
-    reaction = spec.guard.reaction_stage or spec.failsafe_stage
-    stage = spec.stages[spec.stage_index(reaction)]
+    reaction = spec.stage_index(spec.guard.reaction_stage or spec.failsafe_stage)
+    tiers = tier_set_from_spec(spec).names
     steps: list[GuardStep] = []
-    for tier in tier_set_from_spec(spec).names:
-        api_action = stage.actions.get(tier)
-        if api_action is not None and api_action.is_limit:
-            steps.append(GuardStep(frozenset({tier}), action_from_api(api_action)))
+    current: dict[str, TierAction] = {}
+    for stage in spec.stages[reaction:]:
+        for tier in tiers:
+            api_action = stage.actions.get(tier)
+            if api_action is None or not api_action.is_limit:
+                continue
+            action = action_from_api(api_action)
+            if current.get(tier) != action:
+                current[tier] = action
+                steps.append(GuardStep(frozenset({tier}), action))
     return tuple(steps)
 
 

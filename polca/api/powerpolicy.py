@@ -157,8 +157,10 @@ class Guard(ApiModel):
     )
     reaction_stage: DnsLabel | None = Field(
         default=None,
-        description="The stage whose actions the node applies while the guard acts; combined "
-        "with the domain's stage, the more restrictive limit wins. Default: failsafeStage.",
+        description="The first stage whose actions the node applies while the guard acts, one "
+        "tier at a time in throttling order; if the node stays over, the guard continues with "
+        "the later stages' actions up to the last (brake) stage. Combined with the domain's "
+        "stage, the more restrictive limit wins. Default: failsafeStage.",
     )
     interval_seconds: float = Field(
         default=0.5,

@@ -183,7 +183,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     pol.add_argument(
         "--guard-share",
         type=float,
-        default=1.3,
+        default=GuardSettings().budget_share,
         metavar="X",
         help="guard budget per node as a multiple of its share of the domain budget "
         "(default %(default)s)",

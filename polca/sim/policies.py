@@ -93,7 +93,7 @@ K8S_PLAN = ControlPlan(
 class GuardSettings:
     """The local guard of each node: budget relative to the node's share of the domain budget."""
 
-    budget_share: float = 1.3  # guard budget = share × domain budget / servers
+    budget_share: float = 1.5  # guard budget = share × domain budget / servers
     interval_s: float = 0.5
     release_pct: float = 90.0
     hold_s: float = 5.0

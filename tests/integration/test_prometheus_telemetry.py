@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -85,6 +86,7 @@ async def test_series_left_over_from_before_a_restart_are_not_counted(
     # marker and stays visible for the 5-minute lookback after the restart.
     daemons.power.remove("n1", "1", "idle")
     daemons.power.labels("n1", "1", "low").set(250)
+    time.sleep(STALENESS_S + 0.5)  # Prometheus' last samples are now too old to count
     restarted = start_prometheus(
         prometheus.state_dir, [f"127.0.0.1:{daemons.port}"], port=prometheus.port
     )
@@ -94,7 +96,7 @@ async def test_series_left_over_from_before_a_restart_are_not_counted(
         samples = {}
         while time.monotonic() < deadline and "n1" not in samples:
             samples = await source.node_samples(query(restarted), {"n1", "n2"})
-            time.sleep(0.5)
+            await asyncio.sleep(0.5)
         assert samples["n1"].power_w == 550.0  # 300 + 250, not + the old 200
     finally:
         restarted.stop()

@@ -41,15 +41,24 @@ class TestConfigFromPolicy:
         assert guard_config(make_policy(stage=None)) is None
         assert guard_config(make_policy(stage="normal", guard={"enabled": False})) is None
 
-    def test_levels_follow_the_tier_order_of_the_reaction_stage(
+    def test_levels_follow_the_tier_order_from_the_reaction_stage_to_the_brake(
         self, make_policy: PolicyFactory
     ) -> None:
-        # The default reaction stage is the failsafe (stage2): idle, then low; high untouched.
+        # The default reaction stage is the failsafe (stage2): idle, then low at 1110 MHz; then
+        # stage3 adds high, and the brake tightens every tier, in tier order.
         steps = guard_steps(make_policy(stage="normal"))
-        assert [sorted(s.tiers) for s in steps] == [["idle"], ["low"]]
-        assert {s.action.clock_ceiling_mhz for s in steps} == {1110}
+        assert [sorted(s.tiers) for s in steps][:3] == [["idle"], ["low"], ["high"]]
+        assert [s.action.clock_ceiling_mhz for s in steps[:2]] == [1110, 1110]
+        brake = [s for s in steps[3:]]
+        assert [sorted(s.tiers) for s in brake] == [["idle"], ["low"], ["high"]]
+        assert all(
+            b.action.clock_ceiling_pct is not None or b.action.clock_ceiling_mhz is not None
+            for b in brake
+        )
         stage3 = guard_steps(make_policy(stage="normal", guard={"reactionStage": "stage3"}))
-        assert [sorted(s.tiers) for s in stage3] == [["idle"], ["low"], ["high"]]
+        assert [sorted(s.tiers) for s in stage3][:3] == [["idle"], ["low"], ["high"]]
+        # stage3 repeats stage2's idle/low ceilings (no new level) and adds high; same ladder.
+        assert stage3 == steps
 
 
 def run(
@@ -85,20 +94,23 @@ class TestGuardBank:
             (0.0, 900.0),  # under the 1200 W trigger: nothing
             (0.5, over),  # level 1: idle GPUs
             (1.0, over),  # level 2: low GPUs too
-            (1.5, over),  # no level left in the reaction stage
+            (1.5, over),  # level 3: past the reaction stage, stage3's high-tier ceiling
             (2.0, between),  # between release and trigger: hold
             (2.5, under),  # below release: the hold starts
             (2.5 + hold - 0.5, under),  # not yet
             (2.5 + hold, under),  # one level down
-            (2.5 + 2 * hold, under),  # and the last one
+            (2.5 + 2 * hold, under),  # another
+            (2.5 + 3 * hold, under),  # and the last one
         ])  # fmt: skip
-        assert [o.level for o in outcomes] == [0, 1, 2, 2, 2, 2, 2, 1, 0]
-        assert [o.activated for o in outcomes] == [False, True] + [False] * 7
-        assert [o.active for o in outcomes] == [False] + [True] * 7 + [False]
+        assert [o.level for o in outcomes] == [0, 1, 2, 3, 3, 3, 3, 2, 1, 0]
+        assert [o.activated for o in outcomes] == [False, True] + [False] * 8
+        assert [o.active for o in outcomes] == [False] + [True] * 8 + [False]
         assert ceilings(outcomes[1]) == [None, None, 1110, None]
         assert ceilings(outcomes[2]) == [1110, None, 1110, 1110]
-        assert ceilings(outcomes[7]) == [None, None, 1110, None]
-        assert outcomes[8].actions == {}
+        assert ceilings(outcomes[3]) == [1110, 1305, 1110, 1110]
+        assert ceilings(outcomes[7]) == [1110, None, 1110, 1110]
+        assert ceilings(outcomes[8]) == [None, None, 1110, None]
+        assert outcomes[9].actions == {}
         assert bank.actions() == {}
 
     def test_overhead_counts_towards_node_power(self, make_policy: PolicyFactory) -> None:
