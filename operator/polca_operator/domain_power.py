@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["DomainNode", "DomainPower", "NodeSample", "combine", "fresh_samples"]
+__all__ = ["DomainNode", "DomainPower", "NodeSample", "combine"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,15 +50,6 @@ class DomainPower:
         return max(0.0, now_s - self.sample_time_s)
 
 
-def fresh_samples(
-    samples: Mapping[str, NodeSample], *, now_s: float, staleness_s: float
-) -> dict[str, NodeSample]:
-    """The samples no older than `staleness_s` at `now_s` (Unix seconds)."""
-    return {
-        node: s for node, s in samples.items() if now_s - s.time_s <= staleness_s and s.power_w >= 0
-    }
-
-
 def combine(
     nodes: Iterable[DomainNode],
     samples: Mapping[str, NodeSample],
@@ -77,10 +68,11 @@ def combine(
     last_known = last_known or {}
     domain = list(nodes)
     names = {n.name for n in domain}
+    oldest_s = now_s - staleness_s
     fresh = {
         node: s
-        for node, s in fresh_samples(samples, now_s=now_s, staleness_s=staleness_s).items()
-        if node in names
+        for node, s in samples.items()
+        if node in names and s.time_s >= oldest_s and s.power_w >= 0
     }
     if not fresh:
         return None

@@ -39,8 +39,9 @@ class RestoreVerdict:
         if self.outcome == "wait":
             return f"waiting for {len(self.holding)} nodes to leave the policy: {nodes}"
         return (
-            f"policy deleted, but {len(self.holding)} nodes still report it (daemon down?): "
-            f"{nodes}; their GPUs keep their settings until their daemon restores them"
+            f"policy deleted while {len(self.holding)} nodes still report it: {nodes}; each "
+            "restores its GPUs when its daemon sees the policy gone (a stopped daemon keeps "
+            "them as they are)"
         )
 
 

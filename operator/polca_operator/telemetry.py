@@ -26,7 +26,7 @@ from typing import Any, Literal, Protocol
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from polca_operator.domain_power import DomainNode, DomainPower, NodeSample, combine, fresh_samples
+from polca_operator.domain_power import DomainNode, DomainPower, NodeSample, combine
 
 __all__ = [
     "GPU_POWER_METRIC",
@@ -297,10 +297,12 @@ class PowerReader:
             except TelemetryError as exc:
                 errors.append((source.name, str(exc)))
                 continue
-            fresh = fresh_samples(got, now_s=self._wall_clock(), staleness_s=staleness_s)
-            new = {n: s for n, s in fresh.items() if n in wanted and n not in samples}
-            if new:
-                samples.update(new)
+            oldest_s = self._wall_clock() - staleness_s
+            before = len(samples)
+            for node, sample in got.items():
+                if sample.time_s >= oldest_s and sample.power_w >= 0 and node not in samples:
+                    samples[node] = sample
+            if len(samples) > before:
                 used.append(source.name)
         power = combine(
             query.nodes,

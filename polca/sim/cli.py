@@ -21,7 +21,7 @@ from polca.control.plan import ControlPlan, plan_from_dict
 from polca.power.profiles import PROFILES, get_profile
 from polca.sim.domain import DomainConfig, Mix
 from polca.sim.metrics import Criteria
-from polca.sim.policies import POLICY_NAMES, GuardSettings, PolicyConfig, make_policy
+from polca.sim.policies import NAMED_PLANS, POLICY_NAMES, GuardSettings, PolicyConfig, make_policy
 from polca.sim.runner import Progress as ProgressFn
 from polca.sim.runner import Scenario, calibrate_load, run_level
 from polca.sim.synthetic import CONV_PARAMS, fit, generate
@@ -160,15 +160,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     pol.add_argument(
         "--plan",
         type=Path,
-        metavar="FILE",
-        help="YAML/JSON control plan for polca-k8s instead of its default (keys of "
+        metavar="NAME|FILE",
+        help="control plan for polca-k8s instead of its default: 'polca-table' (the paper's "
+        "table), 'k8s' (the default) or a YAML/JSON file (keys of "
         "polca.control.plan.plan_from_dict; see docs/simulator.md)",
     )
     pol.add_argument(
         "--polca-plan",
         type=Path,
-        metavar="FILE",
-        help="YAML/JSON control plan for the polca policy instead of the paper's table "
+        metavar="NAME|FILE",
+        help="control plan for the polca policy instead of the paper's table, as for --plan "
         "(for ablations: POLCA's delays with another plan)",
     )
     pol.add_argument(
@@ -230,6 +231,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="FRAC",
         help="largest oversubscription tried (default %(default)s)",
     )
+    out.add_argument(
+        "--max-low-p50-impact",
+        type=float,
+        default=None,
+        metavar="FRAC",
+        help="also require the low-priority end-to-end P50 impact below this, e.g. 0.25 "
+        "(POLCA's criteria do not bound it)",
+    )
     out.add_argument("--json", action="store_true", help="print JSON instead of tables")
     out.add_argument("--plot", type=Path, metavar="PNG", help="write a figure to this file")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -270,6 +279,8 @@ def _parse_mix(text: str) -> Mix:
 def _read_plan(path: Path | None) -> ControlPlan | None:
     if path is None:
         return None
+    if str(path) in NAMED_PLANS:
+        return NAMED_PLANS[str(path)]
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     try:
         return plan_from_dict(data)
@@ -340,7 +351,7 @@ def _run(args: argparse.Namespace, err: Console) -> int:
         target_peak_pct=args.target_peak_pct,
         meter_window_s=args.meter_window,
         brake_hold_s=args.brake_hold,
-        criteria=Criteria(),
+        criteria=Criteria(max_low_p50_impact=args.max_low_p50_impact),
     )
     policies = _policies(args)
     # Piped output gets room for the wide tables instead of rich's 80-column default.

@@ -19,7 +19,9 @@ the operator runs; they differ in their plans, delays, thresholds and the local 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 
 import numpy as np
 import numpy.typing as npt
@@ -37,6 +39,8 @@ from polca.power.profiles import get_profile
 
 __all__ = [
     "K8S_PLAN",
+    "NAMED_PLANS",
+    "POLCA_TABLE",
     "POLICY_NAMES",
     "GuardSettings",
     "PolicyConfig",
@@ -86,6 +90,12 @@ K8S_PLAN = ControlPlan(
     settle_s=5.0,
     hold_s=30.0,
     staleness_s=10.0,
+)
+
+
+POLCA_TABLE = relative_clocks(POLCA_PLAN, _A100_MAX_MHZ)
+NAMED_PLANS: Mapping[str, ControlPlan] = MappingProxyType(
+    {"polca-table": POLCA_TABLE, "k8s": K8S_PLAN}
 )
 
 
@@ -154,7 +164,7 @@ def make_policy(
     if name == "none":
         return PolicyConfig(name="none", plan=None)
     if name == "polca":
-        polca_plan = plan or relative_clocks(POLCA_PLAN, _A100_MAX_MHZ)
+        polca_plan = plan or POLCA_TABLE
         return PolicyConfig(
             name="polca",
             plan=replace(polca_plan, settle_s=polca_delay_s),

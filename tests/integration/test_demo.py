@@ -69,7 +69,9 @@ def test_summary_and_plot_are_written(demo: tuple[DemoResult, Path]) -> None:
     assert "brake-level excursions with POLCA" in text
     assert "throttled GPU-s, training" in text
     assert result.plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / "view.txt").read_text().count("domain power") == 1
+    view = (out / "view.txt").read_text()  # the live view's last frame
+    assert view.count("recent Kubernetes events") == 1
+    assert "kubectl get pp,nps -o wide" in view
     assert result.recording_path.stat().st_size > 1000
     assert result.summary.samples >= 20
 

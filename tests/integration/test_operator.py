@@ -460,7 +460,7 @@ def test_policy_update_changes_thresholds(
     assert env.status(policy)["observedGeneration"] == 2
     eventually("ceilings applied", lambda: env.ceilings() == stage1_ceilings())
 
-    apply_policy(env, policy, domain, stages=stages((95, 90)))
+    apply_policy(env, policy, domain, stages=stages((88, 83)))
     eventually("released under the higher release", lambda: env.stage(policy) == "normal", 30)
     assert env.status(policy)["observedGeneration"] == 3
 

@@ -134,6 +134,19 @@ class DemoResult:
     cpu_cores: float | None  # mean CPU use of every demo process during the replay
 
 
+def telemetry_source(
+    wanted: Literal["auto", "prometheus", "direct"], *, prometheus_installed: bool
+) -> Literal["prometheus", "direct"]:
+    """The policy's telemetry: Prometheus when wanted or (auto) installed, else direct."""
+    if wanted == "prometheus" and not prometheus_installed:
+        raise PrometheusError(
+            "prometheus is not installed; `make prometheus` (as root) installs it"
+        )
+    if wanted == "direct" or not prometheus_installed:
+        return "direct"
+    return "prometheus"
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """CPU time (user + system, all threads) the live processes among `pids` have used."""
     ticks = os.sysconf("SC_CLK_TCK")
@@ -159,6 +172,10 @@ class _Started:
     ports: list[int] = field(default_factory=list)
 
     def leftovers(self) -> Leftovers:
+        # A group leader that died after its last liveness check is a zombie until reaped.
+        for pid in self.pids:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
         return Leftovers(
             pids=tuple(p for p in self.pids if group_alive(p)),
             ports=tuple(p for p in self.ports if port_open(p)),
@@ -307,14 +324,14 @@ class _DemoRun:
 
     def start_prometheus(self, stack: contextlib.ExitStack, nodes: list[SimNode]) -> str | None:
         """Prometheus' URL, or None for direct telemetry."""
-        if self.settings.telemetry == "direct":
-            return None
         try:
             find_prometheus()
+            installed = True
         except PrometheusError:
-            if self.settings.telemetry == "prometheus":
-                raise
-            self.say(f"[yellow]{PROMETHEUS_HINT}[/yellow]")
+            installed = False
+        if telemetry_source(self.settings.telemetry, prometheus_installed=installed) == "direct":
+            if not installed:
+                self.say(f"[yellow]{PROMETHEUS_HINT}[/yellow]")
             return None
         targets = [f"127.0.0.1:{n.metrics_port}" for n in nodes]
         prom = start_prometheus(self.out / "prometheus", targets)

@@ -238,12 +238,12 @@ def plot_run(recording: Recording, path: Path) -> Path:
         ax_power.axhline(trigger_pct, color="tab:orange", linewidth=0.8, linestyle=":")
         ax_power.annotate(
             " / ".join(names),
-            (1.0, trigger_pct),
+            (0.01, trigger_pct),  # left: the run starts below the triggers (the ramp)
             xycoords=("axes fraction", "data"),
             fontsize=7,
             color="tab:orange",
             va="bottom",
-            ha="right",
+            ha="left",
         )
     ax_power.set_ylabel("% of budget")
     ax_power.set_title(

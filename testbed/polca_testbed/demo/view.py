@@ -115,8 +115,9 @@ def _power_panel(recording: Recording, width: int) -> Panel:
         lines.append(
             f"  last {len(history)} samples, {SPARK_LOW_PCT:.0f}–{SPARK_HIGH_PCT:.0f}%", style="dim"
         )
-    title = f"budget {recording.budget_w / 1000:.1f} kW"
-    return Panel(lines, title=title, title_align="left")
+    title = f"domain power, % of the {recording.budget_w / 1000:.1f} kW budget"
+    legend = "│ stage triggers   ┃ budget (100%)"
+    return Panel(lines, title=title, title_align="left", subtitle=legend, subtitle_align="right")
 
 
 def _stage_panel(recording: Recording) -> Panel:
@@ -137,9 +138,9 @@ def _stage_panel(recording: Recording) -> Panel:
             f"for {last.t_s - since:.0f} s)"
         )
         if last.operator_power_w is not None:
-            text.append(
-                f"   operator sees {recording.percent(last.operator_power_w):5.1f}%", style="dim"
-            )
+            # The operator refreshes status.powerWatts slowly between decisions.
+            operator_pct = recording.percent(last.operator_power_w)
+            text.append(f"   status.powerWatts: {operator_pct:5.1f}%", style="dim")
     return Panel(text, title="stage (PowerPolicy status)", title_align="left")
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from pydantic import ValidationError
@@ -21,6 +21,8 @@ from polca_testbed.demo.policy import (
     load_policy_file,
     stage_lines,
 )
+from polca_testbed.demo.run import telemetry_source
+from polca_testbed.prometheus import PrometheusError
 
 REPO = Path(__file__).resolve().parents[3]
 DEFAULT_POLICY = REPO / "examples" / "polca-default.yaml"
@@ -134,3 +136,23 @@ def test_pods_are_bound_and_hold_every_gpu() -> None:
     assert pod["metadata"]["name"] == objects.pod_name(TIER_TRAIN, "demo-03")
     with pytest.raises(ValueError, match="unknown workload"):
         objects.pod("batch", "demo-01", 1)
+
+
+@pytest.mark.parametrize(
+    ("wanted", "installed", "source"),
+    [
+        ("auto", True, "prometheus"),
+        ("auto", False, "direct"),
+        ("direct", True, "direct"),
+        ("prometheus", True, "prometheus"),
+    ],
+)
+def test_telemetry_falls_back_to_direct_without_prometheus(
+    wanted: Literal["auto", "prometheus", "direct"], installed: bool, source: str
+) -> None:
+    assert telemetry_source(wanted, prometheus_installed=installed) == source
+
+
+def test_asking_for_a_missing_prometheus_is_an_error() -> None:
+    with pytest.raises(PrometheusError, match="make prometheus"):
+        telemetry_source("prometheus", prometheus_installed=False)

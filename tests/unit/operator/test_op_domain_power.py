@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from polca_operator.domain_power import DomainNode, NodeSample, combine, fresh_samples
+from polca_operator.domain_power import DomainNode, NodeSample, combine
 
 NOW_S = 1000.0
 
@@ -81,6 +81,11 @@ def test_age_is_never_negative_when_the_source_clock_runs_ahead() -> None:
     assert power.age_s(NOW_S) == 0.0
 
 
-def test_fresh_samples_drops_negative_power() -> None:
+def test_negative_power_is_not_a_sample() -> None:
     samples = {"a": NodeSample(-1.0, NOW_S), "b": NodeSample(1.0, NOW_S)}
-    assert set(fresh_samples(samples, now_s=NOW_S, staleness_s=5)) == {"b"}
+    power = combine(
+        [DomainNode("a", reporting=False), DomainNode("b")], samples, overhead_w=0, now_s=NOW_S,
+        staleness_s=5,
+    )  # fmt: skip
+    assert power is not None
+    assert power.measured_nodes == 1

@@ -32,6 +32,6 @@ def test_gives_up_after_the_wait_naming_the_nodes() -> None:
     holding = {f"n{i:02d}": {"row-a"} for i in range(12)}
     verdict = restore_verdict("row-a", view(holding), waited_s=121, wait_s=120)
     assert verdict.outcome == "gave-up"
-    assert "12 nodes still report it" in verdict.message
+    assert "while 12 nodes still report it" in verdict.message
     assert verdict.message.count(", ") >= 9
     assert "and 2 more" in verdict.message

@@ -146,3 +146,18 @@ def test_fit_trace(trace_file: Path, capsys: pytest.CaptureFixture[str]) -> None
     fitted = json.loads(capsys.readouterr().out)
     assert fitted["rate_per_s"] > 0
     assert "context_log_mean" in fitted
+
+
+def test_named_plan_and_low_latency_criterion(
+    trace_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["simulate", "--trace", str(trace_file), *TINY, "--oversubscription", "0.5", "--json"]
+    assert (
+        main([*args, "--policy", "polca-k8s", "--plan", "polca-table", "--max-low-p50-impact", "0"])
+        == 0
+    )
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    assert len(result["stage_time_pct"]) == 5  # the paper's table: normal, 3 stages, brake
+    low = result["tiers"]["low"]
+    if low["e2e_p50_impact"] is not None and low["e2e_p50_impact"] >= 0:
+        assert any("low-priority P50" in f for f in result["failures"])

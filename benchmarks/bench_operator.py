@@ -1,0 +1,585 @@
+"""The operator's figures (issue 5). Printed, never asserted.
+
+1. Controller cost per decision, in process: one `ControlLoop.cycle` (domain membership,
+   telemetry combination, the pure controller, the status writer; no HTTP) for domains of
+   1,000 and 10,000 nodes, with the domain cached (steady) and rebuilt (a node changed).
+2. Status writes per minute in steady state and per stage change, in process with fake time,
+   for 20, 1,000 and 10,000 nodes (target: independent of node count).
+3. Live, on the real control plane: 20 simulated nodes × 8 fake H100s (`polca-node` processes),
+   a real Prometheus scraping them every 1 s, the operator at a 1 s control interval.
+   Reaction time: from writing the load that takes the domain over its stage-1 trigger to
+   every targeted (idle-tier) GPU carrying its 1275 MHz ceiling, read from the fake GPUs'
+   state files; p50/p95 over the trials (target p95 ≤ 3 s; POLCA's out-of-band path: up to
+   40 s). API writes to PowerPolicies counted by the kube-apiserver itself
+   (`apiserver_request_total`), per minute in steady state and per stage change.
+4. Operator RSS in a cluster of 1,000 Nodes (each with a NodePowerState) and 10,000 Pods, one
+   policy over all nodes (target < 300 MB).
+
+    python benchmarks/bench_operator.py [--trials 10] [--skip-live] [--skip-rss]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Collection, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kubernetes.client
+from prometheus_client.parser import text_string_to_metric_families
+
+from polca.api.nodepowerstate import GpuStatus, NodePowerStateStatus
+from polca_operator.domain_power import NodeSample
+from polca_operator.fakes import (
+    DOMAIN_LABEL,
+    RecordingEvents,
+    RecordingSink,
+    domain_view,
+    make_harness,
+    policy_body,
+)
+from polca_operator.loop import ControlLoop, LoopDeps
+from polca_operator.metrics import Health, OperatorMetrics
+from polca_operator.telemetry import PowerQuery, PowerReader, SourceName
+from polca_testbed.cluster import Cluster, start_cluster
+from polca_testbed.nodes import SimNodes
+from polca_testbed.processes import free_port, start_process, stop_group, wait_until
+from polca_testbed.prometheus import start_prometheus
+
+REPO = Path(__file__).resolve().parents[1]
+GPUS_PER_NODE = 8
+HIGH_GPUS = (0, 1, 2, 3)  # held by a high-tier pod on every node; the rest are idle
+STAGE1_MHZ = 1275
+IDLE_LOAD = {"decode": 0.3}  # about 38% of the budget
+BUSY_LOAD = {"decode": 1.0}  # about 87%: stage 1 (80%) but not stage 2 (89%)
+BUDGET_PER_NODE_W = 3500.0
+REACTION_TARGET_S = 3.0
+RSS_TARGET_MB = 300.0
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1))))
+    return ordered[rank]
+
+
+# --- 1. controller cost, in process -----------------------------------------------------------
+
+
+class EveryNodeSource:
+    """A telemetry source that answers at once for every node (the cost is ours, not HTTP's)."""
+
+    name: SourceName = "direct"
+
+    def __init__(self, node_power_w: float) -> None:
+        self.node_power_w = node_power_w
+
+    async def node_samples(
+        self,
+        query: PowerQuery,  # noqa: ARG002 - every node answers, whatever is asked
+        nodes: Collection[str],
+    ) -> dict[str, NodeSample]:
+        now = time.time()
+        return {n: NodeSample(self.node_power_w, now) for n in nodes}
+
+
+async def _cycle_costs(nodes: int, cycles: int, *, rebuild: bool) -> list[float]:
+    view = domain_view(nodes)
+    deps = LoopDeps(
+        reader=PowerReader(None, EveryNodeSource(2_000.0)),
+        status_sink=RecordingSink(),
+        metrics=OperatorMetrics(),
+        health=Health(),
+    )
+    loop = ControlLoop("bench", deps, RecordingEvents())
+    body = policy_body(budget_w=nodes * BUDGET_PER_NODE_W)
+    await loop.cycle(body, view)  # parse the spec once, as the running loop does
+    costs = []
+    for _ in range(cycles):
+        if rebuild:
+            view.version += 1
+        started = time.process_time()  # CPU time: other processes on the machine do not count
+        await loop.cycle(body, view)
+        costs.append(time.process_time() - started)
+    return costs
+
+
+def controller_cost() -> list[str]:
+    lines = []
+    for nodes, cycles in ((1_000, 200), (10_000, 40)):
+        for rebuild in (False, True):
+            costs = asyncio.run(_cycle_costs(nodes, cycles, rebuild=rebuild))
+            kind = "domain rebuilt" if rebuild else "steady"
+            lines.append(
+                f"  {nodes:>6} nodes, {kind:<14}: median {statistics.median(costs) * 1e3:7.2f} ms, "
+                f"p95 {percentile(costs, 95) * 1e3:7.2f} ms CPU per decision"
+            )
+    return lines
+
+
+# --- 2. status writes, in process with fake time --------------------------------------------
+
+
+async def _writes(nodes: int) -> tuple[float, float]:
+    """(writes per minute at a steady load, writes per stage change) over a 10-minute script."""
+    h = make_harness()
+    loop = h.loop()
+    body, view = policy_body(), domain_view(nodes)
+
+    async def run(util_pct: float, seconds: int) -> int:
+        before = len(h.sink.patches)
+        h.reader.power_w = util_pct * 100_000.0 / 100
+        for _ in range(seconds):
+            await loop.cycle(body, view)
+            h.clock.advance(1.0)
+        return len(h.sink.patches) - before
+
+    await run(50, 5)  # first write
+    steady = await run(50, 300)
+    changing_writes = 0
+    for util, seconds in ((85, 10), (92, 10), (92, 10), (50, 100), (85, 10), (50, 60)):
+        changing_writes += await run(util, seconds)
+    changes = int(
+        sum(
+            h.metrics.registry.get_sample_value(
+                "polca_decisions_total", {"policy": "row-a", "change": c}
+            )
+            or 0
+            for c in ("up", "down")
+        )
+    )
+    return steady / 5.0, changing_writes / max(changes, 1)
+
+
+def writes_in_process() -> list[str]:
+    lines = []
+    for nodes in (20, 1_000, 10_000):
+        per_min, per_change = asyncio.run(_writes(nodes))
+        lines.append(
+            f"  {nodes:>6} nodes: {per_min:.1f} status writes/min steady, "
+            f"{per_change:.2f} writes per stage change (figure refreshes included)"
+        )
+    return lines
+
+
+# --- 3. live: reaction time and API writes --------------------------------------------------
+
+
+def _metric(url: str, name: str, **labels: str) -> float:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def policy_writes(cluster: Cluster) -> dict[str, float]:
+    """Writes to PowerPolicies (by subresource) and NodePowerStates, from the apiserver."""
+    text = cluster.kubectl("get", "--raw", "/metrics", timeout_s=30).stdout
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "apiserver_request":
+            continue
+        for sample in family.samples:
+            labels = sample.labels
+            if (
+                sample.name != "apiserver_request_total"
+                or labels.get("group") != "polca.dev"
+                or labels.get("verb") not in ("PATCH", "UPDATE", "POST", "APPLY", "DELETE")
+            ):
+                continue
+            key = labels["resource"] + (
+                "/" + labels["subresource"] if labels.get("subresource") else ""
+            )
+            counts[key] = counts.get(key, 0.0) + sample.value
+    return counts
+
+
+def _delta(after: dict[str, float], before: dict[str, float], prefix: str) -> float:
+    return sum(v - before.get(k, 0.0) for k, v in after.items() if k.startswith(prefix))
+
+
+@dataclass
+class Live:
+    cluster: Cluster
+    nodes: SimNodes
+    operator_metrics: str
+    policy: str
+
+    def stage(self) -> str | None:
+        out = self.cluster.kubectl("get", "powerpolicy", self.policy, "-o", "json").stdout
+        stage: str | None = (json.loads(out).get("status") or {}).get("stage")
+        return stage
+
+    def set_load(self, load: dict[str, float]) -> None:
+        for node in self.nodes.nodes.values():
+            node.set_load(load)
+
+    def targeted_capped(self) -> bool:
+        for node in self.nodes.nodes.values():
+            ceilings = node.clock_ceilings_mhz()
+            if any(ceilings[i] != STAGE1_MHZ for i in range(GPUS_PER_NODE) if i not in HIGH_GPUS):
+                return False
+        return True
+
+    def uncapped(self) -> bool:
+        return all(
+            all(c is None for c in node.clock_ceilings_mhz()) for node in self.nodes.nodes.values()
+        )
+
+    def stage_changes(self) -> float:
+        return sum(
+            _metric(self.operator_metrics, "polca_decisions_total", policy=self.policy, change=c)
+            for c in ("up", "down")
+        )
+
+
+def _wait(
+    what: str, condition: Callable[[], bool], timeout_s: float, poll_s: float = 0.05
+) -> float:
+    """Wait for `condition`; the monotonic time it first held."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return time.monotonic()
+        time.sleep(poll_s)
+    raise TimeoutError(f"{what} not within {timeout_s:.0f} s")
+
+
+def _start_nodes(cluster: Cluster, nodes: SimNodes, count: int) -> None:
+    for i in range(count):
+        node = nodes.add(f"bench-{i:02d}", labels={DOMAIN_LABEL: "bench"})
+        pod = f"llm-{i:02d}"
+        cluster.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {
+                        "name": pod,
+                        "namespace": "default",
+                        "labels": {"polca.dev/tier": "high"},
+                    },
+                    "spec": {"nodeName": node.name, "containers": [{"name": "main", "image": "x"}]},
+                }
+            ),
+        )
+        node.assign_pod("default", pod, HIGH_GPUS)
+
+
+def live(
+    cluster: Cluster, work: Path, *, node_count: int, trials: int, steady_s: float
+) -> list[str]:
+    with SimNodes(cluster.kubeconfig) as nodes:
+        started = time.monotonic()
+        _start_nodes(cluster, nodes, node_count)
+        print(
+            f"  ({node_count} simulated nodes up in {time.monotonic() - started:.0f} s)", flush=True
+        )
+        prom = start_prometheus(
+            work / "prometheus", [f"127.0.0.1:{n.metrics_port}" for n in nodes.nodes.values()]
+        )
+        port = free_port()
+        operator = start_process(
+            [
+                sys.executable,
+                "-m",
+                "polca_operator.main",
+                "--standalone",
+                "--metrics-host",
+                "127.0.0.1",
+                "--metrics-port",
+                str(port),
+                "--prometheus-url",
+                prom.url,
+            ],
+            log_path=work / "operator.log",
+            env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
+        )
+        try:
+            prom.wait_for("polca_gpu_power_watts", count=node_count * GPUS_PER_NODE, timeout_s=60)
+            policy = {
+                "apiVersion": "polca.dev/v1alpha1",
+                "kind": "PowerPolicy",
+                "metadata": {"name": "bench"},
+                "spec": {
+                    "nodeSelector": {"matchLabels": {DOMAIN_LABEL: "bench"}},
+                    "budgetWatts": node_count * BUDGET_PER_NODE_W,
+                    "telemetry": {
+                        "source": "prometheus",
+                        "prometheusURL": prom.url,
+                        "stalenessSeconds": 5,
+                    },
+                    "controlIntervalSeconds": 1,
+                    "settleSeconds": 5,
+                    "holdSeconds": 3,
+                },
+            }
+            cluster.kubectl("apply", "-f", "-", input=json.dumps(policy))
+            run = Live(cluster, nodes, f"http://127.0.0.1:{port}/metrics", "bench")
+            _wait("stage normal", lambda: run.stage() == "normal", 60, 0.5)
+
+            reactions = []
+            writes_before, changes_before = policy_writes(cluster), run.stage_changes()
+            for trial in range(trials):
+                run.set_load(BUSY_LOAD)
+                loaded = time.monotonic()
+                capped = _wait("targeted GPUs capped", run.targeted_capped, 60)
+                reactions.append(capped - loaded)
+                print(f"  trial {trial + 1}: {capped - loaded:.2f} s", flush=True)
+                run.set_load(IDLE_LOAD)
+                _wait(
+                    "released and uncapped",
+                    lambda: run.stage() == "normal" and run.uncapped(),
+                    60,
+                    0.25,
+                )
+                time.sleep(1.0)
+            writes_after, changes_after = policy_writes(cluster), run.stage_changes()
+            changes = changes_after - changes_before
+            per_change = _delta(writes_after, writes_before, "powerpolicies") / max(changes, 1)
+
+            time.sleep(5)
+            before = policy_writes(cluster)
+            time.sleep(steady_s)
+            after = policy_writes(cluster)
+            per_min = 60 * _delta(after, before, "powerpolicies") / steady_s
+            nps_per_min = 60 * _delta(after, before, "nodepowerstates") / steady_s
+        finally:
+            stop_group(operator.pid)
+            prom.stop()
+    p95 = percentile(reactions, 95)
+    return [
+        f"  reaction time over {len(reactions)} trials: p50 {statistics.median(reactions):.2f} s, "
+        f"p95 {p95:.2f} s, max {max(reactions):.2f} s (target p95 ≤ {REACTION_TARGET_S:g} s: "
+        f"{'met' if p95 <= REACTION_TARGET_S else 'MISSED'})",
+        f"  PowerPolicy writes: {per_min:.1f}/min in steady state, {per_change:.2f} per stage "
+        f"change ({int(changes)} changes); for scale, the {node_count} daemons' NodePowerState "
+        f"writes: {nps_per_min:.1f}/min",
+    ]
+
+
+# --- 4. operator RSS with 1,000 Nodes and 10,000 Pods ---------------------------------------
+
+
+def _rss_mb(pid: int) -> tuple[float, float]:
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) / 1024
+    return values["VmRSS"], values["VmHWM"]
+
+
+def _nps_status(node: str) -> dict[str, Any]:
+    gpus = [
+        GpuStatus(
+            index=i,
+            uuid=f"GPU-{node}-{i}",
+            model="NVIDIA H100 80GB HBM3",
+            max_clock_mhz=1980,
+            default_power_limit_watts=700,
+            min_power_limit_watts=200,
+            max_power_limit_watts=700,
+            tier="idle",
+            power_watts=150.0,
+        )
+        for i in range(GPUS_PER_NODE)
+    ]
+    status = NodePowerStateStatus(gpus=gpus, gpu_count=GPUS_PER_NODE, throttled_gpu_count=0)
+    return status.to_wire()
+
+
+def _in_parallel(calls: Iterable[Callable[[], object]], workers: int = 8) -> None:
+    with ThreadPoolExecutor(workers) as pool:
+        for future in [pool.submit(call) for call in calls]:
+            future.result()
+
+
+def populate(cluster: Cluster, nodes: int, pods: int) -> None:
+    client = cluster.api_client()
+    core = kubernetes.client.CoreV1Api(client)
+    custom = kubernetes.client.CustomObjectsApi(client)
+    names = [f"rss-{i:05d}" for i in range(nodes)]
+    labels = {
+        DOMAIN_LABEL: "rss",
+        "node.kubernetes.io/instance-type": "gpu-8x-h100",
+        "topology.kubernetes.io/zone": "zone-a",
+        "nvidia.com/gpu.present": "true",
+    }
+
+    def node(name: str) -> Callable[[], object]:
+        body = {"metadata": {"name": name, "labels": {**labels, "kubernetes.io/hostname": name}}}
+        return lambda: core.create_node(body)
+
+    def nps(name: str) -> Callable[[], object]:
+        def create() -> object:
+            custom.create_cluster_custom_object(
+                "polca.dev",
+                "v1alpha1",
+                "nodepowerstates",
+                {
+                    "apiVersion": "polca.dev/v1alpha1",
+                    "kind": "NodePowerState",
+                    "metadata": {"name": name},
+                    "spec": {"nodeName": name},
+                },
+            )
+            return custom.patch_cluster_custom_object_status(
+                "polca.dev", "v1alpha1", "nodepowerstates", name, {"status": _nps_status(name)}
+            )
+
+        return create
+
+    def pod(i: int) -> Callable[[], object]:
+        body = {
+            "metadata": {"name": f"rss-pod-{i:05d}", "labels": {"app": f"svc-{i % 50}"}},
+            "spec": {"nodeName": names[i % nodes], "containers": [{"name": "main", "image": "x"}]},
+        }
+        return lambda: core.create_namespaced_pod("default", body)
+
+    _in_parallel(node(n) for n in names)
+    _in_parallel(nps(n) for n in names)
+    _in_parallel(pod(i) for i in range(pods))
+
+
+def operator_rss(cluster: Cluster, work: Path, *, nodes: int, pods: int) -> list[str]:
+    port = free_port()
+    operator = start_process(
+        [
+            sys.executable,
+            "-m",
+            "polca_operator.main",
+            "--standalone",
+            "--metrics-host",
+            "127.0.0.1",
+            "--metrics-port",
+            str(port),
+        ],
+        log_path=work / "operator-rss.log",
+        env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
+    )
+    try:
+        wait_until(lambda: _healthy(port), timeout_s=60, what="operator")
+        time.sleep(5)
+        idle_rss, _ = _rss_mb(operator.pid)
+        started = time.monotonic()
+        populate(cluster, nodes, pods)
+        print(
+            f"  ({nodes} Nodes + NodePowerStates and {pods} Pods created in "
+            f"{time.monotonic() - started:.0f} s)",
+            flush=True,
+        )
+        cluster.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=json.dumps(
+                {
+                    "apiVersion": "polca.dev/v1alpha1",
+                    "kind": "PowerPolicy",
+                    "metadata": {"name": "rss"},
+                    "spec": {
+                        "nodeSelector": {"matchLabels": {DOMAIN_LABEL: "rss"}},
+                        "budgetWatts": nodes * BUDGET_PER_NODE_W,
+                    },
+                }
+            ),
+        )
+
+        def counted() -> bool:
+            out = cluster.kubectl("get", "powerpolicy", "rss", "-o", "json").stdout
+            return (json.loads(out).get("status") or {}).get("gpuCount") == nodes * GPUS_PER_NODE
+
+        wait_until(counted, timeout_s=120, what="the policy counting every node's GPUs")
+        samples = []
+        for _ in range(15):
+            samples.append(_rss_mb(operator.pid)[0])
+            time.sleep(1)
+        rss, peak = max(samples), _rss_mb(operator.pid)[1]
+    finally:
+        stop_group(operator.pid)
+    return [
+        f"  operator RSS: {idle_rss:.0f} MB in an empty cluster; with {nodes} Nodes, {nodes} "
+        f"NodePowerStates and {pods} Pods: {rss:.0f} MB (peak {peak:.0f} MB; target < "
+        f"{RSS_TARGET_MB:g} MB: {'met' if peak < RSS_TARGET_MB else 'MISSED'})"
+    ]
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--nodes", type=int, default=20, help="simulated nodes (live part)")
+    parser.add_argument("--steady-seconds", type=float, default=60.0)
+    parser.add_argument("--rss-nodes", type=int, default=1_000)
+    parser.add_argument("--rss-pods", type=int, default=10_000)
+    parser.add_argument("--skip-live", action="store_true")
+    parser.add_argument("--skip-rss", action="store_true")
+    args = parser.parse_args()
+
+    print("controller cost per decision (in process; node samples built, no HTTP):", flush=True)
+    print("\n".join(controller_cost()), flush=True)
+    print("status writes (in process, fake time):", flush=True)
+    print("\n".join(writes_in_process()), flush=True)
+    if args.skip_live and args.skip_rss:
+        return
+    with tempfile.TemporaryDirectory(prefix="polca-bench-operator-") as tmp:
+        work = Path(tmp)
+        cluster = start_cluster(work / "cluster")
+        try:
+            cluster.kubectl("apply", "-f", str(REPO / "crds"))
+            cluster.kubectl(
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/powerpolicies.polca.dev",
+                "crd/nodepowerstates.polca.dev",
+            )
+            if not args.skip_live:
+                print(
+                    f"live: {args.nodes} nodes × {GPUS_PER_NODE} GPUs, 1 s scrape, 1 s "
+                    "control interval:",
+                    flush=True,
+                )
+                lines = live(
+                    cluster,
+                    work,
+                    node_count=args.nodes,
+                    trials=args.trials,
+                    steady_s=args.steady_seconds,
+                )
+                print("\n".join(lines), flush=True)
+            if not args.skip_rss:
+                print(f"memory: {args.rss_nodes} Nodes, {args.rss_pods} Pods:", flush=True)
+                lines = operator_rss(cluster, work, nodes=args.rss_nodes, pods=args.rss_pods)
+                print("\n".join(lines), flush=True)
+        finally:
+            cluster.stop()
+
+
+if __name__ == "__main__":
+    main()
