@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import statistics
@@ -540,6 +541,7 @@ def main() -> None:
     parser.add_argument("--skip-live", action="store_true")
     parser.add_argument("--skip-rss", action="store_true")
     args = parser.parse_args()
+    gc.freeze()  # as polca-operator does before it starts
 
     print("controller cost per decision (in process; node samples built, no HTTP):", flush=True)
     print("\n".join(controller_cost()), flush=True)

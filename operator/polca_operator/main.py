@@ -125,7 +125,7 @@ def parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> argparse.N
         default=DEFAULT_RESTORE_WAIT_S,
         metavar="SECONDS",
         help="how long a deleted policy waits for its nodes to restore defaults before it "
-        "goes anyway, with a warning event (default %(default)s)",
+        "goes anyway, with a warning event; inf: until they do (default %(default)s)",
     )
     parser.add_argument(
         "--log-level",

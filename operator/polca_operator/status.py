@@ -206,11 +206,6 @@ class StatusWriter:
         self._ready: bool | None = None
         self.writes = 0
 
-    @property
-    def written(self) -> Mapping[str, Any]:
-        """The owned status fields as last written (or found at start)."""
-        return self._written
-
     def desired(self, report: CycleReport, now: datetime) -> dict[str, Any]:
         """The owned status fields for this report (None deletes a field)."""
         stage_since = self._written.get("stageSince")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 
 import numpy as np
@@ -97,7 +97,6 @@ class SimResult:
     train_iterations: float  # completed within duration_s
     stage_changes: int
     guard_actions: int = 0
-    extra: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def budget_w(self) -> float:
@@ -156,11 +155,9 @@ class _Run:
         self.finish = np.full(r, np.nan)
         self.n_steps = round((config.duration_s + config.drain_s) / self.dt)
         self.horizon = config.horizon_steps
-        edges = np.arange(self.n_steps + 1) * self.dt
-        edges[self.horizon :] = np.inf  # no arrivals during the drain
-        edges[self.horizon] = config.duration_s
-        self.bounds = np.searchsorted(requests.arrival_s, edges[: self.n_steps + 1], side="left")
-        self.bounds[self.horizon + 1 :] = self.bounds[self.horizon]
+        # Requests arriving in step k: bounds[k]..bounds[k + 1]; none during the drain.
+        edges = np.minimum(np.arange(self.n_steps + 1) * self.dt, config.duration_s)
+        self.bounds = np.searchsorted(requests.arrival_s, edges, side="left")
 
         # Per inference server queues.
         self.enq = np.zeros(self.s)
@@ -443,18 +440,18 @@ class _Run:
         pol = self.cfg.policy
         periods = math.floor((t - pol.telemetry_latency_s) / pol.telemetry_period_s + 1e-9)
         sample_t = periods * pol.telemetry_period_s
-        power: float | None = None
-        age: float | None = None
-        if sample_t >= 0:
-            step = min(k, round(sample_t / self.dt))
-            power, age = float(self.metered[step]), t - sample_t
+        if sample_t < 0:
+            # The operator was running before the simulated window: it waits for the first
+            # sample instead of starting in its failsafe stage.
+            return
+        step = min(k, round(sample_t / self.dt))
         d = decide(
             self.plan,
             self.ctrl_state,
             now_s=t,
-            domain_power_w=power,
+            domain_power_w=float(self.metered[step]),
             budget_w=self.budget_w,
-            sample_age_s=age,
+            sample_age_s=t - sample_t,
         )
         self.ctrl_state = d.state
         if d.changed:

@@ -178,7 +178,7 @@ def _main() -> None:  # pragma: no cover - manual use
     parser.add_argument("targets", nargs="*")
     args = parser.parse_args()
     prom = start_prometheus(args.dir, args.targets)
-    print(prom.url, flush=True)  # noqa: T201
+    print(prom.url, flush=True)
     try:
         while prom.alive():
             time.sleep(1)

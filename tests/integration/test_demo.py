@@ -5,7 +5,6 @@ One run serves every test (module fixture): it takes about a minute on two cores
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from rich.console import Console
 
 from polca_testbed.cluster import REPO_ROOT
 from polca_testbed.demo.run import DemoResult, DemoSettings, run_demo
+from polca_testbed.demo.tracking import process_start_ticks
 
 pytestmark = pytest.mark.slow
 
@@ -81,10 +81,10 @@ def test_nothing_is_left_running(demo: tuple[DemoResult, Path]) -> None:
     leftovers = result.leftovers
     assert leftovers.clean, leftovers
     # The demo's own check, checked: etcd, apiserver, 3 kubelets, 3 daemons, operator at least.
-    assert len(leftovers.started_pids) >= 9
-    for pid in leftovers.started_pids:
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
+    assert len(leftovers.started_processes) >= 9
+    for pid, start_ticks in leftovers.started_processes:
+        assert start_ticks is not None
+        assert process_start_ticks(pid) != start_ticks, f"pid {pid} still runs"
     for port in leftovers.started_ports:
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still answers"

@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,19 +53,13 @@ from polca_testbed.demo.policy import (
 from polca_testbed.demo.probe import Probe
 from polca_testbed.demo.recording import Recording, Sample, build_sample, recording_to_json
 from polca_testbed.demo.summary import Summary, plot_run, summarize, summary_table, summary_text
+from polca_testbed.demo.tracking import Leftovers, Started, cpu_seconds, terminate_groups
 from polca_testbed.demo.view import ViewInfo, render, render_text
 from polca_testbed.nodes import SimNode, SimNodes
-from polca_testbed.processes import (
-    free_port,
-    group_alive,
-    port_open,
-    start_process,
-    stop_group,
-    wait_until,
-)
+from polca_testbed.processes import free_port, start_process, stop_group, wait_until
 from polca_testbed.prometheus import PrometheusError, find_prometheus, start_prometheus
 
-__all__ = ["DemoResult", "DemoSettings", "Leftovers", "run_demo"]
+__all__ = ["DemoResult", "DemoSettings", "run_demo", "telemetry_source"]
 
 POLICY_NAME = "polca-demo"
 DEFAULT_POLICY = REPO_ROOT / "examples" / "polca-default.yaml"
@@ -108,21 +103,6 @@ class DemoSettings:
 
 
 @dataclass(frozen=True)
-class Leftovers:
-    """What was still running after the shutdown (both empty after a clean one), of what the
-    demo had started."""
-
-    pids: tuple[int, ...]
-    ports: tuple[int, ...]
-    started_pids: tuple[int, ...]
-    started_ports: tuple[int, ...]
-
-    @property
-    def clean(self) -> bool:
-        return not self.pids and not self.ports
-
-
-@dataclass(frozen=True)
 class DemoResult:
     summary: Summary
     recording: Recording
@@ -147,41 +127,8 @@ def telemetry_source(
     return "prometheus"
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """CPU time (user + system, all threads) the live processes among `pids` have used."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
-    return total
-
-
 class _Stop(Exception):  # noqa: N818 - a signal, not an error
     """SIGTERM: end the replay like Ctrl-C does."""
-
-
-@dataclass
-class _Started:
-    """Pids and ports of everything the demo started, for the leftover check."""
-
-    pids: list[int] = field(default_factory=list)
-    ports: list[int] = field(default_factory=list)
-
-    def leftovers(self) -> Leftovers:
-        # A group leader that died after its last liveness check is a zombie until reaped.
-        for pid in self.pids:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-        return Leftovers(
-            pids=tuple(p for p in self.pids if group_alive(p)),
-            ports=tuple(p for p in self.ports if port_open(p)),
-            started_pids=tuple(self.pids),
-            started_ports=tuple(self.ports),
-        )
 
 
 def node_names(count: int) -> list[str]:
@@ -224,13 +171,6 @@ def _sigterm_as_stop() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _terminate_groups(pids: list[int]) -> None:
-    """SIGTERM every group at once, so they shut down in parallel before each is waited for."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-
-
 def _kubectl_apply(cluster: Cluster, *documents: object) -> None:
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(documents))
 
@@ -252,7 +192,7 @@ class _DemoRun:
             gpus=settings.gpus,
             oversubscription=settings.oversubscription,
         )
-        self.started = _Started()
+        self.started = Started()
         self.cpu_cores: float | None = None
 
     def _cpu_s(self) -> float:
@@ -289,22 +229,33 @@ class _DemoRun:
     def start_control_plane(self, stack: contextlib.ExitStack) -> Cluster:
         cluster = start_cluster(self.out / "cluster", bin_dir=self.settings.bin_dir)
         stack.callback(cluster.stop)
-        self.started.pids.extend(cluster.pids.values())
+        self.started.add(*cluster.pids.values())
         self.started.ports.extend([cluster.api_port, cluster.etcd_port])
         self.say(f"control plane up at {cluster.server}")
         cluster.kubectl("apply", "-f", str(REPO_ROOT / "crds"))
         crds = ("crd/powerpolicies.polca.dev", "crd/nodepowerstates.polca.dev")
         cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *crds)
+        _kubectl_apply(cluster, objects.namespace(), objects.priority_class())
         gpus = self.settings.gpus
-        pods = (objects.pod(kind, node, gpus) for node, kind in self.workloads.items())
-        _kubectl_apply(cluster, objects.namespace(), objects.priority_class(), *pods)
+        pods = [objects.pod(kind, node, gpus) for node, kind in self.workloads.items()]
+        # The Priority admission plugin resolves priorityClassName from its informer, which
+        # may lag the PriorityClass just created by a moment.
+        for attempt in range(5):
+            try:
+                _kubectl_apply(cluster, *pods)
+                break
+            except subprocess.CalledProcessError as exc:
+                if attempt == 4 or "PriorityClass" not in exc.stderr:
+                    raise
+                time.sleep(0.5)
         return cluster
 
     def start_nodes(self, stack: contextlib.ExitStack, cluster: Cluster) -> list[SimNode]:
         settings = self.settings
-        sim = SimNodes(cluster.kubeconfig)
+        sim = SimNodes(cluster.kubeconfig, keep_dirs=True)
+        nodes: list[SimNode] = []
+        stack.callback(self._keep_node_logs, nodes)  # after stop_all: the logs are complete
         stack.callback(sim.stop_all)
-        nodes = []
         for name, workload in self.workloads.items():
             labels = {DOMAIN_LABEL[0]: DOMAIN_LABEL[1], objects.WORKLOAD_LABEL: workload}
             profile = f"{settings.profile}:{settings.gpus}"
@@ -318,9 +269,18 @@ class _DemoRun:
         for node in nodes:
             node.start_kubelet()
             node.start_daemon()
-            self.started.pids.extend(p for p in (node.kubelet_pid, node.daemon_pid) if p)
+            self.started.add(node.kubelet_pid, node.daemon_pid)
         self.say(f"{len(nodes)} simulated nodes: fake kubelet and polca-node daemon each")
         return nodes
+
+    def _keep_node_logs(self, nodes: list[SimNode]) -> None:
+        """Move each node's daemon and kubelet logs to the run's logs, drop the node's dir."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        for node in nodes:
+            for log in ("daemon.log", "kubelet.log"):
+                with contextlib.suppress(OSError):
+                    shutil.copyfile(node.directory / log, self.logs / f"{node.name}-{log}")
+            shutil.rmtree(node.directory, ignore_errors=True)
 
     def start_prometheus(self, stack: contextlib.ExitStack, nodes: list[SimNode]) -> str | None:
         """Prometheus' URL, or None for direct telemetry."""
@@ -336,7 +296,7 @@ class _DemoRun:
         targets = [f"127.0.0.1:{n.metrics_port}" for n in nodes]
         prom = start_prometheus(self.out / "prometheus", targets)
         stack.callback(prom.stop)
-        self.started.pids.append(prom.pid)
+        self.started.add(prom.pid)
         self.started.ports.append(prom.port)
         self.say(f"prometheus up at {prom.url}, scraping the daemons every 1 s")
         return prom.url
@@ -355,7 +315,7 @@ class _DemoRun:
         env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
         operator = start_process(argv, log_path=self.logs / "operator.log", env=env)
         stack.callback(stop_group, operator.pid)
-        self.started.pids.append(operator.pid)
+        self.started.add(operator.pid)
         self.started.ports.append(port)
         return operator
 
@@ -434,6 +394,9 @@ class _DemoRun:
 
     def finish(self, recording: Recording, interrupted: bool) -> DemoResult:
         leftovers = self.started.leftovers()
+        # etcd preallocates 64 MB of WAL per run; the stores are of no use after it.
+        for store in (self.out / "cluster" / "etcd-data", self.out / "prometheus" / "data"):
+            shutil.rmtree(store, ignore_errors=True)
         summary = summarize(recording)
         summary_path = self.out / "summary.txt"
         summary_path.write_text(summary_text(summary))
@@ -524,7 +487,7 @@ def run_demo(settings: DemoSettings, console: Console | None = None) -> DemoResu
             # Runs first on the way out: everything but the control plane stops at once.
             control_plane = set(cluster.pids.values())
             workers = [pid for pid in run.started.pids if pid not in control_plane]
-            stack.callback(_terminate_groups, workers)
+            stack.callback(terminate_groups, workers)
             run.wait_for_operator(probe, operator)
             run.say(f"kubeconfig: [bold cyan]export KUBECONFIG={cluster.kubeconfig}[/bold cyan]")
             recording = Recording(

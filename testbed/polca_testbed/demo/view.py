@@ -190,11 +190,11 @@ def render(recording: Recording, info: ViewInfo, *, width: int = 60) -> Renderab
         style="dim",
     )
     footer = Text()
-    footer.append("another terminal: ", style="dim")
+    footer.append("in another terminal:\n", style="dim")
     footer.append(
-        f"export KUBECONFIG={info.kubeconfig}; kubectl get pp,nps -o wide", style="bold cyan"
+        f"  export KUBECONFIG={info.kubeconfig}\n  kubectl get pp,nps -o wide\n", style="bold cyan"
     )
-    footer.append("\nCtrl-C ends the run early (summary, plot and clean shutdown).", style="dim")
+    footer.append("Ctrl-C ends the run early (summary, plot and clean shutdown).", style="dim")
     return Group(
         header,
         _power_panel(recording, width),

@@ -176,7 +176,8 @@ class TestView:
         assert "1110 MHz" in text
         assert "10:00:03" in text
         assert "StageEscalated" in text
-        assert "export KUBECONFIG=/tmp/kc; kubectl get pp,nps -o wide" in text
+        assert "export KUBECONFIG=/tmp/kc\n" in text
+        assert "kubectl get pp,nps -o wide" in text
 
     def test_view_before_the_first_sample(self) -> None:
         text = render_text(recording(), self.INFO)

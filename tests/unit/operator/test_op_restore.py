@@ -35,3 +35,8 @@ def test_gives_up_after_the_wait_naming_the_nodes() -> None:
     assert "while 12 nodes still report it" in verdict.message
     assert verdict.message.count(", ") >= 9
     assert "and 2 more" in verdict.message
+
+
+def test_an_infinite_wait_never_gives_up() -> None:
+    verdict = restore_verdict("row-a", view({"n1": {"row-a"}}), waited_s=1e9, wait_s=float("inf"))
+    assert verdict.outcome == "wait"

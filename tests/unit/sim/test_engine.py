@@ -12,7 +12,7 @@ from polca.power.model import Phase, phase_power_w
 from polca.power.profiles import get_profile
 from polca.sim.domain import DomainConfig, Mix
 from polca.sim.engine import SimConfig, SimResult, simulate
-from polca.sim.policies import PolicyConfig, make_policy
+from polca.sim.policies import GuardSettings, PolicyConfig, make_policy
 from polca.sim.workload import Requests
 
 H100 = get_profile("H100-SXM")
@@ -172,3 +172,21 @@ def test_deterministic() -> None:
 def test_requests_must_fit_the_domain() -> None:
     with pytest.raises(ValueError, match="inference servers"):
         simulate(config(servers=1), requests([0.0, 0.0], servers=2))
+
+
+class TestControlLoop:
+    def test_controller_waits_for_its_first_sample_instead_of_failsafe(self) -> None:
+        result = simulate(config(servers=2, policy=make_policy("polca-k8s")), requests([]))
+        assert set(result.stage.tolist()) == {0}
+        assert result.stage_changes == 0
+
+    def test_local_guard_throttles_a_node_over_its_budget(self) -> None:
+        # A guard budget at half a node's share: any prefill burst trips it.
+        policy = make_policy("polca-k8s", guard=GuardSettings(budget_share=0.5))
+        reqs = requests([0.0] * 20, context=14000, generated=2, servers=2)
+        cfg = config(servers=2, policy=policy, brake=False, mix=Mix(0, 1, 0))
+        guarded = simulate(cfg, reqs)
+        free = simulate(replace(cfg, policy=make_policy("polca-k8s", use_guard=False)), reqs)
+        assert guarded.guard_actions > 0
+        assert free.guard_actions == 0
+        assert guarded.raw_power_w[:30].mean() < free.raw_power_w[:30].mean()
