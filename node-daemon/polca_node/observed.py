@@ -107,6 +107,7 @@ class ObservedCluster:
 
     def replace_policies(self, items: list[dict[str, Any]]) -> bool:
         before = dict(self.policies)
+        items = [i for i in items if not _being_deleted(i)]
         listed = {str((i.get("metadata") or {}).get("name")) for i in items}
         for name in set(self.policies) - listed:
             del self.policies[name]
@@ -118,7 +119,10 @@ class ObservedCluster:
 
     def apply_policy(self, event_type: str, obj: Mapping[str, Any]) -> bool:
         name = str((obj.get("metadata") or {}).get("name"))
-        if event_type == "DELETED":
+        if event_type == "DELETED" or _being_deleted(obj):
+            # A policy being deleted is gone for the node: the operator's finalizer holds the
+            # object until every node has restored its GPUs, so waiting for DELETED would
+            # deadlock with it.
             self.policy_errors.pop(name, None)
             return self.policies.pop(name, None) is not None
         before = self.policies.get(name)
@@ -153,6 +157,10 @@ class ObservedCluster:
         changed = self.pods.get(info.key) != info
         self.pods[info.key] = info
         return changed
+
+
+def _being_deleted(obj: Mapping[str, Any]) -> bool:
+    return bool((obj.get("metadata") or {}).get("deletionTimestamp"))
 
 
 def _labels(obj: Mapping[str, Any]) -> dict[str, str]:

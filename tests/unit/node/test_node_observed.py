@@ -47,6 +47,17 @@ class TestPolicies:
         assert seen.apply_policy("DELETED", policy("a"))
         assert seen.policies == {}
 
+    def test_a_policy_being_deleted_is_gone(self) -> None:
+        # The operator's finalizer holds the object until nodes restore; DELETED comes later.
+        seen = ObservedCluster("n1")
+        seen.replace_policies([policy("a", stage="stage1"), policy("b")])
+        deleting = policy("a", stage="stage1")
+        deleting["metadata"]["deletionTimestamp"] = "2026-11-28T21:00:00Z"
+        assert seen.apply_policy("MODIFIED", deleting)
+        assert set(seen.policies) == {"b"}
+        assert not seen.replace_policies([deleting, policy("b")])
+        assert set(seen.policies) == {"b"}
+
     def test_refused_version_keeps_the_last_good_one(self) -> None:
         seen = ObservedCluster("n1")
         seen.replace_policies([policy("a", stage="stage2")])
