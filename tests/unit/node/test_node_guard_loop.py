@@ -49,7 +49,7 @@ class TestConfigFromPolicy:
         steps = guard_steps(make_policy(stage="normal"))
         assert [sorted(s.tiers) for s in steps][:3] == [["idle"], ["low"], ["high"]]
         assert [s.action.clock_ceiling_mhz for s in steps[:2]] == [1110, 1110]
-        brake = [s for s in steps[3:]]
+        brake = steps[3:]
         assert [sorted(s.tiers) for s in brake] == [["idle"], ["low"], ["high"]]
         assert all(
             b.action.clock_ceiling_pct is not None or b.action.clock_ceiling_mhz is not None
