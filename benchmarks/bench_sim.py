@@ -29,14 +29,17 @@ DEFAULT_TRACE = (
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--servers", type=int, default=50)
+    parser.add_argument("--servers", type=int, default=50, help="servers in the row")
+    parser.add_argument(
+        "--base-servers", type=int, default=40, help="servers the budget is provisioned for"
+    )
     parser.add_argument("--duration", type=float, default=3600.0)
     parser.add_argument("--dt", type=float, default=0.1)
     parser.add_argument(
         "--load-scale",
         type=float,
-        default=19.2,
-        help="trace-rate multiple for the row (19.2 × 40/50 ≈ the conv calibration for 40 servers)",
+        default=14.45,
+        help="trace-rate multiple for the base row (docs/simulator.md's calibration)",
     )
     parser.add_argument("--trace", type=Path, default=DEFAULT_TRACE)
     args = parser.parse_args()
@@ -45,12 +48,19 @@ def main() -> int:
         trace, source = read_trace(args.trace), str(args.trace)
     else:
         trace, source = generate(CONV_PARAMS, args.duration, np.random.default_rng(0)), "synthetic"
-    domain = DomainConfig(get_profile("H100-SXM"), base_servers=args.servers)
+    domain = DomainConfig(
+        get_profile("H100-SXM"),
+        base_servers=args.base_servers,
+        oversubscription=(args.servers - args.base_servers) / args.base_servers,
+    )
     scenario = Scenario(trace=trace, domain=domain, duration_s=args.duration, dt_s=args.dt)
     requests = requests_for(scenario, domain, args.load_scale)
     steps = round((args.duration + 120.0) / args.dt)
 
-    print(f"trace: {source}; {len(requests)} requests; {args.servers} servers x 8 GPUs")
+    print(
+        f"trace: {source}; {len(requests)} requests; {domain.servers} servers x 8 GPUs "
+        f"on a {args.base_servers}-server budget"
+    )
     print(
         f"{args.duration:.0f} s simulated (+120 s drain) at {1000 * args.dt:.0f} ms: {steps} steps"
     )
