@@ -483,6 +483,17 @@ def test_invalid_update_keeps_the_stage(
     assert env.ceilings()[1] != [None] * 8
 
 
+def test_selector_matching_no_node_is_not_ready(
+    env: Env, policy: str, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    # The schema cannot know the cluster's nodes: the operator says so in a condition.
+    start_operator()
+    apply_policy(env, policy, "no-node-has-this-label")
+    eventually(
+        "Ready=False", lambda: env.condition(policy, "Ready") == ("False", "NoNodesSelected")
+    )
+
+
 def test_standby_takes_over_after_a_crash_without_uncapping(
     env: Env,
     domain: str,
