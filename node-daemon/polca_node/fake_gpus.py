@@ -126,10 +126,11 @@ class PersistentFakeNvml:
 
 
 def load_source(spec: str | None) -> LoadSource | None:
-    """A load source from `--fake-load`: a spec (idle, constant:..., file:PATH) or a bare path."""
+    """A load source from `--fake-load`: a spec (idle, constant:..., file:PATH, trace:...) or a
+    bare path."""
     if not spec:
         return None
-    if spec == "idle" or spec.startswith(("constant:", "file:")):
+    if spec == "idle" or spec.startswith(("constant:", "file:", "trace:")):
         return parse_load_spec(spec)
     return parse_load_spec(f"file:{spec}")
 

@@ -129,7 +129,9 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
         default=env("POLCA_FAKE_LOAD"),
         help='what the fake GPUs do: a JSON file re-read when it changes ({"default": '
         '{"decode": 0.8}, "gpus": {"3": {"train": 1.0}}}), or idle, or '
-        "constant:prefill=0.1,decode=0.8 (env POLCA_FAKE_LOAD; default idle)",
+        "constant:prefill=0.1,decode=0.8, or a request trace replayed for server I of an "
+        "N-server domain, S times faster: trace:PATH|synthetic,server=I,servers=N,speedup=S"
+        "[,profile=H100-SXM][,seed=K] (env POLCA_FAKE_LOAD; default idle)",
     )
     gpus.add_argument(
         "--fake-state",

@@ -9,6 +9,10 @@ Spec strings (for the CLI and the demo), see `parse_load_spec`:
   idle                                  every GPU idle
   constant:prefill=0.1,decode=0.8       every GPU at that demand
   file:/path/load.json                  FileLoad: edit the file to change a running fake's load
+  trace:PATH,server=I,servers=N,speedup=S[,profile=H100-SXM][,seed=K]
+                                        TraceLoad: server I of an N-server domain replaying the
+                                        request trace PATH (Azure CSV, or `synthetic`) S times
+                                        faster than real time
 """
 
 from __future__ import annotations
@@ -16,14 +20,22 @@ from __future__ import annotations
 import bisect
 import json
 import logging
+import math
 import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+import numpy as np
 
 from polca.power.model import PhaseDemand
+from polca.power.profiles import GpuProfile, get_profile
+from polca.sim.demand import DemandTimeline, build_timeline
+from polca.sim.domain import SERVICE_MODELS, TIER_HIGH
+from polca.sim.synthetic import CONV_PARAMS, generate
+from polca.sim.trace import Trace, read_trace
 
 __all__ = [
     "IDLE",
@@ -31,6 +43,7 @@ __all__ = [
     "FileLoad",
     "LoadSource",
     "ScriptedLoad",
+    "TraceLoad",
     "demand_from_mapping",
     "parse_load_spec",
 ]
@@ -162,6 +175,124 @@ class FileLoad:
         return ConstantLoad(default, per_gpu)
 
 
+class TraceLoad:
+    """One server's share of a request trace, replayed: every GPU follows that server's demand.
+
+    The whole domain's timeline (:func:`polca.sim.demand.build_timeline`, all `servers`
+    inference servers, requests round-robin, the rate calibrated so the busiest bin peaks at
+    79% of a server's provisioned GPU power) is computed once here, deterministically for a
+    `seed`, so the daemons of one domain given the same trace and seed agree on the whole and
+    each replays its own row. GPU time `elapsed_s` is trace time `elapsed_s × speedup`; bins
+    are a wall second (longer for very long replays, at most `MAX_BINS` of them) and the
+    replay starts over after the trace's end. Construction costs up to a few seconds for an
+    hour-long trace; `demand` is then one lookup.
+    """
+
+    MAX_BINS = 4000
+    SYNTHETIC_SPAN_S = 3600.0  # the synthetic trace's length: an hour, as the Azure conv trace
+
+    def __init__(
+        self,
+        trace: Trace,
+        *,
+        server: int,
+        servers: int,
+        speedup: float,
+        profile: GpuProfile,
+        seed: int = 0,
+    ) -> None:
+        if servers < 1 or not 0 <= server < servers:
+            raise ValueError(f"server={server} is outside 0..{servers - 1} (servers={servers})")
+        if not speedup > 0 or math.isinf(speedup):
+            raise ValueError(f"speedup={speedup} must be positive and finite")
+        wall_s = max(trace.duration_s / speedup, 1.0)
+        update_s = max(1.0, wall_s / self.MAX_BINS)
+        self.server = server
+        self.timeline: DemandTimeline = build_timeline(
+            trace,
+            kinds=(TIER_HIGH,) * servers,
+            profile=profile,
+            service=SERVICE_MODELS[profile.name],
+            speedup=speedup,
+            duration_s=wall_s,
+            update_s=update_s,
+            warmup_s=0.0,  # trace time 0 is elapsed time 0
+            seed=seed,
+        )
+        bin_s = self.timeline.bin_s
+        # Bin middles, so float rounding never picks the neighbouring bin.
+        self._demands = tuple(
+            self.timeline.at((b + 0.5) * bin_s)[server] for b in range(self.timeline.bins)
+        )
+
+    @property
+    def period_s(self) -> float:
+        """Wall seconds after which the replay starts over."""
+        return self.timeline.duration_s
+
+    def demand(self, gpu_index: int, elapsed_s: float) -> PhaseDemand:  # noqa: ARG002
+        b = int((elapsed_s % self.period_s) // self.timeline.bin_s)
+        return self._demands[min(b, len(self._demands) - 1)]
+
+    @classmethod
+    def from_spec(cls, argument: str) -> TraceLoad:
+        """From `PATH,server=I,servers=N,speedup=S[,profile=MODEL][,seed=K]` (PATH may be
+        `synthetic`: the generator fitted to the Azure conv trace). Errors name the bad part."""
+        where = "trace load spec"
+        path, _, rest = argument.partition(",")
+        path = path.strip()
+        if not path or "=" in path:
+            raise ValueError(f"{where} starts with the trace's PATH (or 'synthetic')")
+        fields: dict[str, str] = {}
+        for part in filter(None, (p.strip() for p in rest.split(","))):
+            key, separator, value = part.partition("=")
+            key = key.strip()
+            if not separator or not value.strip():
+                raise ValueError(f"expected key=value in {where}, got {part!r}")
+            if key not in _TRACE_KEYS:
+                raise ValueError(f"unknown key {key!r} in {where}; use {', '.join(_TRACE_KEYS)}")
+            fields[key] = value.strip()
+        missing = [key for key in _TRACE_REQUIRED if key not in fields]
+        if missing:
+            raise ValueError(f"{where} needs {', '.join(f'{key}=...' for key in missing)}")
+        server = _spec_number(fields, "server", int)
+        servers = _spec_number(fields, "servers", int)
+        speedup = _spec_number(fields, "speedup", float)
+        seed = _spec_number(fields, "seed", int) if "seed" in fields else 0
+        try:
+            profile = get_profile(fields.get("profile", "H100-SXM"))
+            trace = _trace(path, seed)
+            return cls(
+                trace, server=server, servers=servers, speedup=speedup, profile=profile, seed=seed
+            )
+        except OSError as exc:
+            raise ValueError(f"{where}: cannot read trace {path}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+
+
+_TRACE_REQUIRED = ("server", "servers", "speedup")
+_TRACE_KEYS = (*_TRACE_REQUIRED, "profile", "seed")
+
+
+_Number = TypeVar("_Number", int, float)
+
+
+def _spec_number(fields: Mapping[str, str], key: str, kind: type[_Number]) -> _Number:
+    try:
+        return kind(fields[key])
+    except ValueError:
+        noun = "an integer" if kind is int else "a number"
+        raise ValueError(f"{key}={fields[key]!r} in trace load spec is not {noun}") from None
+
+
+def _trace(path: str, seed: int) -> Trace:
+    if path == "synthetic":
+        rng = np.random.default_rng(seed)
+        return generate(CONV_PARAMS, TraceLoad.SYNTHETIC_SPAN_S, rng)
+    return read_trace(path)
+
+
 def parse_load_spec(spec: str) -> LoadSource:
     """A load source from a CLI spec (see the module docstring)."""
     kind, _, argument = spec.partition(":")
@@ -177,6 +308,9 @@ def parse_load_spec(spec: str) -> LoadSource:
         return ConstantLoad(demand_from_mapping(fields))
     if kind == "file" and argument:
         return FileLoad(argument)
+    if kind == "trace":
+        return TraceLoad.from_spec(argument)
     raise ValueError(
-        f"bad load spec {spec!r}; use 'idle', 'constant:prefill=0.1,decode=0.8' or 'file:PATH'"
+        f"bad load spec {spec!r}; use 'idle', 'constant:prefill=0.1,decode=0.8', 'file:PATH' or "
+        "'trace:PATH,server=I,servers=N,speedup=S'"
     )

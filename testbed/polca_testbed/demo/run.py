@@ -30,19 +30,14 @@ from rich.console import Console
 from rich.live import Live
 
 from polca.power.profiles import GpuProfile, get_profile
+from polca.sim.demand import DemandTimeline, build_timeline, gpu_power_w
 from polca.sim.domain import SERVICE_MODELS, TIER_HIGH, TIER_LOW, TIER_TRAIN, Mix
 from polca.sim.synthetic import CONV_PARAMS, generate
 from polca.sim.trace import Trace, read_trace
 from polca_node.kube_client import KubeClient, kubeconfig_credentials
 from polca_testbed.cluster import REPO_ROOT, Cluster, start_cluster
 from polca_testbed.demo import objects
-from polca_testbed.demo.load import (
-    DemandTimeline,
-    build_timeline,
-    gpu_power_w,
-    load_file_payload,
-    write_load_file,
-)
+from polca_testbed.demo.load import load_file_payload, write_load_file
 from polca_testbed.demo.policy import (
     DOMAIN_LABEL,
     budget_w,
