@@ -24,9 +24,7 @@ import argparse
 import asyncio
 import gc
 import json
-import os
 import statistics
-import sys
 import tempfile
 import time
 import urllib.request
@@ -54,7 +52,8 @@ from polca_operator.metrics import Health, OperatorMetrics
 from polca_operator.telemetry import PowerQuery, PowerReader, SourceName
 from polca_testbed.cluster import Cluster, start_cluster
 from polca_testbed.nodes import SimNodes
-from polca_testbed.processes import free_port, start_process, stop_group, wait_until
+from polca_testbed.operators import operator_healthy, start_operator
+from polca_testbed.processes import stop_group, wait_until
 from polca_testbed.prometheus import start_prometheus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -296,22 +295,8 @@ def live(
         prom = start_prometheus(
             work / "prometheus", [f"127.0.0.1:{n.metrics_port}" for n in nodes.nodes.values()]
         )
-        port = free_port()
-        operator = start_process(
-            [
-                sys.executable,
-                "-m",
-                "polca_operator.main",
-                "--standalone",
-                "--metrics-host",
-                "127.0.0.1",
-                "--metrics-port",
-                str(port),
-                "--prometheus-url",
-                prom.url,
-            ],
-            log_path=work / "operator.log",
-            env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
+        operator = start_operator(
+            cluster.kubeconfig, work / "operator.log", prometheus_url=prom.url
         )
         try:
             prom.wait_for("polca_gpu_power_watts", count=node_count * GPUS_PER_NODE, timeout_s=60)
@@ -333,7 +318,8 @@ def live(
                 },
             }
             cluster.kubectl("apply", "-f", "-", input=json.dumps(policy))
-            run = Live(cluster, nodes, f"http://127.0.0.1:{port}/metrics", "bench")
+            metrics_url = f"http://127.0.0.1:{operator.metrics_port}/metrics"
+            run = Live(cluster, nodes, metrics_url, "bench")
             _wait("stage normal", lambda: run.stage() == "normal", 60, 0.5)
 
             reactions = []
@@ -461,23 +447,10 @@ def populate(cluster: Cluster, nodes: int, pods: int) -> None:
 
 
 def operator_rss(cluster: Cluster, work: Path, *, nodes: int, pods: int) -> list[str]:
-    port = free_port()
-    operator = start_process(
-        [
-            sys.executable,
-            "-m",
-            "polca_operator.main",
-            "--standalone",
-            "--metrics-host",
-            "127.0.0.1",
-            "--metrics-port",
-            str(port),
-        ],
-        log_path=work / "operator-rss.log",
-        env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
-    )
+    operator = start_operator(cluster.kubeconfig, work / "operator-rss.log")
+    port = operator.metrics_port
     try:
-        wait_until(lambda: _healthy(port), timeout_s=60, what="operator")
+        wait_until(lambda: operator_healthy(port), timeout_s=60, what="operator")
         time.sleep(5)
         idle_rss, _ = _rss_mb(operator.pid)
         started = time.monotonic()
@@ -521,14 +494,6 @@ def operator_rss(cluster: Cluster, work: Path, *, nodes: int, pods: int) -> list
         f"NodePowerStates and {pods} Pods: {rss:.0f} MB (peak {peak:.0f} MB; target < "
         f"{RSS_TARGET_MB:g} MB: {'met' if peak < RSS_TARGET_MB else 'MISSED'})"
     ]
-
-
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False
 
 
 def main() -> None:

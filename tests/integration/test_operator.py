@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import threading
 import time
 import urllib.error
@@ -28,7 +27,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from polca.api.defaults import DEFAULT_STAGES
 from polca_testbed.cluster import Cluster
 from polca_testbed.nodes import SimNode, SimNodes
-from polca_testbed.processes import free_port, group_alive, start_process, stop_group
+from polca_testbed.operators import OperatorHandle, operator_healthy
+from polca_testbed.operators import start_operator as start_operator_process
+from polca_testbed.processes import group_alive
 from polca_testbed.prometheus import Prometheus, start_prometheus
 
 pytestmark = pytest.mark.slow
@@ -192,15 +193,8 @@ def _release_finalizers(cluster: Cluster) -> None:
             )
 
 
-@dataclass
-class OperatorProcess:
-    pid: int
-    metrics_port: int
-    log_path: Path
-
-    def stop(self) -> None:
-        stop_group(self.pid)
-
+@dataclass(frozen=True)
+class OperatorProcess(OperatorHandle):
     def kill(self) -> None:
         """A crash: no chance to leave the peering or finish anything."""
         os.killpg(self.pid, signal.SIGKILL)
@@ -230,42 +224,19 @@ def start_operator(env: Env, tmp_path: Path) -> Iterator[Callable[..., OperatorP
     started: list[OperatorProcess] = []
 
     def start(*extra: str, name: str = "operator") -> OperatorProcess:
-        port = free_port()
-        argv = [
-            sys.executable,
-            "-m",
-            "polca_operator.main",
-            "--metrics-host",
-            "127.0.0.1",
-            "--metrics-port",
-            str(port),
-            "--telemetry-timeout",
-            "1",
-            "--restore-wait",
-            "5",
-            *extra,
-        ]
-        if "--peering" not in extra:
-            argv.append("--standalone")
-        log_path = tmp_path / f"{name}.log"
-        environ = {**os.environ, "KUBECONFIG": str(env.cluster.kubeconfig)}
-        process = start_process(argv, log_path=log_path, env=environ)
-        operator = OperatorProcess(process.pid, port, log_path)
+        handle = start_operator_process(
+            env.cluster.kubeconfig,
+            tmp_path / f"{name}.log",
+            extra=["--telemetry-timeout", "1", "--restore-wait", "5", *extra],
+        )
+        operator = OperatorProcess(handle.pid, handle.metrics_port, handle.log_path)
         started.append(operator)
-        eventually("operator /healthz", lambda: _healthy(port), 30)
+        eventually("operator /healthz", lambda: operator_healthy(operator.metrics_port), 30)
         return operator
 
     yield start
     for operator in started:
         operator.stop()
-
-
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-            return bool(r.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -51,7 +50,8 @@ from polca_testbed.demo.summary import Summary, plot_run, summarize, summary_tab
 from polca_testbed.demo.tracking import Leftovers, Started, cpu_seconds, terminate_groups
 from polca_testbed.demo.view import ViewInfo, render, render_text
 from polca_testbed.nodes import SimNode, SimNodes
-from polca_testbed.processes import free_port, start_process, stop_group, wait_until
+from polca_testbed.operators import OperatorHandle, start_operator
+from polca_testbed.processes import wait_until
 from polca_testbed.prometheus import PrometheusError, find_prometheus, start_prometheus
 
 __all__ = ["DemoResult", "DemoSettings", "run_demo", "telemetry_source"]
@@ -298,20 +298,16 @@ class _DemoRun:
 
     def start_operator(
         self, stack: contextlib.ExitStack, cluster: Cluster, prometheus_url: str | None
-    ) -> subprocess.Popen[bytes]:
-        port = free_port()
-        argv = [
-            *(sys.executable, "-m", "polca_operator.main", "--standalone"),
-            *("--metrics-host", "127.0.0.1", "--metrics-port", str(port)),
-            *("--log-level", "warning"),
-        ]
-        if prometheus_url:
-            argv += ["--prometheus-url", prometheus_url]
-        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
-        operator = start_process(argv, log_path=self.logs / "operator.log", env=env)
-        stack.callback(stop_group, operator.pid)
+    ) -> OperatorHandle:
+        operator = start_operator(
+            cluster.kubeconfig,
+            self.logs / "operator.log",
+            prometheus_url=prometheus_url,
+            extra=("--log-level", "warning"),
+        )
+        stack.callback(operator.stop)
         self.started.add(operator.pid)
-        self.started.ports.append(port)
+        self.started.ports.append(operator.metrics_port)
         return operator
 
     def apply_policy(self, cluster: Cluster, prometheus_url: str | None) -> dict[str, Any]:
@@ -333,7 +329,7 @@ class _DemoRun:
         )
         return policy
 
-    def wait_for_operator(self, probe: Probe, operator: subprocess.Popen[bytes]) -> None:
+    def wait_for_operator(self, probe: Probe, operator: OperatorHandle) -> None:
         def decided() -> bool:
             status = probe.policy_status()
             return status is not None and status.get("stageIndex") is not None
@@ -342,7 +338,7 @@ class _DemoRun:
             decided,
             timeout_s=READY_TIMEOUT_S,
             what="the operator's first decision",
-            alive=lambda: operator.poll() is None,
+            alive=operator.alive,
             log_path=self.logs / "operator.log",
         )
         self.say("operator running: the policy has its first decision")
