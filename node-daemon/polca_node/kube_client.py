@@ -35,6 +35,7 @@ from urllib.parse import urlencode, urlsplit
 __all__ = [
     "ApiError",
     "Credentials",
+    "CredentialsError",
     "KubeClient",
     "WatchStream",
     "in_cluster_credentials",
@@ -142,11 +143,21 @@ def _named(entries: Any, name: str, what: str) -> Mapping[str, Any]:
     raise ValueError(f"kubeconfig has no {what} named {name!r}")
 
 
+class CredentialsError(ValueError):
+    """No usable Kubernetes credentials: the message says where we looked and what to do."""
+
+
 def kubeconfig_credentials(path: Path, context_name: str | None = None) -> Credentials:
     """Credentials from a kubeconfig file: client certificates or a bearer token."""
     import yaml  # only here: in a cluster the daemon never reads a kubeconfig
 
-    config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise CredentialsError(
+            f"cannot read kubeconfig {path}: {exc.strerror}; pass --kubeconfig, set KUBECONFIG, "
+            "or run in a pod (in-cluster service account)"
+        ) from None
     base_dir = path.resolve().parent
     context = _named(config.get("contexts"), context_name or config["current-context"], "context")
     cluster = _named(config.get("clusters"), context["cluster"], "cluster")

@@ -17,7 +17,7 @@ from polca_node.daemon import DaemonConfig, NodeDaemon
 from polca_node.exporter import MetricsServer, NodeMetrics
 from polca_node.gpu.backend import Inventory
 from polca_node.gpu.nvml_backend import NvmlBackend
-from polca_node.kube_client import KubeClient, load_credentials
+from polca_node.kube_client import CredentialsError, KubeClient, load_credentials
 from polca_node.podresources import DEFAULT_SOCKET, PodResourcesClient
 from polca_node.tiering import DEFAULT_FAKE_GPU_ANNOTATION, PodResourcesMapper
 
@@ -315,7 +315,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    asyncio.run(run(options))
+    try:
+        asyncio.run(run(options))
+    except CredentialsError as exc:
+        print(f"polca-node: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from polca_node.main import build_parser, parse_options
+from polca_node.main import build_parser, main, parse_options
 
 ENV_VARS = (
     "POLCA_NODE_NAME", "POLCA_GPU_BACKEND", "POLCA_FAKE_PROFILE", "POLCA_FAKE_LOAD",
@@ -92,3 +92,19 @@ def test_help_documents_every_option_and_its_environment_variable() -> None:
     options = set(re.findall(r"--[a-z][a-z-]+", text))
     assert {"--node-name", "--gpu-backend", "--fake-profile", "--fake-load",
             "--podresources-socket", "--metrics-port", "--kubeconfig"} <= options  # fmt: skip
+
+
+def test_missing_credentials_end_with_a_clear_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    missing = tmp_path / "no-such-kubeconfig"
+    code = main(
+        ["--node-name", "n1", "--gpu-backend", "fake", "--metrics-port", "0",
+         "--kubeconfig", str(missing)]
+    )  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"cannot read kubeconfig {missing}" in err
+    assert "--kubeconfig" in err
