@@ -11,6 +11,7 @@ import gc
 import logging
 import os
 import random
+import sys
 import time
 from collections.abc import Mapping, Sequence
 
@@ -160,9 +161,31 @@ def _configure_logging(level: str) -> None:
         logging.getLogger().setLevel(logging.ERROR)
 
 
+def credentials_problem() -> str | None:
+    """Why no Kubernetes credentials can be found (None when they can), checked before Kopf
+    starts: Kopf would log the failure and keep running without doing anything."""
+    import kubernetes.config
+
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        try:
+            kubernetes.config.load_kube_config()
+        except (kubernetes.config.ConfigException, OSError) as exc:
+            return (
+                f"no Kubernetes credentials ({exc}); set KUBECONFIG or run in a pod with a "
+                "service account"
+            )
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv, os.environ)
     _configure_logging(args.log_level)
+    problem = credentials_problem()
+    if problem is not None:
+        print(f"polca-operator: {problem}", file=sys.stderr)
+        return 2
     settings = build_settings(args)
     registry = kopf.OperatorRegistry()
     config = OperatorConfig(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import kopf
 import pytest
 
 from polca_operator.handlers import CONTROL_DAEMON_ID, RESTORE_HANDLER_ID, OperatorConfig, register
-from polca_operator.main import FINALIZER, build_settings, default_priority, parse_args
+from polca_operator.main import FINALIZER, build_settings, default_priority, main, parse_args
 
 
 def test_environment_sets_the_defaults() -> None:
@@ -68,3 +70,14 @@ def test_register_adds_the_daemon_the_finalizer_handler_and_the_indexes() -> Non
     ids |= {h.id for h in registry._changing.get_all_handlers()}
     ids |= {h.id for h in registry._indexing.get_all_handlers()}
     assert {CONTROL_DAEMON_ID, RESTORE_HANDLER_ID, "polca_node_labels", "polca_node_reports"} <= ids
+
+
+def test_missing_credentials_end_with_a_clear_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert main(["--standalone", "--metrics-port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("polca-operator: no Kubernetes credentials")
+    assert "KUBECONFIG" in err
