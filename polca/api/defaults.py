@@ -19,7 +19,8 @@ DEFAULT_TIER = HIGH_TIER
 # Negative priorities are the usual mark of preemptible, best-effort work.
 LOW_PRIORITY_MAX = -1
 
-STAGE_NAMES = ("normal", "stage1", "stage2", "stage3", "brake")
+# The API and the simulator name POLCA's stages alike, so a stage reads the same everywhere.
+STAGE_NAMES = tuple(stage.name for stage in plan.POLCA_PLAN.stages)
 DEFAULT_FAILSAFE_STAGE = STAGE_NAMES[plan.POLCA_PLAN.failsafe_stage]
 DEFAULT_SETTLE_S = plan.POLCA_PLAN.settle_s
 DEFAULT_HOLD_S = plan.POLCA_PLAN.hold_s

@@ -246,7 +246,7 @@ POLCA_PLAN = ControlPlan(
         Stage(name="normal", trigger_pct=0.0, release_pct=0.0),
         # POLCA's stage 1: row power ≥ 80% → low-priority GPUs (and idle ones) at 1275 MHz.
         Stage(
-            name="low-1275",
+            name="stage1",
             trigger_pct=80.0,
             release_pct=75.0,
             actions={
@@ -256,7 +256,7 @@ POLCA_PLAN = ControlPlan(
         ),
         # ≥ 89% → low-priority at 1110 MHz.
         Stage(
-            name="low-1110",
+            name="stage2",
             trigger_pct=89.0,
             release_pct=84.0,
             actions={
@@ -266,7 +266,7 @@ POLCA_PLAN = ControlPlan(
         ),
         # Still ≥ 89% one settle period after stage 2 → high-priority at 1305 MHz too.
         Stage(
-            name="high-1305",
+            name="stage3",
             trigger_pct=89.0,
             release_pct=84.0,
             actions={
