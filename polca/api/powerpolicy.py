@@ -143,14 +143,15 @@ class Guard(ApiModel):
         "Default: budgetWatts divided by the number of nodes in the domain.",
     )
     trigger_percent: float = Field(
-        default=120.0,
+        default=150.0,
         gt=0,
         le=MAX_PERCENT_OF_BUDGET,
         description="Node power, in percent of the node budget, at which the guard acts. Above "
-        "100 by default: busy nodes may exceed an even share while the domain is in budget.",
+        "100 by default: in an oversubscribed domain a busy node's peak exceeds its even share "
+        "while the domain is in budget (the simulator's guard uses 150/135).",
     )
     release_percent: float = Field(
-        default=110.0,
+        default=135.0,
         ge=0,
         le=MAX_PERCENT_OF_BUDGET,
         description="Node power, in percent of the node budget, below which the guard lets go.",
