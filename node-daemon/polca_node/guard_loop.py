@@ -119,7 +119,17 @@ class GuardBank:
 
     def __init__(self) -> None:
         self._states: dict[str, GuardState] = {}
+        # The config is rebuilt only when the policy object changes (the daemon replaces it on
+        # every update), not on every tick of the fast loop.
+        self._configs: dict[str, tuple[PowerPolicy, GuardConfig | None]] = {}
         self.outcomes: dict[str, GuardOutcome] = {}
+
+    def _config(self, name: str, policy: PowerPolicy) -> GuardConfig | None:
+        cached = self._configs.get(name)
+        if cached is None or cached[0] is not policy:
+            cached = (policy, guard_config(policy))
+            self._configs[name] = cached
+        return cached[1]
 
     def tick(
         self,
@@ -133,7 +143,7 @@ class GuardBank:
         """Run every policy's guard once; `gpu_tiers` gives each GPU's tier per policy."""
         outcomes: dict[str, GuardOutcome] = {}
         for name, policy in policies.items():
-            config = guard_config(policy)
+            config = self._config(name, policy)
             tiers = gpu_tiers.get(name)
             if config is None or tiers is None:
                 continue
@@ -167,6 +177,8 @@ class GuardBank:
             outcomes[name] = outcome
         for gone in set(self._states) - set(outcomes):
             del self._states[gone]
+        for gone in set(self._configs) - set(policies):
+            del self._configs[gone]
         self.outcomes = outcomes
         return outcomes
 

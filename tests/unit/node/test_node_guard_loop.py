@@ -113,6 +113,26 @@ class TestGuardBank:
         assert outcomes[9].actions == {}
         assert bank.actions() == {}
 
+    def test_config_is_rebuilt_only_when_the_policy_changes(
+        self, make_policy: PolicyFactory, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import polca_node.guard_loop as guard_loop
+
+        built: list[str] = []
+
+        def counting(policy: PowerPolicy) -> object:
+            built.append(policy.metadata.name or "")
+            return guard_config(policy)
+
+        monkeypatch.setattr(guard_loop, "guard_config", counting)
+        bank, policy = GuardBank(), make_policy(stage="normal", guard=GUARD)
+        run(bank, policy, [(0.0, 900.0), (0.5, 1500.0), (1.0, 1500.0)])
+        assert len(built) == 1
+        updated = make_policy(stage="stage1", guard=GUARD)
+        outcomes = run(bank, updated, [(1.5, 1500.0)])
+        assert len(built) == 2
+        assert outcomes[0].level == 3  # the guard state carried over the policy update
+
     def test_overhead_counts_towards_node_power(self, make_policy: PolicyFactory) -> None:
         policy = make_policy(stage="normal", guard=GUARD, node_power={"overheadWatts": 400})
         assert run(GuardBank(), policy, [(0.0, 900.0)])[0].level == 1
