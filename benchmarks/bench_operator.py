@@ -53,6 +53,7 @@ from polca_operator.telemetry import PowerQuery, PowerReader, SourceName
 from polca_testbed.cluster import Cluster, start_cluster
 from polca_testbed.nodes import SimNodes
 from polca_testbed.operators import operator_healthy, start_operator
+from polca_testbed.polling import eventually
 from polca_testbed.processes import stop_group, wait_until
 from polca_testbed.prometheus import start_prometheus
 
@@ -247,18 +248,6 @@ class Live:
         )
 
 
-def _wait(
-    what: str, condition: Callable[[], bool], timeout_s: float, poll_s: float = 0.05
-) -> float:
-    """Wait for `condition`; the monotonic time it first held."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return time.monotonic()
-        time.sleep(poll_s)
-    raise TimeoutError(f"{what} not within {timeout_s:.0f} s")
-
-
 def _start_nodes(cluster: Cluster, nodes: SimNodes, count: int) -> None:
     for i in range(count):
         node = nodes.add(f"bench-{i:02d}", labels={DOMAIN_LABEL: "bench"})
@@ -320,22 +309,20 @@ def live(
             cluster.kubectl("apply", "-f", "-", input=json.dumps(policy))
             metrics_url = f"http://127.0.0.1:{operator.metrics_port}/metrics"
             run = Live(cluster, nodes, metrics_url, "bench")
-            _wait("stage normal", lambda: run.stage() == "normal", 60, 0.5)
+            eventually("stage normal", lambda: run.stage() == "normal", 60, interval_s=0.5)
 
             reactions = []
             writes_before, changes_before = policy_writes(cluster), run.stage_changes()
             for trial in range(trials):
                 run.set_load(BUSY_LOAD)
                 loaded = time.monotonic()
-                capped = _wait("targeted GPUs capped", run.targeted_capped, 60)
+                eventually("targeted GPUs capped", run.targeted_capped, 60, interval_s=0.05)
+                capped = time.monotonic()
                 reactions.append(capped - loaded)
                 print(f"  trial {trial + 1}: {capped - loaded:.2f} s", flush=True)
                 run.set_load(IDLE_LOAD)
-                _wait(
-                    "released and uncapped",
-                    lambda: run.stage() == "normal" and run.uncapped(),
-                    60,
-                    0.25,
+                eventually(
+                    "released and uncapped", lambda: run.stage() == "normal" and run.uncapped(), 60
                 )
                 time.sleep(1.0)
             writes_after, changes_after = policy_writes(cluster), run.stage_changes()

@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from polca_testbed.cluster import Cluster
+from polca_testbed.polling import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "polca"
@@ -51,14 +52,6 @@ def get_json(cluster: Cluster, *args: str) -> Manifest:
 
 def exists(cluster: Cluster, *args: str) -> bool:
     return cluster.kubectl("get", *args, "-o", "name", check=False).returncode == 0
-
-
-def wait_for(what: str, condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def values_args(files: list[Path]) -> list[str]:
@@ -281,7 +274,7 @@ class HookKubelet:
         self.output = ""
 
     def run_when_created(self, timeout_s: float = 60.0) -> None:
-        wait_for(
+        eventually(
             f"job/{self.job}",
             lambda: exists(self.cluster, "job", self.job, "-n", self.namespace),
             timeout_s,
@@ -500,7 +493,7 @@ class StandInOperator:
                 and "deletionTimestamp" in json.loads(found.stdout)["metadata"]
             )
 
-        wait_for(f"deletion of powerpolicy/{self.policy}", deleting, timeout_s=60)
+        eventually(f"deletion of powerpolicy/{self.policy}", deleting, timeout_s=60)
         self.workloads_present_at_deletion = all(exists(self.cluster, *w) for w in self.workloads)
 
     def release(self) -> None:

@@ -20,6 +20,7 @@ import pytest
 from polca_node.kube_client import ApiError, KubeClient, kubeconfig_credentials
 from polca_testbed.cluster import Cluster
 from polca_testbed.nodes import SimNode, SimNodes
+from polca_testbed.polling import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -65,15 +66,8 @@ def namespace(
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout_s: float = WAIT_S) -> Any:
-    """Poll `check` every 20 ms until it returns something truthy."""
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+    """Poll every 20 ms: the stage-change test measures sub-second reactions."""
+    return eventually(what, check, timeout_s, interval_s=0.02)
 
 
 def node_state(api: KubeClient, node: str) -> dict[str, Any]:

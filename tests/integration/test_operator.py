@@ -29,6 +29,7 @@ from polca_testbed.cluster import Cluster
 from polca_testbed.nodes import SimNode, SimNodes
 from polca_testbed.operators import OperatorHandle, operator_healthy
 from polca_testbed.operators import start_operator as start_operator_process
+from polca_testbed.polling import eventually
 from polca_testbed.processes import group_alive
 from polca_testbed.prometheus import Prometheus, start_prometheus
 
@@ -45,15 +46,6 @@ STAGE1_MHZ = 1275
 STAGE2_MHZ = 1110
 HIGH_GPUS = [0, 1, 2, 3]
 Names = Callable[[str], str]
-
-
-def eventually(what: str, condition: Callable[[], bool], timeout_s: float = 45.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"not within {timeout_s:.0f} s: {what}")
 
 
 @dataclass
