@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import tempfile
 import time
 import urllib.request
@@ -37,30 +36,21 @@ from polca_node.kube_client import KubeClient
 from polca_node.status_writer import PreviousRecord
 from polca_testbed.cluster import start_cluster
 from polca_testbed.nodes import SimNodes
+from polca_testbed.procstat import cpu_seconds, rss_mb
 
 REPO = Path(__file__).resolve().parents[1]
 GUARD_PERIOD_S = 0.5
 PROFILE = "H100-SXM:8"
 CPU_TARGET_PCT = 2.0
 RSS_TARGET_MB = 80.0
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 LOAD = {"decode": 0.8, "prefill": 0.1}
 
 
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process, all threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
-
-
-def rss_mb(pid: int) -> tuple[float, float]:
-    """(VmRSS, VmHWM) in MB."""
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0]) / 1024
-    return values["VmRSS"], values["VmHWM"]
+def cpu_s_of(pid: int) -> float:
+    cpu = cpu_seconds(pid)
+    if cpu is None:
+        raise RuntimeError(f"polca-node (pid {pid}) exited during the benchmark")
+    return cpu
 
 
 def scrape(url: str) -> int:
@@ -102,7 +92,7 @@ def measure_process(seconds: float, warmup_s: float) -> dict[str, float]:
                 assert node.daemon_pid is not None
                 pid = node.daemon_pid
                 time.sleep(warmup_s)
-                cpu_before, started = process_cpu_s(pid), time.monotonic()
+                cpu_before, started = cpu_s_of(pid), time.monotonic()
                 next_scrape = started
                 scraped = 0
                 while (now := time.monotonic()) - started < seconds:
@@ -111,7 +101,7 @@ def measure_process(seconds: float, warmup_s: float) -> dict[str, float]:
                         next_scrape += 15.0
                     time.sleep(0.5)
                 elapsed = time.monotonic() - started
-                cpu_s = process_cpu_s(pid) - cpu_before
+                cpu_s = cpu_s_of(pid) - cpu_before
                 rss, peak = rss_mb(pid)
                 ceilings = node.clock_ceilings_mhz()
         finally:

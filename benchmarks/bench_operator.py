@@ -55,6 +55,7 @@ from polca_testbed.nodes import SimNodes
 from polca_testbed.operators import operator_healthy, start_operator
 from polca_testbed.polling import eventually
 from polca_testbed.processes import stop_group, wait_until
+from polca_testbed.procstat import rss_mb
 from polca_testbed.prometheus import start_prometheus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -352,15 +353,6 @@ def live(
 # --- 4. operator RSS with 1,000 Nodes and 10,000 Pods ---------------------------------------
 
 
-def _rss_mb(pid: int) -> tuple[float, float]:
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0]) / 1024
-    return values["VmRSS"], values["VmHWM"]
-
-
 def _nps_status(node: str) -> dict[str, Any]:
     gpus = [
         GpuStatus(
@@ -439,7 +431,7 @@ def operator_rss(cluster: Cluster, work: Path, *, nodes: int, pods: int) -> list
     try:
         wait_until(lambda: operator_healthy(port), timeout_s=60, what="operator")
         time.sleep(5)
-        idle_rss, _ = _rss_mb(operator.pid)
+        idle_rss, _ = rss_mb(operator.pid)
         started = time.monotonic()
         populate(cluster, nodes, pods)
         print(
@@ -471,9 +463,9 @@ def operator_rss(cluster: Cluster, work: Path, *, nodes: int, pods: int) -> list
         wait_until(counted, timeout_s=120, what="the policy counting every node's GPUs")
         samples = []
         for _ in range(15):
-            samples.append(_rss_mb(operator.pid)[0])
+            samples.append(rss_mb(operator.pid)[0])
             time.sleep(1)
-        rss, peak = max(samples), _rss_mb(operator.pid)[1]
+        rss, peak = max(samples), rss_mb(operator.pid)[1]
     finally:
         stop_group(operator.pid)
     return [

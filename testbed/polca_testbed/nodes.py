@@ -26,8 +26,6 @@ import os
 import shutil
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +34,14 @@ from typing import Any
 from polca_node.fake_gpus import fake_gpu_uuids, read_fake_state
 from polca_node.kube_client import ApiError, KubeClient, kubeconfig_credentials
 from polca_node.status_writer import NODE_POWER_STATES
-from polca_testbed.processes import free_port, group_alive, start_process, stop_group, wait_until
+from polca_testbed.processes import (
+    free_port,
+    group_alive,
+    http_ok,
+    start_process,
+    stop_group,
+    wait_until,
+)
 
 __all__ = ["SimNode", "SimNodes"]
 
@@ -181,12 +186,7 @@ class SimNode:
         )
 
     def daemon_healthy(self) -> bool:
-        try:
-            url = f"http://127.0.0.1:{self.metrics_port}/healthz"
-            with urllib.request.urlopen(url, timeout=1) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
+        return http_ok(f"http://127.0.0.1:{self.metrics_port}/healthz")
 
     def stop_daemon(self) -> None:
         if self.daemon_pid is not None:

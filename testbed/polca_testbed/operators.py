@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import os
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from polca_testbed.processes import free_port, group_alive, start_process, stop_group
+from polca_testbed.processes import free_port, group_alive, http_ok, start_process, stop_group
 
 __all__ = ["OperatorHandle", "operator_healthy", "start_operator"]
 
@@ -55,9 +53,4 @@ def start_operator(
 
 def operator_healthy(port: int) -> bool:
     """True when the operator on `port` answers /healthz."""
-    try:
-        url = f"http://127.0.0.1:{port}/healthz"
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
+    return http_ok(f"http://127.0.0.1:{port}/healthz")

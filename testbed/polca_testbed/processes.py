@@ -9,8 +9,12 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+
+from polca_testbed.procstat import stat_fields
 
 _PR_SET_PDEATHSIG = 1
 
@@ -76,13 +80,19 @@ def _group_has_live_member(pgid: int) -> bool:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
+        fields = stat_fields(int(entry.name))
+        if fields is not None and int(fields[2]) == pgid and fields[0] != "Z":
             return True
     return False
+
+
+def http_ok(url: str, *, timeout_s: float = 1.0) -> bool:
+    """True when a GET of `url` (one of our own loopback endpoints) answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def free_port() -> int:

@@ -10,9 +10,10 @@ import contextlib
 import os
 import signal
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from polca_testbed.processes import group_alive, port_open
+from polca_testbed.procstat import cpu_seconds as process_cpu_seconds
+from polca_testbed.procstat import stat_fields
 
 __all__ = ["Leftovers", "Started", "cpu_seconds", "process_start_ticks", "terminate_groups"]
 
@@ -32,17 +33,9 @@ class Leftovers:
         return not self.pids and not self.ports
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    """/proc/<pid>/stat from field 3 (state) on, or None when there is no such process."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
 def process_start_ticks(pid: int) -> int | None:
     """When process `pid` started (clock ticks since boot); None when it is gone or a zombie."""
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     if fields is None or fields[0] == "Z":
         return None
     return int(fields[19])
@@ -50,13 +43,7 @@ def process_start_ticks(pid: int) -> int | None:
 
 def cpu_seconds(pids: list[int]) -> float:
     """CPU time (user + system, all threads) the live processes among `pids` have used."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
-        fields = _stat_fields(pid)
-        if fields is not None:
-            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
-    return total
+    return sum(cpu for cpu in map(process_cpu_seconds, pids) if cpu is not None)
 
 
 @dataclass
