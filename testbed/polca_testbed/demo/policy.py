@@ -58,15 +58,12 @@ def demo_policy(
     *,
     name: str,
     budget_watts: float,
-    node_budget_watts: float,
     telemetry: Literal["prometheus", "direct"],
     prometheus_url: str | None = None,
 ) -> dict[str, Any]:
-    """`document` aimed at the demo's nodes, with the demo's budget and telemetry.
+    """`document` aimed at the demo's nodes, with the demo's budget and telemetry; the rest
+    (stages, tiers, guard) is the file's own.
 
-    The guard's node budget is a server's own provisioned power unless the file sets one: in
-    an oversubscribed domain an even share of the budget is less than a busy server may draw
-    while the domain as a whole is within budget (the guard is there for runaways).
     Raises ValueError (pydantic's) when the result is not a valid PowerPolicy.
     """
     policy = copy.deepcopy(dict(document))
@@ -74,8 +71,6 @@ def demo_policy(
     spec = policy.setdefault("spec", {})
     spec["nodeSelector"] = {"matchLabels": {DOMAIN_LABEL[0]: DOMAIN_LABEL[1]}}
     spec["budgetWatts"] = round(budget_watts, 1)
-    guard = spec.setdefault("guard", {})
-    guard.setdefault("nodeBudgetWatts", round(node_budget_watts, 1))
     wanted: dict[str, Any] = {**spec.get("telemetry", {}), "source": telemetry}
     if telemetry == "prometheus":
         wanted["prometheusURL"] = prometheus_url

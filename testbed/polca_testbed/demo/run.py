@@ -316,7 +316,6 @@ class _DemoRun:
             load_policy_file(settings.policy_file),
             name=POLICY_NAME,
             budget_watts=self.budget_w,
-            node_budget_watts=settings.gpus * self.profile.max_limit_w,
             telemetry="prometheus" if prometheus_url else "direct",
             prometheus_url=prometheus_url,
         )

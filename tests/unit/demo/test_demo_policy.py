@@ -33,7 +33,6 @@ def sized(document: dict[str, Any] | None = None, **overrides: Any) -> dict[str,
     arguments: dict[str, Any] = {
         "name": "demo",
         "budget_watts": 20_000.0,
-        "node_budget_watts": 3_200.0,
         "telemetry": "direct",
     }
     arguments.update(overrides)
@@ -54,11 +53,11 @@ def test_policy_selects_the_demo_nodes_with_the_demo_budget() -> None:
     assert policy["metadata"] == {"name": "demo"}
     assert spec["nodeSelector"] == {"matchLabels": {DOMAIN_LABEL[0]: DOMAIN_LABEL[1]}}
     assert spec["budgetWatts"] == 20_000.0
-    assert spec["guard"]["nodeBudgetWatts"] == 3_200.0
     assert spec["telemetry"]["source"] == "direct"
     assert "prometheusURL" not in spec["telemetry"]
-    # The file's own choices stay: stages, tiers, staleness.
+    # The file's own choices stay: stages, tiers, guard, staleness.
     original = load_policy_file(DEFAULT_POLICY)["spec"]
+    assert spec["guard"] == original["guard"]
     assert spec["stages"] == original["stages"]
     assert spec["tiers"] == original["tiers"]
     assert spec["telemetry"]["stalenessSeconds"] == original["telemetry"]["stalenessSeconds"]
