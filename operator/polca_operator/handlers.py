@@ -16,6 +16,7 @@ import kopf
 
 from polca.api.powerpolicy import GROUP, VERSION
 from polca_operator.indexes import (
+    NODE_ADDRESSES_INDEX,
     NODE_LABELS_INDEX,
     NODE_REPORTS_INDEX,
     IndexView,
@@ -47,6 +48,8 @@ class OperatorConfig:
     telemetry_timeout_s: float = DEFAULT_TIMEOUT_S
     restore_wait_s: float = DEFAULT_RESTORE_WAIT_S
     status_refresh_s: float = 15.0
+    # Ports a daemon's published metrics endpoint may use; None: any (test rigs only).
+    daemon_ports: frozenset[int] | None = frozenset({9400})
 
 
 class _Runtime:
@@ -63,7 +66,12 @@ class _Runtime:
 
 
 def _view(kwargs: dict[str, Any], trackers: Trackers) -> IndexView:
-    return IndexView(kwargs[NODE_LABELS_INDEX], kwargs[NODE_REPORTS_INDEX], trackers)
+    return IndexView(
+        kwargs[NODE_LABELS_INDEX],
+        kwargs[NODE_REPORTS_INDEX],
+        trackers,
+        kwargs[NODE_ADDRESSES_INDEX],
+    )
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> OperatorMetrics:
@@ -98,6 +106,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> Operato
             health=health,
             default_prometheus_url=config.prometheus_url,
             status_refresh_s=config.status_refresh_s,
+            daemon_ports=config.daemon_ports,
         )
         log.info("metrics and /healthz on %s:%d", config.metrics_host, config.metrics_port)
 

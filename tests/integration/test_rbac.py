@@ -413,3 +413,49 @@ def test_daemon_writes_only_its_node_with_a_pod_bound_token(
         cluster.kubectl(
             "delete", "pod", pod_name, "-n", install.namespace, "--wait=false", check=False
         )
+
+
+def test_operator_may_not_rewrite_a_policy_spec(
+    cluster: Cluster, install: Install, unique_name: Names, tmp_path: Path
+) -> None:
+    """RBAC grants the operator `patch` on policies (finalizer, Kopf's annotations); the chart's
+    admission policy refuses any change of their spec or labels by that account."""
+    name = unique_name("pp")
+    policy = {
+        "apiVersion": "polca.dev/v1alpha1",
+        "kind": "PowerPolicy",
+        "metadata": {"name": name, "labels": {"team": "infra"}},
+        "spec": {"nodeSelector": {"matchLabels": {"row": "a"}}, "budgetWatts": 10000},
+    }
+    cluster.kubectl("create", "-f", "-", input=json.dumps(policy))
+    operator = Identity.impersonating(cluster, tmp_path / "operator", install.user("operator"), {})
+    try:
+        spec_patch = json.dumps({"spec": {"budgetWatts": 99999}})
+        deadline = time.monotonic() + 15  # the policy takes effect once its informer has synced
+        while (
+            result := operator.kubectl(
+                "patch", "powerpolicy", name, "--type=merge", "-p", spec_patch
+            )
+        ).returncode == 0:
+            restore = json.dumps({"spec": {"budgetWatts": 10000}})
+            cluster.kubectl("patch", "powerpolicy", name, "--type=merge", "-p", restore)
+            assert time.monotonic() < deadline, "the admission policy never took effect"
+            time.sleep(0.3)
+        assert "never its spec" in result.stderr, result.stderr
+        relabel = operator.kubectl("label", "powerpolicy", name, "team=other", "--overwrite")
+        assert "may not change a PowerPolicy's labels" in relabel.stderr, relabel.stderr
+
+        # What the operator needs stays allowed.
+        annotated = operator.kubectl("annotate", "powerpolicy", name, "kopf.zalando.org/x=1")
+        assert annotated.returncode == 0, annotated.stderr
+        finalizer = json.dumps({"metadata": {"finalizers": ["polca.dev/restore-defaults"]}})
+        added = operator.kubectl("patch", "powerpolicy", name, "--type=merge", "-p", finalizer)
+        assert added.returncode == 0, added.stderr
+
+        stored = json.loads(cluster.kubectl("get", "powerpolicy", name, "-o", "json").stdout)
+        assert stored["spec"]["budgetWatts"] == 10000
+        assert stored["metadata"]["labels"] == {"team": "infra"}
+    finally:
+        unfinalize = json.dumps({"metadata": {"finalizers": None}})
+        cluster.kubectl("patch", "powerpolicy", name, "--type=merge", "-p", unfinalize, check=False)
+        cluster.kubectl("delete", "powerpolicy", name, "--wait=false", check=False)

@@ -62,6 +62,9 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- define "polca.node.username" -}}
 system:serviceaccount:{{ .Release.Namespace }}:{{ include "polca.node.serviceAccount" . }}
 {{- end -}}
+{{- define "polca.operator.username" -}}
+system:serviceaccount:{{ .Release.Namespace }}:{{ include "polca.operator.serviceAccount" . }}
+{{- end -}}
 
 {{/* Container securityContext shared by the non-root processes. */}}
 {{- define "polca.restrictedContainerSecurity" -}}

@@ -300,6 +300,17 @@ class TestRestoreHook:
         }
         assert weights["Job"] > max(w for k, w in weights.items() if k != "Job")
 
+    def test_set_up_objects_do_not_outlive_a_failed_uninstall(
+        self, default: list[Manifest]
+    ) -> None:
+        """The hook's account may delete every PowerPolicy: gone whether the hook fails or not;
+        the failed Job alone stays, for its logs."""
+        hooks = [o for o in default if o["metadata"].get("annotations", {}).get("helm.sh/hook")]
+        for hook in hooks:
+            policy = set(hook["metadata"]["annotations"]["helm.sh/hook-delete-policy"].split(","))
+            assert {"before-hook-creation", "hook-succeeded"} <= policy, hook["kind"]
+            assert ("hook-failed" in policy) is (hook["kind"] != "Job"), hook["kind"]
+
     def test_job_runs_the_shipped_script(self, default: list[Manifest]) -> None:
         job = one(default, "Job", "-restore")
         script = one(default, "ConfigMap", "-restore")["data"]["restore_on_uninstall.py"]
