@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 import kopf
@@ -29,6 +30,7 @@ __all__ = [
     "IndexView",
     "NodeReport",
     "Trackers",
+    "heartbeat_seconds",
     "node_labels_entry",
     "node_report_entry",
     "register_indexes",
@@ -56,6 +58,18 @@ def node_labels_entry(name: str, labels: Mapping[str, str]) -> dict[str, dict[st
 
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and value >= 0 else 0
+
+
+def heartbeat_seconds(status: Mapping[str, Any]) -> float | None:
+    """`status.heartbeatTime` (RFC 3339) as Unix seconds; None when absent or unreadable."""
+    stamp = status.get("heartbeatTime")
+    if not isinstance(stamp, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    return parsed.timestamp() if parsed.tzinfo is not None else None
 
 
 def node_report_entry(name: str, status: Mapping[str, Any]) -> dict[str, NodeReport]:

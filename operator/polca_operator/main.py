@@ -165,6 +165,9 @@ def build_settings(args: argparse.Namespace) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     settings.persistence.finalizer = FINALIZER
     settings.posting.reporting_component = "polca-operator"
+    # Kopf would post handler logs as events in the operator's namespace, where `kubectl
+    # describe` never looks for a cluster-scoped object's events; kube.CoreEvents posts ours.
+    settings.posting.enabled = False
     settings.peering.clusterwide = True
     settings.peering.lifetime = args.peering_lifetime
     settings.peering.priority = args.priority if args.priority is not None else default_priority()

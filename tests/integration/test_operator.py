@@ -364,6 +364,9 @@ def test_load_up_throttles_idle_gpus_and_releases_after_the_hold(
     escalated = [m for r, m in events if r == "StageEscalated"]
     assert any(m.startswith("normal → stage1") and "of 7000 W" in m for m in escalated)
     assert any(r == "StageReleased" for r, _ in events)
+    described = env.cluster.kubectl("describe", "powerpolicy", policy).stdout
+    assert "StageEscalated" in described, described  # `kubectl describe` finds the events
+    assert "polca-operator" in described
     assert operator.metric("polca_domain_budget_watts", policy=policy) == BUDGET_W
 
 

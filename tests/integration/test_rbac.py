@@ -43,7 +43,7 @@ OPERATOR_RULES = rules(
     ("", "pods", "get list watch"),
     ("kopf.dev", "clusterkopfpeerings", "get list watch patch"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "list watch"),
-    ("", "events", "create"),  # in the release namespace only
+    ("", "events", "create"),  # in `default` only (events about cluster-scoped objects)
 )
 NODE_RULES = rules(
     ("polca.dev", "powerpolicies", "get list watch"),
@@ -63,7 +63,8 @@ REFUSED = [
     ("node", "get", "secrets", "kube-system"),
     ("node", "list", "secrets", "RELEASE"),
     ("node", "list", "nodes", ""),
-    ("node", "create", "events", "default"),
+    ("node", "create", "events", "RELEASE"),
+    ("operator", "create", "events", "RELEASE"),
     ("operator", "delete", "powerpolicies.polca.dev", ""),
     ("operator", "create", "powerpolicies.polca.dev", ""),
     ("operator", "create", "nodepowerstates.polca.dev", ""),
@@ -173,12 +174,11 @@ def test_each_account_gets_exactly_its_rules(
     everyone = granted_rules(
         cluster, f"system:serviceaccount:{install.namespace}:bystander", install.namespace
     )
-    granted = granted_rules(cluster, install.user(component), install.namespace) - everyone
+    granted = granted_rules(cluster, install.user(component), "default") - everyone
     assert granted == expected
-    # Events only in the release namespace: elsewhere the account has only what everyone has.
-    assert granted_rules(cluster, install.user(component), "default") - everyone == {
-        rule for rule in expected if rule[1] != "events"
-    }
+    # Events only in `default`: elsewhere the account has only what everyone has.
+    in_release = granted_rules(cluster, install.user(component), install.namespace) - everyone
+    assert in_release == {rule for rule in expected if rule[1] != "events"}
 
 
 @pytest.mark.parametrize(
@@ -199,7 +199,7 @@ def test_matrix_allowances_are_real(cluster: Cluster, install: Install) -> None:
         for group, resource, verb in expected:
             full = f"{resource.split('/')[0]}.{group}" if group else resource.split("/")[0]
             target = full + (f"/{resource.split('/')[1]}" if "/" in resource else "")
-            namespace = install.namespace if resource == "events" else ""
+            namespace = "default" if resource == "events" else ""
             assert can_i(cluster, install.user(component), verb, target, namespace), (
                 component,
                 verb,
