@@ -81,7 +81,11 @@ def test_telemetry_stale_fires_when_telemetry_is_lost_entirely(
                 "interval": "15s",
                 "input_series": [
                     # No sample at all: the operator publishes NaN as the age.
-                    {"series": 'polca_telemetry_age_seconds{policy="lost"}', "values": "NaN x20"},
+                    # (promtool 2.42 has no "NaNxN" shorthand: the samples are written out.)
+                    {
+                        "series": 'polca_telemetry_age_seconds{policy="lost"}',
+                        "values": " ".join(["NaN"] * 21),
+                    },
                     {"series": 'polca_telemetry_age_seconds{policy="old"}', "values": "60x20"},
                     {"series": 'polca_telemetry_age_seconds{policy="fresh"}', "values": "1x20"},
                 ],

@@ -167,7 +167,7 @@ class TestNodeDaemon:
         nvml_only = {"NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES"}
         assert set(env) == (documented - fake_only) | nvml_only
         assert env["POLCA_NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
-        assert env["POLCA_EVENT_NAMESPACE"] == {"value": "default"}
+        assert env["POLCA_EVENT_NAMESPACE"] == "default"
         assert env["POLCA_POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
         assert env["POLCA_GPU_BACKEND"] == "nvml"
         assert env["POLCA_PODRESOURCES_SOCKET"] == "/var/lib/kubelet/pod-resources/kubelet.sock"
