@@ -158,7 +158,23 @@ def kubeconfig_credentials(path: Path, context_name: str | None = None) -> Crede
             f"cannot read kubeconfig {path}: {exc.strerror}; pass --kubeconfig, set KUBECONFIG, "
             "or run in a pod (in-cluster service account)"
         ) from None
-    base_dir = path.resolve().parent
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise CredentialsError(
+            f"kubeconfig {path} is not a YAML kubeconfig ({type(exc).__name__}); pass "
+            "--kubeconfig with a kubeconfig file, or set KUBECONFIG"
+        ) from None
+    try:
+        return _credentials_from_config(config, path.resolve().parent, context_name)
+    except (KeyError, TypeError, AttributeError, ValueError, OSError, ssl.SSLError) as exc:
+        # A kubeconfig that parses but lacks a part, points at a missing file or holds a bad
+        # certificate: one line that names the file, never a traceback (issue 12, finding 8).
+        detail = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise CredentialsError(f"kubeconfig {path} is not usable: {detail}") from None
+
+
+def _credentials_from_config(config: Any, base_dir: Path, context_name: str | None) -> Credentials:
+    if not isinstance(config, Mapping):
+        raise TypeError("not a mapping at the top level")
     context = _named(config.get("contexts"), context_name or config["current-context"], "context")
     cluster = _named(config.get("clusters"), context["cluster"], "cluster")
     user = _named(config.get("users"), context["user"], "user")
@@ -190,9 +206,14 @@ def in_cluster_credentials(account_dir: Path = SERVICE_ACCOUNT_DIR) -> Credentia
     host = os.environ.get("KUBERNETES_SERVICE_HOST")
     port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
     if not host:
-        raise ValueError("not in a cluster: KUBERNETES_SERVICE_HOST is not set")
-    ssl_context = ssl.create_default_context(cafile=str(account_dir / "ca.crt"))
-    return Credentials(host, int(port), "", ssl_context, _TokenFile(account_dir / "token"))
+        raise CredentialsError("not in a cluster: KUBERNETES_SERVICE_HOST is not set")
+    try:
+        ssl_context = ssl.create_default_context(cafile=str(account_dir / "ca.crt"))
+        return Credentials(host, int(port), "", ssl_context, _TokenFile(account_dir / "token"))
+    except (OSError, ValueError) as exc:
+        raise CredentialsError(
+            f"in-cluster service account unusable ({account_dir}, port {port!r}): {exc}"
+        ) from None
 
 
 def load_credentials(kubeconfig: Path | None = None) -> Credentials:

@@ -12,7 +12,16 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from polca.options import (
+    LOG_LEVELS,
+    OptionParser,
+    env_default,
+    log_level,
+    port,
+    seconds,
+)
 from polca_node.daemon import DaemonConfig, NodeDaemon
 from polca_node.exporter import MetricsServer, NodeMetrics
 from polca_node.gpu.backend import Inventory
@@ -72,18 +81,13 @@ class Options:
     log_level: str
 
 
-def _env(environ: Mapping[str, str], name: str, default: str | None = None) -> str | None:
-    value = environ.get(name, "").strip()
-    return value or default
-
-
 def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
     """The parser; defaults come from `environ`."""
 
-    def env(name: str, default: str | None = None) -> str | None:
-        return _env(environ, name, default)
+    def env(name: str, default: object = None) -> Any:
+        return env_default(environ, name, default)
 
-    parser = argparse.ArgumentParser(
+    parser = OptionParser(
         prog="polca-node",
         description=DESCRIPTION,
         epilog=EPILOG,
@@ -143,8 +147,8 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     )
     gpus.add_argument(
         "--guard-period-s",
-        type=float,
-        default=float(env("POLCA_GUARD_PERIOD_S", "0.5") or 0.5),
+        type=seconds,
+        default=env("POLCA_GUARD_PERIOD_S", 0.5),
         help="seconds between GPU samples and local guard checks (env POLCA_GUARD_PERIOD_S; "
         "default %(default)s)",
     )
@@ -159,8 +163,8 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     )
     pods.add_argument(
         "--podresources-interval-s",
-        type=float,
-        default=float(env("POLCA_PODRESOURCES_INTERVAL_S", "5") or 5),
+        type=seconds,
+        default=env("POLCA_PODRESOURCES_INTERVAL_S", 5.0),
         help="seconds between kubelet reads; pod events trigger one at once too (env "
         "POLCA_PODRESOURCES_INTERVAL_S; default %(default)s)",
     )
@@ -181,9 +185,10 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     )
     export.add_argument(
         "--metrics-port",
-        type=int,
-        default=int(env("POLCA_METRICS_PORT", "9400") or 9400),
-        help="port for /metrics and /healthz; 0 picks a free one (env POLCA_METRICS_PORT; "
+        type=port,
+        default=env("POLCA_METRICS_PORT", 9400),
+        help="port for /metrics and /healthz, 1-65535; 0 picks a free one (env "
+        "POLCA_METRICS_PORT; "
         "default %(default)s)",
     )
     export.add_argument(
@@ -201,17 +206,17 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     export.add_argument(
         "--status-heartbeat-s",
         dest="heartbeat_s",
-        type=float,
-        default=float(env("POLCA_STATUS_HEARTBEAT_S", "30") or 30),
+        type=seconds,
+        default=env("POLCA_STATUS_HEARTBEAT_S", 30.0),
         help="NodePowerState is written on change and at least this often (env "
         "POLCA_STATUS_HEARTBEAT_S; default %(default)s)",
     )
     parser.add_argument(
         "--log-level",
         default=env("POLCA_LOG_LEVEL", "INFO"),
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-        type=str.upper,
-        help="log level (env POLCA_LOG_LEVEL; default %(default)s)",
+        type=log_level,
+        metavar="{" + ",".join(LOG_LEVELS) + "}",
+        help="log level, any case (env POLCA_LOG_LEVEL; default %(default)s)",
     )
     return parser
 

@@ -17,6 +17,16 @@ from collections.abc import Mapping, Sequence
 
 import kopf
 
+from polca.options import (
+    LOG_LEVELS,
+    OptionParser,
+    count,
+    env_default,
+    log_level,
+    port,
+    seconds,
+    seconds_or_inf,
+)
 from polca_operator.handlers import OperatorConfig, register
 from polca_operator.restore import DEFAULT_RESTORE_WAIT_S
 from polca_operator.telemetry import DEFAULT_TIMEOUT_S
@@ -28,7 +38,6 @@ DEFAULT_METRICS_PORT = 9401
 # Peers that stop refreshing are considered dead after this long: the standby's takeover time
 # after a crash (a clean exit hands over at once).
 DEFAULT_PEERING_LIFETIME_S = 15
-LOG_LEVELS = ("debug", "info", "warning", "error")
 # Start-time priorities stay below this: 2**53 keeps them exact in JSON consumers.
 PRIORITY_CEILING = 2**53
 
@@ -66,7 +75,7 @@ def default_priority(now_s: float | None = None, jitter: int | None = None) -> i
 
 
 def parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = OptionParser(
         prog="polca-operator",
         description=DESCRIPTION,
         epilog=EPILOG,
@@ -74,9 +83,9 @@ def parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> argparse.N
     )
     parser.add_argument(
         "--metrics-port",
-        type=int,
-        default=int(env.get("POLCA_METRICS_PORT") or DEFAULT_METRICS_PORT),
-        help="port of /metrics and /healthz (default %(default)s)",
+        type=port,
+        default=env_default(env, "POLCA_METRICS_PORT", DEFAULT_METRICS_PORT),
+        help="port of /metrics and /healthz, 1-65535; 0 picks a free one (default %(default)s)",
     )
     parser.add_argument(
         "--metrics-host",
@@ -101,7 +110,7 @@ def parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> argparse.N
     )
     parser.add_argument(
         "--peering-lifetime",
-        type=int,
+        type=count,
         default=DEFAULT_PEERING_LIFETIME_S,
         metavar="SECONDS",
         help="after this long without a keep-alive a peer counts as dead (default %(default)s)",
@@ -115,14 +124,14 @@ def parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> argparse.N
     )
     parser.add_argument(
         "--telemetry-timeout",
-        type=float,
+        type=seconds,
         default=DEFAULT_TIMEOUT_S,
         metavar="SECONDS",
         help="timeout of each Prometheus query and metrics scrape (default %(default)s)",
     )
     parser.add_argument(
         "--restore-wait",
-        type=float,
+        type=seconds_or_inf,
         default=DEFAULT_RESTORE_WAIT_S,
         metavar="SECONDS",
         help="how long a deleted policy waits for its nodes to restore defaults before it "
@@ -130,13 +139,14 @@ def parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> argparse.N
     )
     parser.add_argument(
         "--log-level",
-        choices=LOG_LEVELS,
-        default=(env.get("POLCA_LOG_LEVEL") or "info").lower(),
-        help="default %(default)s",
+        type=log_level,
+        metavar="{" + ",".join(LOG_LEVELS) + "}",
+        default=env_default(env, "POLCA_LOG_LEVEL", "INFO"),
+        help="log level, any case (default %(default)s)",
     )
     args = parser.parse_args(argv)
-    if args.log_level not in LOG_LEVELS:
-        parser.error(f"POLCA_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+    # Kopf and this module speak lower case (`kopf.configure(debug=...)`).
+    args.log_level = args.log_level.lower()
     return args
 
 
@@ -165,6 +175,7 @@ def credentials_problem() -> str | None:
     """Why no Kubernetes credentials can be found (None when they can), checked before Kopf
     starts: Kopf would log the failure and keep running without doing anything."""
     import kubernetes.config
+    import yaml
 
     try:
         kubernetes.config.load_incluster_config()
@@ -175,6 +186,13 @@ def credentials_problem() -> str | None:
             return (
                 f"no Kubernetes credentials ({exc}); set KUBECONFIG or run in a pod with a "
                 "service account"
+            )
+        except (ValueError, yaml.YAMLError, TypeError, KeyError, AttributeError) as exc:
+            # A file that is not a kubeconfig (binary, bad YAML, missing parts): one line,
+            # never a traceback. UnicodeDecodeError is a ValueError.
+            return (
+                f"the kubeconfig is not usable ({type(exc).__name__}: {str(exc)[:200]}); set "
+                "KUBECONFIG to a kubeconfig file or run in a pod with a service account"
             )
     return None
 
