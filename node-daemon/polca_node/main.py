@@ -45,9 +45,10 @@ The POLCA node daemon. It runs on every GPU node (a DaemonSet) and:
     server cannot let the node run away;
   - exports Prometheus metrics on /metrics (and /healthz) and writes the NodePowerState
     named after the node (on change, and as a 30 s heartbeat).
-A restart never lifts a limit: settings are held until the policies are known again. Defaults
-are restored only when the node leaves every policy; that is recorded in the NodePowerState
-and as an Event."""
+A restart never lifts a limit: settings are held until the policies are known again; with
+--state-dir, a restart during an API outage resumes the guard from a node-local checkpoint.
+Defaults are restored only when the node leaves every policy; that is recorded in the
+NodePowerState and as an Event."""
 
 EPILOG = """\
 Every option can also be set through the environment variable named in its help (the
@@ -75,6 +76,7 @@ class Options:
     metrics_endpoint: str | None
     pod_ip: str | None
     kubeconfig: Path | None
+    state_dir: Path | None
     guard_period_s: float
     heartbeat_s: float
     event_namespace: str
@@ -106,6 +108,14 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
         default=env("KUBECONFIG"),
         help="kubeconfig to reach the API server (env KUBECONFIG; default: the pod's service "
         "account, else ~/.kube/config)",
+    )
+    node.add_argument(
+        "--state-dir",
+        type=Path,
+        default=env("POLCA_STATE_DIR"),
+        help="node-local directory (the chart mounts a hostPath) for the checkpoint of what the "
+        "daemon last acted on, so a restart while the API server is down resumes the guard and "
+        "the holds at once (env POLCA_STATE_DIR; default: none, no checkpoint)",
     )
     node.add_argument(
         "--event-namespace",
@@ -246,6 +256,7 @@ def parse_options(
         metrics_endpoint=args.metrics_endpoint,
         pod_ip=args.pod_ip,
         kubeconfig=args.kubeconfig,
+        state_dir=args.state_dir,
         guard_period_s=args.guard_period_s,
         heartbeat_s=args.heartbeat_s,
         event_namespace=args.event_namespace,
@@ -301,6 +312,7 @@ async def run(options: Options) -> None:
         fake_gpu_annotation=options.fake_gpu_annotation,
         metrics_endpoint=endpoint,
         event_namespace=options.event_namespace,
+        state_dir=options.state_dir,
     )
     daemon = NodeDaemon(
         config, _backend(options, metrics), kube, metrics, pod_mapper_factory=pod_mapper
