@@ -52,6 +52,16 @@ TOKEN_REFRESH_S = 60.0
 USER_AGENT = "polca-node"
 
 
+# How a kept-alive connection that the server has closed fails on its next use (TLS: an EOF).
+_STALE_CONNECTION = (
+    http.client.RemoteDisconnected,
+    ConnectionResetError,
+    BrokenPipeError,
+    ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
+)
+
+
 class ApiError(Exception):
     """A Kubernetes API call failed: `status` is the HTTP status, 0 for a transport error."""
 
@@ -402,10 +412,9 @@ class KubeClient:
             except (OSError, http.client.HTTPException, ValueError) as exc:
                 self._forget(connection)
                 self._local.conn = None
-                # A kept-alive connection the server closed fails on first use: retry once.
-                if attempt == 1 and isinstance(
-                    exc, http.client.RemoteDisconnected | ConnectionResetError | BrokenPipeError
-                ):
+                # A kept-alive connection the server closed (a restarted API server, too) fails
+                # on first use: retry once on a new one.
+                if attempt == 1 and isinstance(exc, _STALE_CONNECTION):
                     continue
                 raise ApiError(0, type(exc).__name__, f"{what}: {exc}") from exc
             if response.status == 401 and not token_retried:

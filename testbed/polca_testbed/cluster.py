@@ -142,15 +142,18 @@ class Cluster:
             stop_group(pid)
         self._save_state()
 
-    def start_apiserver(self, *, tie_to_parent: bool = True) -> None:
-        """Start the API server on its port again (after `stop_apiserver`); return once /readyz
-        says ok. Its log is appended to the same file."""
+    def start_apiserver(self, *, tie_to_parent: bool = True, wait: bool = True) -> None:
+        """Start the API server on its port again (after `stop_apiserver`); with `wait`, return
+        once /readyz says ok (without, at once: a test can time the first answer itself). Its
+        log is appended to the same file."""
         if "kube-apiserver" in self.pids and group_alive(self.pids["kube-apiserver"]):
             raise RuntimeError("the API server is already running")
         log_path = self.state_dir / "logs" / "kube-apiserver.log"
         api = start_process(_apiserver_argv(self), log_path=log_path, tie_to_parent=tie_to_parent)
         self.pids["kube-apiserver"] = api.pid
         self._save_state()
+        if not wait:
+            return
         wait_until(self.ready, timeout_s=START_TIMEOUT_S, what="kube-apiserver",
                    alive=lambda: api.poll() is None, log_path=log_path)  # fmt: skip
 

@@ -17,6 +17,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -34,8 +35,9 @@ DOMAIN_LABEL = "polca.dev/test-domain"
 POLICIES = "/apis/polca.dev/v1alpha1/powerpolicies"
 STATES = "/apis/polca.dev/v1alpha1/nodepowerstates"
 GUARD_PERIOD_S = 0.5
-# The guard must act within its period once the daemon samples; the daemon's own start-up
-# (Python imports, fake NVML) comes before its health endpoint answers and is not counted.
+# From the daemon's resume (its log line) to a tighter limit on the GPUs: the first sample or
+# the next one (a reconcile may come first), plus the write; 4 periods leave room for the
+# loaded machine. The daemon's start-up before that (imports, fake NVML) is not counted.
 GUARD_BOUND_S = 4 * GUARD_PERIOD_S
 # Issue 12: a change must reach the GPUs <= 2 s after the server answers again. Asserted with
 # 2 s of room for a loaded 2-core machine; the measured figure is printed.
@@ -47,10 +49,12 @@ LOADED = {"prefill": 1.0}  # 4 x ~700 W: far above a 1.2 kW guard trigger
 
 @pytest.fixture
 def outage(cluster: Cluster) -> Iterator[Cluster]:
-    """The cluster, whose API server the test may stop: it is running again afterwards."""
+    """The cluster, whose API server the test may stop: it is running again afterwards. Ask
+    for it last, so it is torn down first and the other fixtures clean up through the API."""
     yield cluster
-    if not cluster.ready():
+    if "kube-apiserver" not in cluster.pids:
         cluster.start_apiserver()
+    eventually("the API server to be ready again", cluster.ready, timeout_s=90)
 
 
 def create_guarded_policy(api: KubeClient, name: str, domain: str) -> None:
@@ -72,6 +76,14 @@ def set_stage(api: KubeClient, name: str, stage: str, index: int) -> None:
         body={"status": {"stage": stage, "stageIndex": index, "nodeCount": 1}},
         content_type="application/merge-patch+json",
     )  # fmt: skip
+
+
+def try_set_stage(api: KubeClient, name: str, stage: str, index: int) -> bool:
+    try:
+        set_stage(api, name, stage, index)
+    except ApiError:
+        return False
+    return True
 
 
 def ready_reason(api: KubeClient, node: str) -> str:
@@ -106,7 +118,7 @@ class GpuSampler:
             if gpus:  # an unreadable moment is no sample (the file is replaced atomically)
                 ordered = sorted(gpus, key=lambda g: g["index"])
                 self.samples.append((
-                    time.monotonic(),
+                    time.time(),  # wall clock: compared with the daemon's log times
                     [g.get("clock_ceiling_mhz") for g in ordered],
                     [g.get("power_limit_w") for g in ordered],
                 ))  # fmt: skip
@@ -136,9 +148,16 @@ class GpuSampler:
         return found
 
 
+def log_time(path: Path, fragment: str) -> float:
+    """When the daemon logged its first line containing `fragment` (Unix time)."""
+    line = next(line for line in path.read_text().splitlines() if fragment in line)
+    # logging's asctime: local time, milliseconds after a comma; naive on purpose (same host).
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()  # noqa: DTZ007
+
+
 def test_restart_during_an_outage_resumes_the_guard_from_the_checkpoint(
-    outage: Cluster, api: KubeClient, sim: SimNodes, unique_name: Callable[[str], str],
-    cleanup: Callable[..., None],
+    api: KubeClient, sim: SimNodes, cleanup: Callable[..., None],
+    unique_name: Callable[[str], str], outage: Cluster,
 ) -> None:  # fmt: skip
     domain, policy = unique_name("dom"), unique_name("policy")
     cleanup(f"powerpolicy/{policy}")
@@ -156,7 +175,11 @@ def test_restart_during_an_outage_resumes_the_guard_from_the_checkpoint(
     node.set_load(LOADED)
     with GpuSampler(node) as sampler:
         node.start_daemon()  # returns once /healthz answers
-        up_s = time.monotonic()
+        eventually(
+            "the daemon to resume from its checkpoint",
+            lambda: "resuming from the checkpoint" in node.daemon_log.read_text(), 30,
+        )  # fmt: skip
+        resumed_s = log_time(node.daemon_log, "resuming from the checkpoint")
         eventually(
             "the guard to throttle from the checkpoint",
             lambda: any(c is not None and c < 1275 for c in node.clock_ceilings_mhz()),
@@ -166,14 +189,14 @@ def test_restart_during_an_outage_resumes_the_guard_from_the_checkpoint(
         # Keep the outage (and the sampling) going a while: the guard climbs, nothing lifts.
         eventually(
             "two more seconds of sampling in the outage",
-            lambda: time.monotonic() - throttled_s >= 2.0, timeout_s=10,
+            lambda: time.time() - throttled_s >= 2.0, timeout_s=10,
         )  # fmt: skip
         assert not outage.ready()  # the API server was down for the whole restart
     print(
-        f"guard throttled {throttled_s - up_s:.2f} s after the restarted daemon answered "
-        f"(API server down); {len(sampler.samples)} GPU samples"
+        f"guard throttled {throttled_s - resumed_s:.2f} s after the restarted daemon resumed "
+        f"from its checkpoint (API server down); {len(sampler.samples)} GPU samples"
     )
-    assert throttled_s - up_s <= GUARD_BOUND_S
+    assert throttled_s - resumed_s <= GUARD_BOUND_S
     assert sampler.lifted() == []
     assert all(c is not None for c in sampler.samples[0][1])  # stage 1 held from the start
     log = node.daemon_log.read_text()
@@ -187,8 +210,8 @@ def test_restart_during_an_outage_resumes_the_guard_from_the_checkpoint(
 
 
 def test_a_stage_change_after_an_outage_reaches_the_gpus_within_the_bound(
-    outage: Cluster, api: KubeClient, sim: SimNodes, unique_name: Callable[[str], str],
-    cleanup: Callable[..., None],
+    api: KubeClient, sim: SimNodes, cleanup: Callable[..., None],
+    unique_name: Callable[[str], str], outage: Cluster,
 ) -> None:  # fmt: skip
     domain, policy = unique_name("dom"), unique_name("policy")
     cleanup(f"powerpolicy/{policy}")
@@ -207,10 +230,14 @@ def test_a_stage_change_after_an_outage_reaches_the_gpus_within_the_bound(
         and "retrying in" in node.daemon_log.read_text()[len(log_before):],
         timeout_s=OUTAGE_S + 30,
     )  # fmt: skip
-    outage.start_apiserver()  # returns when /readyz answers: the server answers again
+    outage.start_apiserver(wait=False)
+    # "The server answers again": the first moment the policy can be written, polled every
+    # 20 ms (readiness would come seconds later, and the daemons do not wait for it either).
+    eventually(
+        "the API server to take the stage change",
+        lambda: try_set_stage(api, policy, "stage2", 2), timeout_s=90, interval_s=0.02,
+    )  # fmt: skip
     answered_s = time.monotonic()
-    set_stage(api, policy, "stage2", 2)
-    written_s = time.monotonic()
     eventually(
         "stage 2 on the GPUs", lambda: node.clock_ceilings_mhz() == [1110, 1110],
         timeout_s=30, interval_s=0.02,
@@ -218,7 +245,6 @@ def test_a_stage_change_after_an_outage_reaches_the_gpus_within_the_bound(
     reached_s = time.monotonic()
     print(
         f"after a {answered_s - down_s:.1f} s outage: stage change reached the GPUs "
-        f"{reached_s - answered_s:.2f} s after the API server answered "
-        f"({reached_s - written_s:.2f} s after the status write)"
+        f"{reached_s - answered_s:.2f} s after the API server first answered (and took it)"
     )
     assert reached_s - answered_s <= RECOVERY_ASSERT_S
