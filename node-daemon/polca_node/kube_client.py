@@ -94,8 +94,9 @@ class Credentials:
     ssl_context: ssl.SSLContext
     token: Callable[[], str | None]
     # Forget a cached token so the next `token()` reads it again: called on a 401, when a
-    # projected token was rotated before our periodic re-read.
-    forget_token: Callable[[], None] = lambda: None
+    # projected token was rotated before our periodic re-read. None: the token cannot change
+    # (client certificates, a static token), so a 401 is final.
+    forget_token: Callable[[], None] | None = None
 
 
 class _TokenFile:
@@ -417,9 +418,10 @@ class KubeClient:
                 if attempt == 1 and isinstance(exc, _STALE_CONNECTION):
                     continue
                 raise ApiError(0, type(exc).__name__, f"{what}: {exc}") from exc
-            if response.status == 401 and not token_retried:
+            forget = self._credentials.forget_token
+            if response.status == 401 and forget is not None and not token_retried:
                 token_retried = True
-                self._credentials.forget_token()
+                forget()
                 continue
             if response.status >= 400:
                 raise _error_from_response(response, data)
@@ -446,8 +448,9 @@ class KubeClient:
             if response.status < 400:
                 return WatchStream(connection, response, self._forget)
             self._forget(connection)
-            if response.status == 401 and attempt == 1:
-                self._credentials.forget_token()
+            forget = self._credentials.forget_token
+            if response.status == 401 and forget is not None and attempt == 1:
+                forget()
                 continue
             raise _error_from_response(response, error_body)
         raise AssertionError("unreachable")  # pragma: no cover

@@ -274,7 +274,9 @@ def test_a_missing_token_file_and_a_non_json_answer_are_api_errors(
             api.request("GET", "/html")
         assert (raised.value.status, raised.value.reason) == (0, "BadResponse")
         token_file.unlink()
-        api._credentials.forget_token()
+        forget = api._credentials.forget_token
+        assert forget is not None
+        forget()
         with pytest.raises(ApiError) as raised:
             api.request("GET", "/api/v1/pods")
         assert (raised.value.status, raised.value.reason) == (0, "TokenUnreadable")
