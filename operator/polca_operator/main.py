@@ -76,15 +76,14 @@ def default_priority(now_s: float | None = None, jitter: int | None = None) -> i
 
 
 def _daemon_port(text: str) -> frozenset[int] | None:
+    """`any`, or one port by the shared rules (`polca.options.port`), 0 excluded: a daemon's
+    published endpoint always names its real port."""
     if text.strip().lower() == "any":
         return None
-    try:
-        port = int(text)
-    except ValueError:
-        port = 0
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535) or 'any'")
-    return frozenset({port})
+    value = port(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a port number, 1-65535, or 'any'")
+    return frozenset({value})
 
 
 def parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> argparse.Namespace:
@@ -153,7 +152,7 @@ def parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> argparse.N
     parser.add_argument(
         "--daemon-metrics-port",
         type=_daemon_port,
-        default=env.get("POLCA_DAEMON_METRICS_PORT") or str(DEFAULT_DAEMON_METRICS_PORT),
+        default=env_default(env, "POLCA_DAEMON_METRICS_PORT", str(DEFAULT_DAEMON_METRICS_PORT)),
         metavar="PORT|any",
         help="the only port a daemon's published metrics endpoint may use; 'any' for test "
         "rigs with one daemon per port (env POLCA_DAEMON_METRICS_PORT, default %(default)s)",
