@@ -432,16 +432,23 @@ class KubeClient:
         self, path: str, params: Mapping[str, str | int | bool], *, read_timeout_s: float
     ) -> WatchStream:
         """Open a watch (`params` must include watch=true) on its own connection; after a 401,
-        once more with a re-read token."""
+        once more with a re-read token.
+
+        Connecting and the answer's headers get the client's timeout; only then does the socket
+        wait up to `read_timeout_s` for events. A long connect timeout would leave a watch stuck
+        on an unreachable server (a dropped route, not a refused connection) long after it is
+        back, whatever the retry backoff."""
         url = self._url(path, params)
         what = f"watch {path}"
         for attempt in (1, 2):
             headers = self._headers(what, None)
-            connection = self._connect(read_timeout_s)
+            connection = self._connect(self.timeout_s)
             try:
                 connection.request("GET", url, headers=headers)
                 response = connection.getresponse()
                 error_body = response.read() if response.status >= 400 else b""
+                if response.status < 400 and connection.sock is not None:
+                    connection.sock.settimeout(read_timeout_s)
             except (OSError, http.client.HTTPException, ValueError) as exc:
                 self._forget(connection)
                 raise ApiError(0, type(exc).__name__, f"{what}: {exc}") from exc

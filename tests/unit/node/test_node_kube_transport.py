@@ -184,9 +184,19 @@ class TokenCheckingServer(BaseHTTPRequestHandler):
             self._send(401, json.dumps(body).encode())
         elif self.path.startswith("/html"):
             self._send(200, b"<html>gateway</html>", "text/html")
+        elif self.path.startswith("/hang"):  # a server that never answers
+            time.sleep(3)
         elif "watch=true" in self.path:
             event = {"type": "ADDED", "object": {"metadata": {"name": "a"}}}
-            self._send(200, json.dumps(event).encode() + b"\n")
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            if "slow" in self.path:  # the first event comes long after the headers
+                self.wfile.flush()
+                time.sleep(1.0)
+            data = json.dumps(event).encode() + b"\n"
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n0\r\n\r\n")
         else:
             self._send(200, json.dumps({"items": []}).encode())
 
@@ -280,5 +290,22 @@ def test_a_missing_token_file_and_a_non_json_answer_are_api_errors(
         with pytest.raises(ApiError) as raised:
             api.request("GET", "/api/v1/pods")
         assert (raised.value.status, raised.value.reason) == (0, "TokenUnreadable")
+    finally:
+        api.close()
+
+
+def test_a_watch_connects_with_the_short_timeout_and_waits_for_events_with_the_long_one(
+    token_server: tuple[Path, Path, type[TokenCheckingServer]],
+) -> None:
+    kubeconfig, _token_file, _handler = token_server
+    api = KubeClient(kubeconfig_credentials(kubeconfig), timeout_s=0.3)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ApiError) as raised:
+            api.watch("/hang", {"watch": True}, read_timeout_s=30)
+        assert raised.value.status == 0
+        assert time.monotonic() - started < 2.0  # not the 30 s meant for a quiet watch
+        stream = api.watch("/slow", {"watch": True}, read_timeout_s=30)
+        assert [e["object"]["metadata"]["name"] for e in stream] == ["a"]  # after 1 s > 0.3 s
     finally:
         api.close()
