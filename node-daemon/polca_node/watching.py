@@ -42,6 +42,8 @@ READ_TIMEOUT_S = WATCH_TIMEOUT_S + 30
 # A watch that ends sooner than this without a single event made no progress: back off before
 # the next one, or a server (or proxy) that closes watches at once makes us spin.
 QUICK_END_S = 1.0
+# During an outage, repeat the failure warning at most this often (each retry is logged at debug).
+WARN_EVERY_S = 30.0
 
 
 class WatchSink(Protocol):
@@ -101,6 +103,7 @@ class Watcher:
         self._stream: WatchStream | None = None
         self._resource_version: str | None = None  # of the last list or event seen
         self._events = 0  # events handled so far: progress, which resets the backoff
+        self._warned_s = float("-inf")  # when a failure was last logged as a warning
         self._thread = threading.Thread(target=self._run, name=f"watch-{target.name}", daemon=True)
 
     def start(self) -> Watcher:
@@ -168,8 +171,16 @@ class Watcher:
         self._stopping.wait(delay_s)
 
     def _fail(self, exc: Exception) -> None:
+        first = self._backoff.attempt == 0
         delay_s = self._backoff.next_s()
-        logger.warning("%s: %s; retrying in %.2f s", self._target.name, exc, delay_s)
+        # Retries come every ~0.5 s during an outage: warn on the first failure and then at most
+        # every WARN_EVERY_S, the others at debug level, so an outage does not flood the log.
+        now_s = self._clock()
+        quiet = not first and now_s - self._warned_s < WARN_EVERY_S
+        if not quiet:
+            self._warned_s = now_s
+        level = logging.DEBUG if quiet else logging.WARNING
+        logger.log(level, "%s: %s; retrying in %.2f s", self._target.name, exc, delay_s)
         self._sink.failed(exc)
         self._stopping.wait(delay_s)
 

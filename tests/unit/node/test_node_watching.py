@@ -301,3 +301,18 @@ def test_any_failure_is_contained_and_retried_with_a_relist(error: Exception) ->
     finally:
         watcher.stop()
     assert calls == [("failed", type(error).__name__), ("replace", ["a"])]
+
+
+def test_an_outage_warns_once_then_retries_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    down = ApiError(0, "ConnectionRefusedError", "down")
+    api = FakeApi([down] * 20 + [listing("5", "a")], [])
+    sink = RecordingSink()
+    with caplog.at_level("DEBUG", logger="polca_node.watching"):
+        watcher = start_watcher(api, sink, RecordingBackoff())
+        try:
+            assert sink.wait_for(21)[-1] == ("replace", ["a"])
+        finally:
+            watcher.stop()
+    retries = [r for r in caplog.records if "retrying in" in r.getMessage()]
+    assert len(retries) == 20  # every retry is logged...
+    assert [r.levelname for r in retries].count("WARNING") == 1  # ...one of them as a warning
