@@ -72,6 +72,7 @@ def test_round_trip_and_versioned(tmp_path: Path, make_policy: PolicyFactory) ->
     assert document["kind"] == "PolcaNodeCheckpoint"
     assert read_checkpoint(path, NODE) == checkpoint
     assert [p.name for p in tmp_path.joinpath("state").iterdir()] == [CHECKPOINT_FILE]  # no tmp
+    assert path.stat().st_mode & 0o777 == 0o600
 
 
 def test_missing_file_is_no_checkpoint(tmp_path: Path) -> None:
