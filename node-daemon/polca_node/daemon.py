@@ -13,7 +13,10 @@ Tasks on one event loop, blocking work in threads:
 - the status writer writes NodePowerState on change and as a 30 s heartbeat, and posts Events.
 
 Start-up: the GPUs keep what they have until the daemon has read its previous NodePowerState,
-listed the policies and pods and seen its Node (mode HOLD). Shutdown (SIGTERM) stops the
+listed the policies and pods and seen its Node (mode HOLD) — unless a node-local checkpoint
+(`polca_node.checkpoint`, under `--state-dir`) says what it last acted on: then what the API has
+not told it yet comes from the checkpoint, the guard runs at once and decisions only tighten
+until the API answers (safety rule 8). Shutdown (SIGTERM) stops the
 tasks, the watch threads, the kubelet channel and NVML, and leaves every GPU setting in place.
 """
 
@@ -26,13 +29,25 @@ import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from polca.api.conditions import Condition
 from polca.api.nodepowerstate import AppliedPolicy, NodePowerStateStatus
+from polca.api.powerpolicy import PowerPolicy
 from polca.control.plan import GpuLimits
 from polca.control.tiers import PodFacts
 from polca_node.actuator import ActuationResult, Actuator, Knob
+from polca_node.checkpoint import (
+    CHECKPOINT_FILE,
+    Checkpoint,
+    CheckpointError,
+    read_checkpoint,
+    resume_inputs,
+    resumed_decision,
+    to_document,
+    write_checkpoint,
+)
 from polca_node.exporter import GpuSample, NodeMetrics, NodeSnapshot
 from polca_node.gpu.backend import GpuBackend, GpuInfo, GpuReading, Inventory
 from polca_node.gpu.errors import GpuError
@@ -77,6 +92,8 @@ class DaemonConfig:
     fake_gpu_annotation: str | None = None  # set: GPUs from pod annotations, not the kubelet
     metrics_endpoint: str | None = None
     event_namespace: str = "default"
+    # Node-local directory for the checkpoint (safety rule 8); None: no checkpoint.
+    state_dir: Path | None = None
 
 
 def gpu_limits(info: GpuInfo) -> GpuLimits:
@@ -141,6 +158,11 @@ class NodeDaemon:
         self._tasks: set[asyncio.Task[None]] = set()
         self._conditions: tuple[Condition, ...] = ()  # as last written
         self._started_s = clock()
+        # The checkpoint this process started from (None: none, or not usable), the policies the
+        # last decision used (the guard's too), and the last checkpoint document written.
+        self._checkpoint: Checkpoint | None = None
+        self._decided_policies: dict[str, PowerPolicy] = {}
+        self._checkpoint_written: dict[str, Any] | None = None
 
     # -- health ------------------------------------------------------------------------------
 
@@ -161,6 +183,7 @@ class NodeDaemon:
         inventory = await self._open(stop)
         if inventory is None:
             return
+        await asyncio.to_thread(self.resume)
         loop = asyncio.get_running_loop()
         self._start_watchers(loop)
         tasks = [
@@ -251,6 +274,70 @@ class NodeDaemon:
             "%d GPUs: %s", len(self._gpus), ", ".join(sorted({g.name for g in self._gpus.values()}))
         )
 
+    # -- the node-local checkpoint (safety rule 8) -------------------------------------------
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        state_dir = self.config.state_dir
+        return None if state_dir is None else state_dir / CHECKPOINT_FILE
+
+    def resume(self) -> Checkpoint | None:
+        """Read the checkpoint (blocking; `run` does it before anything else), so decisions and
+        the guard can start from it before the API server answers."""
+        path = self.checkpoint_path
+        if path is None:
+            return None
+        try:
+            checkpoint = read_checkpoint(path, self.config.node_name)
+        except CheckpointError as exc:
+            # Ignored, never acted on: the GPUs are held as they are until the API answers.
+            logger.warning("ignoring the checkpoint %s (%s): %s", path, exc.reason, exc)
+            self.metrics.on_checkpoint_error(exc.reason)
+            return None
+        if checkpoint is None:
+            logger.info("no checkpoint at %s: holding the GPUs until the API answers", path)
+            return None
+        self._checkpoint = checkpoint
+        self._record = checkpoint.applied
+        if self.actuator is not None:
+            self.actuator.recall(checkpoint.ceilings_mhz)
+        logger.info(
+            "resuming from the checkpoint %s: %s", path,
+            ", ".join(f"{p.name}/{p.stage}" for p in checkpoint.applied) or "no policy",
+        )  # fmt: skip
+        self.wake()
+        return checkpoint
+
+    def _checkpoint_now(self, inputs: DecisionInputs, decision: NodeDecision) -> Checkpoint:
+        applied = self.actuator.applied if self.actuator is not None else {}
+        chosen = {p.name for p in decision.policies}
+        return Checkpoint(
+            node_name=self.config.node_name,
+            node_labels=dict(inputs.node_labels or {}),
+            policies=tuple(p for p in inputs.policies or () if p.metadata.name in chosen),
+            applied=self._record,
+            gpu_pods={i: tuple(pods) for i, pods in (inputs.gpu_pods or {}).items()},
+            ceilings_mhz={i: a.clock_ceiling_mhz for i, a in applied.items() if a.clock_known},
+        )
+
+    async def _save_checkpoint(self, inputs: DecisionInputs, decision: NodeDecision) -> None:
+        """Write the checkpoint when what it would hold changed (never in HOLD: nothing new)."""
+        path = self.checkpoint_path
+        if path is None or decision.mode is Mode.HOLD:
+            return
+        checkpoint = self._checkpoint_now(inputs, decision)
+        document = to_document(checkpoint)
+        if document == self._checkpoint_written:
+            return
+        try:
+            await asyncio.to_thread(write_checkpoint, path, checkpoint)
+        except OSError as exc:
+            # A full or read-only disk costs the restart-during-outage guarantee, not actuation.
+            logger.warning("cannot write the checkpoint %s: %s", path, exc)
+            self.metrics.on_checkpoint_error("WriteFailed")
+            return
+        self._checkpoint_written = document
+
     def _start_watchers(self, loop: asyncio.AbstractEventLoop) -> None:
         node = self.config.node_name
         observed = self.observed
@@ -296,7 +383,10 @@ class NodeDaemon:
     def recall(self, record: PreviousRecord) -> None:
         """Take what our NodePowerState recorded before this process started."""
         self._previous = record
-        self._record = record.policies
+        if self._checkpoint is None:
+            # With a checkpoint, the record it gave (and what decisions made of it since) is at
+            # least as new as the NodePowerState, which is written after the checkpoint.
+            self._record = record.policies
         if self.actuator is not None:
             self.actuator.recall(record.ceilings_mhz)
         logger.info(
@@ -345,12 +435,15 @@ class NodeDaemon:
     async def reconcile(self) -> ActuationResult:
         """Decide and apply once."""
         assert self.actuator is not None
-        decision = decide_node(self.inputs())
+        inputs, resumed = resume_inputs(self.inputs(), self._checkpoint)
+        decision = resumed_decision(decide_node(inputs), resumed)
+        self._decided_policies = {p.metadata.name or "": p for p in inputs.policies or ()}
         if decision.mode != self.decision.mode or decision.reason != self.decision.reason:
             logger.info("%s: %s", decision.mode.value, decision.reason)
         self.decision = decision
         result = await asyncio.to_thread(self.actuator.apply, decision)
         self._after_apply(decision, result)
+        await self._save_checkpoint(inputs, decision)
         self._status_wake.set()
         return result
 
@@ -474,10 +567,12 @@ class NodeDaemon:
         self._publish(readings)
 
     def _run_guards(self, readings: Mapping[int, GpuReading]) -> None:
+        # The policy objects the decision used: the API's, or the checkpoint's after a restart
+        # during an outage, so the guard runs before the API server answers (safety rule 8).
         policies = {
-            p.name: self.observed.policies[p.name]
+            p.name: self._decided_policies[p.name]
             for p in self.decision.policies
-            if p.name in self.observed.policies
+            if p.name in self._decided_policies
         }
         tiers = {p.name: {i: g.tier for i, g in p.gpus.items()} for p in self.decision.policies}
         power_w = sum(r.power_w for r in readings.values()) if readings else None

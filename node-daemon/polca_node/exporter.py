@@ -177,6 +177,13 @@ class NodeMetrics:
             ["node", "policy"],
             registry=self.registry,
         )
+        self.checkpoint_errors = Counter(
+            "polca_node_checkpoint_errors",
+            "Node-local checkpoints ignored (reason: Corrupt, UnknownVersion, OtherNode, "
+            "Unreadable) or not written (WriteFailed).",
+            ["node", "reason"],
+            registry=self.registry,
+        )
         self.nvml_calls = Histogram(
             "polca_nvml_call_seconds",
             "NVML call latency in seconds.",
@@ -205,6 +212,9 @@ class NodeMetrics:
 
     def on_dry_run_write(self, index: int, knob: Knob) -> None:
         self.actions.labels(self.node, str(index), knob, "true").inc()
+
+    def on_checkpoint_error(self, reason: str) -> None:
+        self.checkpoint_errors.labels(self.node, reason).inc()
 
     def on_guard_activation(self, policy: str) -> None:
         self.guard_activations.labels(self.node, policy).inc()

@@ -6,6 +6,7 @@ Used by the integration tests and the demo. Each node gets a short private direc
   load.json                    the fake GPUs' load (re-read by the daemon when it changes)
   gpus.json                    the fake GPUs' knobs, kept across daemon restarts (and readable
                                from here: what the "hardware" has)
+  state/checkpoint.json        the daemon's node-local checkpoint (--state-dir)
   kubelet.log, daemon.log
 
     with SimNodes(cluster.kubeconfig) as nodes:
@@ -88,6 +89,11 @@ class SimNode:
         return self.directory / "gpus.json"
 
     @property
+    def state_dir(self) -> Path:
+        """The daemon's node-local state (its checkpoint), kept across restarts like a hostPath."""
+        return self.directory / "state"
+
+    @property
     def daemon_log(self) -> Path:
         return self.directory / "daemon.log"
 
@@ -166,6 +172,7 @@ class SimNode:
             "--fake-load", str(self.load_file),
             "--fake-state", str(self.gpu_state_file),
             "--podresources-socket", str(self.kubelet_socket),
+            "--state-dir", str(self.state_dir),
             "--metrics-host", "127.0.0.1",
             "--metrics-port", str(self.metrics_port),
             "--guard-period-s", str(self.guard_period_s),

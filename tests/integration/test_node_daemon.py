@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from polca_node.kube_client import ApiError, KubeClient, kubeconfig_credentials
+from polca_node.kube_client import ApiError, KubeClient
 from polca_testbed.cluster import Cluster
 from polca_testbed.nodes import SimNode, SimNodes
 from polca_testbed.polling import eventually
@@ -31,28 +31,6 @@ STATES = "/apis/polca.dev/v1alpha1/nodepowerstates"
 REACTION_BOUND_S = 1.0  # issue 4: daemons react to a PowerPolicy status change within 1 s
 WAIT_S = 30.0
 TRAINING = {"training.kubeflow.org/job-name": "pretrain"}
-
-
-@pytest.fixture(scope="module")
-def crds(cluster: Cluster) -> None:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s",
-        "crd/powerpolicies.polca.dev", "crd/nodepowerstates.polca.dev",
-    )  # fmt: skip
-
-
-@pytest.fixture
-def api(cluster: Cluster) -> Iterator[KubeClient]:
-    client = KubeClient(kubeconfig_credentials(cluster.kubeconfig))
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def sim(cluster: Cluster, crds: None) -> Iterator[SimNodes]:
-    with SimNodes(cluster.kubeconfig) as nodes:
-        yield nodes
 
 
 @pytest.fixture

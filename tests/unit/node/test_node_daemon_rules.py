@@ -4,7 +4,7 @@ writes, the guard, dry run."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -21,6 +21,7 @@ from polca_node.gpu.nvml_backend import NvmlBackend
 from polca_node.kube_client import KubeClient
 from polca_node.policies import Mode
 from polca_node.status_writer import PreviousRecord, build_status, previous_record
+from polca_testbed.stub_kube import StubKube
 
 PolicyFactory = Callable[..., PowerPolicy]
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -33,55 +34,6 @@ TRAINING_POD = {
     },
     "spec": {"nodeName": NODE},
 }  # fmt: skip
-
-
-class StubKube:
-    """Records API requests (Events) and answers them with an empty object."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, str, Any]] = []
-
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        self.requests.append((method, path, kwargs.get("body")))
-        return {}
-
-    def close(self) -> None:
-        pass
-
-    def events(self) -> list[tuple[str, str]]:
-        return [
-            (body["reason"], body["type"])
-            for method, path, body in self.requests
-            if method == "POST" and path.endswith("/events")
-        ]
-
-
-@pytest.fixture
-def kube() -> StubKube:
-    return StubKube()
-
-
-@pytest.fixture
-def started(
-    h100_fake: FakeNvml, fake_clock: ManualClock, kube: StubKube
-) -> Iterator[Callable[[], NodeDaemon]]:
-    backends: list[NvmlBackend] = []
-
-    def start() -> NodeDaemon:
-        """A daemon process over the (persistent) fake GPUs: call twice for a restart."""
-        backend = NvmlBackend(h100_fake)
-        backends.append(backend)
-        config = DaemonConfig(NODE, fake_gpu_annotation="polca.dev/fake-gpus")
-        daemon = NodeDaemon(
-            config, backend, cast(KubeClient, kube), NodeMetrics(NODE),
-            clock=fake_clock.now, wall_clock=lambda: NOW,
-        )  # fmt: skip
-        daemon.adopt(backend.open())
-        return daemon
-
-    yield start
-    for backend in backends:
-        backend.close()
 
 
 def observe(daemon: NodeDaemon, *policies: PowerPolicy, row: str = "a") -> None:
