@@ -134,6 +134,7 @@ class NodeDaemon:
         self._dry_run_seen: dict[tuple[int, Knob], object] = {}
         self._open_error: GpuError | None = None
         self._reported_failures: set[tuple[int, Knob, str]] = set()
+        self._unreadable_reported: set[tuple[str, str]] = set()
         self._wake = asyncio.Event()
         self._status_wake = asyncio.Event()
         self._pods_changed = asyncio.Event()
@@ -334,6 +335,7 @@ class NodeDaemon:
             if self._previous is None
             else any(not p.dry_run for p in self._record),
             guard_actions=self._guards.actions(),
+            unreadable=tuple(observed.unreadable.values()),
         )
 
     async def _reconcile_loop(self, stop: asyncio.Event) -> None:
@@ -349,6 +351,7 @@ class NodeDaemon:
         if decision.mode != self.decision.mode or decision.reason != self.decision.reason:
             logger.info("%s: %s", decision.mode.value, decision.reason)
         self.decision = decision
+        self._report_unreadable(decision)
         result = await asyncio.to_thread(self.actuator.apply, decision)
         self._after_apply(decision, result)
         self._status_wake.set()
@@ -379,6 +382,20 @@ class NodeDaemon:
             self._reported_failures = {
                 k for k in self._reported_failures if (k[0], k[1]) != (index, knob)
             }
+
+    def _report_unreadable(self, decision: NodeDecision) -> None:
+        """A metric, and a warning Event per policy and error, for policies we cannot read."""
+        self.metrics.set_unreadable_policies(len(decision.unreadable))
+        current = {(u.name, u.error) for u in decision.unreadable}
+        for unknown in decision.unreadable:
+            if (unknown.name, unknown.error) not in self._unreadable_reported:
+                self._post_event(
+                    "PolicyUnreadable",
+                    f"cannot read PowerPolicy {unknown.name} ({unknown.error}); it may select "
+                    f"this node, so the GPUs keep their limits: {decision.reason}",
+                    warning=True,
+                )
+        self._unreadable_reported = current
 
     def _count_dry_run(self, decision: NodeDecision) -> None:
         """Count and log what dry-run policies would change (once per new would-be value)."""

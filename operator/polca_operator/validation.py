@@ -1,8 +1,10 @@
 """Spec checks beyond the CRD schema: parse the spec into a plan, and check it against the cluster.
 
-The schema and CEL catch nearly every mistake at `kubectl apply` time. What is left is caught
-here: a spec the models reject (schema drift, an old CRD), and rules that depend on the
-cluster (`polca.api.semantic`). Any problem sets `Ready=False` with its reason.
+The schema and CEL catch nearly every mistake at `kubectl apply` time. The spec is read as
+stored (`from_stored`: unknown fields of a newer CRD ignored, near-integers taken as the server
+takes them), so only what the models really refuse is left to catch here (schema drift, an
+old CRD), with the rules that depend on the cluster (`polca.api.semantic`). Any problem sets
+`Ready=False` with its reason.
 
 A spec that does not parse is not used: the operator keeps enforcing the last valid plan.
 A spec with cluster-dependent problems is used, because each of them can only make it
@@ -60,7 +62,7 @@ def _describe(exc: ValidationError) -> str:
 def parse_spec(raw: Mapping[str, Any], generation: int | None) -> ParsedSpec | Problem:
     """The spec as a plan, or the problem that keeps it from being one."""
     try:
-        spec = PowerPolicySpec.model_validate(dict(raw))
+        spec = PowerPolicySpec.from_stored(dict(raw))
         plan = plan_from_spec(spec)
     except ValidationError as exc:
         return Problem(INVALID_SPEC, _describe(exc))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import yaml
 from pydantic import ValidationError
 
+from polca.api.base import server_integer
 from polca.api.conditions import PolicyConditionType, find_condition, set_condition
 from polca.api.convert import plan_from_spec, tier_set_from_spec
 from polca.api.defaults import clock_percent_of_a100
@@ -166,6 +167,66 @@ def test_status_accepts_what_kopf_writes() -> None:
 def test_unknown_status_fields_are_rejected() -> None:
     with pytest.raises(ValidationError, match="stagee"):
         PowerPolicyStatus.model_validate({"stagee": "stage1"})
+
+
+class TestStoredObjects:
+    """Safety rule 6: strict where users write (`model_validate`), tolerant where the daemons
+    and the operator read what the server stored (`from_stored`)."""
+
+    STORED: ClassVar[dict[str, Any]] = {
+        "nodeSelector": {"matchLabels": {"row": "a"}, "matchExpressions": None},
+        "budgetWatts": 1000,
+        "newerCrdField": {"anything": 1},
+        "guard": None,
+        "stages": [
+            {"name": "normal"},
+            {
+                "name": "s1",
+                "triggerPercent": 80,
+                "releasePercent": 75,
+                "newKnob": 1,
+                "actions": {"low": {"clockCeilingMHz": 1110.000001}, "high": None},
+            },
+        ],
+        "failsafeStage": "s1",
+    }
+
+    def test_what_the_server_stores_is_read(self) -> None:
+        spec = PowerPolicySpec.from_stored(self.STORED)
+        assert spec.stages[1].actions["low"].clock_ceiling_mhz == 1110
+        assert "high" not in spec.stages[1].actions
+        assert spec.guard.enabled  # a null is an absent field: the default applies
+
+    def test_users_writing_it_are_still_refused(self) -> None:
+        with pytest.raises(ValidationError) as refused:
+            PowerPolicySpec.model_validate(self.STORED)
+        text = str(refused.value)
+        for problem in ("newerCrdField", "newKnob", "fractional part", "guard"):
+            assert problem in text
+
+    def test_every_other_rule_still_holds(self) -> None:
+        with pytest.raises(ValidationError, match="budgetWatts"):
+            PowerPolicySpec.from_stored({**self.STORED, "budgetWatts": -1})
+        with pytest.raises(ValidationError, match="fractional part"):
+            PowerPolicySpec.from_stored(
+                {**self.STORED, "stages": [{"name": "normal"}, {"name": "s1",
+                 "triggerPercent": 80, "releasePercent": 75,
+                 "actions": {"low": {"clockCeilingMHz": 1110.5}}}]}
+            )  # fmt: skip
+
+    @pytest.mark.parametrize(
+        ("value", "expected"),
+        [(1110.0, 1110), (1110.000001, 1110), (100000.00001, 100000), (0.0, 0),
+         (1110.5, None), (1110.001, None), (float("nan"), None), (float("inf"), None)],
+    )  # fmt: skip
+    def test_integers_as_the_server_takes_them(self, value: float, expected: int | None) -> None:
+        assert server_integer(value) == expected
+
+    def test_metadata_keeps_its_unknown_fields(self) -> None:
+        stored = {"metadata": {"name": "a", "managedFields": [{"manager": "kubectl"}]},
+                  "spec": self.STORED}  # fmt: skip
+        policy = PowerPolicy.from_stored(stored)
+        assert policy.metadata.model_extra == {"managedFields": [{"manager": "kubectl"}]}
 
 
 class TestConditions:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from polca_node.observed import LoopSink, ObservedCluster, pod_info
 
 
@@ -61,13 +63,68 @@ class TestPolicies:
     def test_refused_version_keeps_the_last_good_one(self) -> None:
         seen = ObservedCluster("n1")
         seen.replace_policies([policy("a", stage="stage2")])
-        assert not seen.apply_policy("MODIFIED", policy("a", stage="stage3", budget=-5))
+        # A change: the policy is now unknown, and the daemon must reconsider (hold).
+        assert seen.apply_policy("MODIFIED", policy("a", stage="stage3", budget=-5))
         status = seen.policies["a"].status
         assert status is not None
         assert status.stage == "stage2"
-        assert "a" in seen.policy_errors
+        assert "spec.budgetWatts" in seen.unreadable["a"].error
+        assert not seen.apply_policy("MODIFIED", policy("a", stage="stage3", budget=-5))
         assert seen.apply_policy("MODIFIED", policy("a", stage="stage3"))
-        assert "a" not in seen.policy_errors
+        assert "a" not in seen.unreadable
+
+
+class TestStoredPolicies:
+    """Safety rule 6: read what the server stored tolerantly; what still fails is unknown."""
+
+    def test_values_the_server_stores_are_read(self) -> None:
+        stored = policy("a", stage="s1")
+        stored["spec"]["stages"] = [
+            {"name": "normal"},
+            # `kubectl patch` stores a near-integer in an integer field; a newer CRD adds fields.
+            {"name": "s1", "triggerPercent": 80, "releasePercent": 75, "futureKnob": True,
+             "actions": {"low": {"clockCeilingMHz": 1110.000001, "minClockMHz": 900}}},
+        ]  # fmt: skip
+        stored["spec"]["failsafeStage"] = "s1"
+        stored["spec"]["futureSection"] = {"x": 1}
+        stored["spec"]["guard"] = None
+        stored["status"]["futureStatus"] = "y"
+        seen = ObservedCluster("n1")
+        seen.replace_policies([stored])
+        assert seen.unreadable == {}
+        action = seen.policies["a"].spec.stages[1].actions["low"]
+        assert action.clock_ceiling_mhz == 1110
+        assert isinstance(action.clock_ceiling_mhz, int)
+
+    def test_an_unreadable_policy_is_unknown_with_the_nodes_it_may_select(self) -> None:
+        bad = policy("a", stage="stage1", budget=5e12)  # a newer CRD's bound
+        bad["spec"]["nodeSelector"] = {"matchLabels": {"row": "a"}}
+        seen = ObservedCluster("n1")
+        assert seen.replace_policies([bad])
+        assert seen.policies == {}
+        unknown = seen.unreadable["a"]
+        assert unknown.may_select({"row": "a"})
+        assert not unknown.may_select({"row": "b"})
+        assert seen.replace_policies([])
+        assert seen.unreadable == {}
+
+    @pytest.mark.parametrize(
+        "selector",
+        [None, {}, {"matchLabels": {}}, {"matchLabels": {"bad key!": "x"}}, "garbage"],
+        ids=["missing", "empty", "empty-labels", "unreadable", "not-a-map"],
+    )
+    def test_a_selector_that_says_nothing_may_select_any_node(self, selector: Any) -> None:
+        bad = policy("a", budget=-1)
+        bad["spec"]["nodeSelector"] = selector
+        seen = ObservedCluster("n1")
+        seen.replace_policies([bad])
+        assert seen.unreadable["a"].may_select({"any": "node"})
+
+    def test_deleting_an_unreadable_policy_forgets_it(self) -> None:
+        seen = ObservedCluster("n1")
+        seen.replace_policies([policy("a", budget=-1)])
+        assert seen.apply_policy("DELETED", policy("a", budget=-1))
+        assert seen.unreadable == {}
 
 
 class TestNode:

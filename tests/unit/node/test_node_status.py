@@ -16,6 +16,7 @@ from polca_node.actuator import ClockSource, GpuApplied, WriteFailure
 from polca_node.gpu.backend import GpuInfo
 from polca_node.gpu.nvml_backend import NvmlBackend
 from polca_node.kube_client import ApiError, KubeClient
+from polca_node.observed import UnreadablePolicy
 from polca_node.policies import DecisionInputs, Mode, NodeDecision, decide_node
 from polca_node.status_writer import (
     HEARTBEAT_S,
@@ -195,6 +196,22 @@ class TestBuildStatus:
         assert condition is not None
         assert (condition.status, condition.reason) == ("True", "GpuUnreadable")
         assert "GpuLost" in condition.message
+
+    def test_unreadable_policy_is_a_condition(self, h100_backend: NvmlBackend) -> None:
+        unknown = UnreadablePolicy("row-a", "1 validation error(s), first spec.x: bad")
+        hold = NodeDecision(Mode.HOLD, "cannot read PowerPolicy row-a", unreadable=(unknown,))
+        status = build_status(inputs(h100_backend, hold, applied={}))
+        condition = status.condition("PolicyUnreadable")
+        assert condition is not None
+        assert (condition.status, condition.reason) == ("True", "UnreadablePolicy")
+        assert "row-a: 1 validation error(s), first spec.x: bad" in condition.message
+        readable = NodeDecision(Mode.UNMANAGED, "no PowerPolicy selects this node")
+        later = build_status(
+            inputs(h100_backend, readable, applied={}, previous_conditions=status.conditions)
+        )
+        cleared = later.condition("PolicyUnreadable")
+        assert cleared is not None
+        assert (cleared.status, cleared.reason) == ("False", "PoliciesReadable")
 
     def test_restored_defaults_are_recorded(self, h100_backend: NvmlBackend) -> None:
         unmanaged = NodeDecision(Mode.UNMANAGED, "no PowerPolicy selects this node")

@@ -244,6 +244,21 @@ async def test_spec_that_never_parsed_leaves_the_stage_alone(harness: Harness) -
     assert not (await loop.cycle(broken, domain_view(1))).wrote_status  # no repeated writes
 
 
+async def test_restart_reads_what_the_server_stored_and_keeps_its_stage(
+    harness: Harness,
+) -> None:
+    # Safety rule 6: a near-integer (`kubectl patch`) and a newer CRD's field are read, not
+    # taken for a broken or deleted policy: the loop continues from the stored stage.
+    stages = _stages((80, 75))
+    stages[1]["actions"]["low"] = {"clockCeilingMHz": 1275.000001, "minClockMHz": 900}
+    stored = policy_body(stages=stages, failsafeStage="stage1", futureKnob={"on": True})
+    loop = harness.loop(status={"stage": "stage2", "stageIndex": 2})
+    outcome = await loop.cycle(stored, domain_view(1))
+    assert outcome.decision is not None
+    assert loop.stage == 2
+    assert conditions(harness.sink.last)["Ready"] == ("True", "Enforcing")
+
+
 async def test_no_nodes_selected_is_not_ready_but_valid(harness: Harness) -> None:
     loop = harness.loop()
     view = StaticView(labels={"gpu-1": {DOMAIN_LABEL: "row-b"}})
