@@ -42,6 +42,7 @@ from polca_testbed.processes import (
     stop_group,
     wait_until,
 )
+from polca_testbed.sampling import metric_value
 
 __all__ = ["SimNode", "SimNodes"]
 
@@ -106,6 +107,10 @@ class SimNode:
         gpus = self.fake_state().get("gpus") or []
         by_index = {g["index"]: g.get("clock_ceiling_mhz") for g in gpus}
         return [by_index.get(i) for i in range(len(self.gpu_uuids))]
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """One sample of the daemon's /metrics (None when absent or the daemon is down)."""
+        return metric_value(self.metrics_url, name, **labels)
 
     def set_load(
         self, default: Mapping[str, float], gpus: Mapping[int, Mapping[str, float]] | None = None

@@ -2,7 +2,9 @@
 
 - two daemons apply a PowerPolicy status change to their GPUs within one second (issue 4);
 - a restarted daemon keeps the clock ceilings (it never resets them on the way);
-- a node that leaves the policy gets its defaults back, recorded in status and as an Event.
+- a node that leaves the policy gets its defaults back, recorded in status and as an Event;
+- a restarted daemon reads what the server stored (near-integers, a newer CRD's fields) and
+  holds for a policy it cannot read, never lifting a cap on the way (safety rule 6).
 
 The operator is not running: the tests write the policy's status themselves, as it would.
 """
@@ -16,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from polca_node.kube_client import ApiError, KubeClient, kubeconfig_credentials
 from polca_testbed.cluster import Cluster
 from polca_testbed.nodes import SimNode, SimNodes
 from polca_testbed.polling import eventually
+from polca_testbed.sampling import BackgroundSampler
 
 pytestmark = pytest.mark.slow
 
@@ -245,3 +249,162 @@ def test_leaving_the_policy_restores_defaults_with_an_event(
     ).stdout)["items"])  # fmt: skip
     assert events[0]["involvedObject"]["kind"] == "NodePowerState"
     assert stays.clock_ceilings_mhz() == [345, 345]  # the other node is still braked
+
+
+# -- stored data the daemon's models refuse (issue 12, finding 1; safety rule 6) -------------
+
+FUTURE_FIELD = "futureKnob"
+SKEWED_BUDGET_W = 5e9  # above what this version's model accepts (1e9), within the newer CRD's
+CAP = [
+    {"name": "normal"},
+    {"name": "cap", "triggerPercent": 80, "releasePercent": 75,
+     "actions": {"idle": {"clockCeilingMHz": 1275}}},
+]  # fmt: skip
+
+
+def crd_manifest(path: Path) -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(path.read_text())
+    return loaded
+
+
+@pytest.fixture
+def newer_crd(cluster: Cluster, crds: None) -> Iterator[None]:
+    """The PowerPolicy CRD as a newer POLCA would install it (version skew): one more spec
+    field, and a higher bound on budgetWatts. The checked-in CRD is put back afterwards."""
+    path = REPO / "crds" / "powerpolicies.polca.dev.yaml"
+    crd = crd_manifest(path)
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec["properties"][FUTURE_FIELD] = {"type": "string"}
+    spec["properties"]["budgetWatts"]["maximum"] = 1e12
+    apply = ("apply", "--server-side", "--force-conflicts", "-f", "-")
+    cluster.kubectl(*apply, input=json.dumps(crd))
+    probe = json.dumps({
+        "apiVersion": "polca.dev/v1alpha1", "kind": "PowerPolicy",
+        "metadata": {"name": "skew-probe"},
+        "spec": {"nodeSelector": {"matchLabels": {DOMAIN_LABEL: "none"}},
+                 "budgetWatts": SKEWED_BUDGET_W, FUTURE_FIELD: "on"},
+    })  # fmt: skip
+
+    def newer_schema_served() -> bool:
+        created = cluster.kubectl(
+            "create", "--dry-run=server", "-o", "json", "-f", "-", input=probe, check=False
+        )
+        return created.returncode == 0 and FUTURE_FIELD in json.loads(created.stdout)["spec"]
+
+    wait_for("the API server to serve the newer CRD", newer_schema_served)
+    try:
+        yield
+    finally:
+        cluster.kubectl(*apply, input=json.dumps(crd_manifest(path)))
+
+
+def create_capping_policy(api: KubeClient, name: str, domain: str) -> None:
+    """A policy whose one stage caps idle GPUs at 1275 MHz, decided by "the operator"."""
+    api.request("POST", POLICIES, body={
+        "apiVersion": "polca.dev/v1alpha1", "kind": "PowerPolicy", "metadata": {"name": name},
+        "spec": {"nodeSelector": {"matchLabels": {DOMAIN_LABEL: domain}}, "budgetWatts": 100000,
+                 "stages": CAP, "failsafeStage": "cap"},
+    })  # fmt: skip
+    set_stage(api, name, "cap", 1, nodes=1)
+
+
+def capped_node(
+    api: KubeClient, sim: SimNodes, unique_name: Callable[[str], str],
+    cleanup: Callable[..., None],
+) -> tuple[SimNode, str]:  # fmt: skip
+    """A two-GPU node under a capping policy (its name returned too), both GPUs capped."""
+    domain, policy = unique_name("dom"), unique_name("policy")
+    cleanup(f"powerpolicy/{policy}")
+    node = sim.add(unique_name("gpu"), labels={DOMAIN_LABEL: domain}, profile="H100-SXM:2")
+    create_capping_policy(api, policy, domain)
+    wait_for("the cap on the GPUs", lambda: node.clock_ceilings_mhz() == [1275, 1275])
+    return node, policy
+
+
+def patch_spec(cluster: Cluster, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """`kubectl patch --type=merge` of the spec, as a user would; the stored object back."""
+    cluster.kubectl("patch", "powerpolicy", name, "--type=merge", "-p", json.dumps({"spec": spec}))
+    stored: dict[str, Any] = json.loads(
+        cluster.kubectl("get", "powerpolicy", name, "-o", "json").stdout
+    )
+    return stored
+
+
+def restart_and_sample(api: KubeClient, node: SimNode, ready: str) -> list[list[int | None]]:
+    """Restart the node's daemon while sampling its GPUs' ceilings every 20 ms; return the
+    samples once the new daemon has written a status with Ready reason `ready`."""
+    before = node_state(api, node.name)["status"]["heartbeatTime"]
+    with BackgroundSampler(node.clock_ceilings_mhz, interval_s=0.02) as sampler:
+        node.restart_daemon()
+        wait_for(
+            f"the restarted daemon to report {ready}",
+            lambda: (
+                node_state(api, node.name)["status"]["heartbeatTime"] != before
+                and ready_reason(api, node.name) == ready
+            ),
+        )
+    return sampler.values
+
+
+def test_restarted_daemon_reads_what_the_server_stored_and_never_uncaps(
+    cluster: Cluster, api: KubeClient, sim: SimNodes, newer_crd: None,
+    unique_name: Callable[[str], str], cleanup: Callable[..., None],
+) -> None:  # fmt: skip
+    node, policy = capped_node(api, sim, unique_name, cleanup)
+
+    # What the server keeps and this version's strict models refuse: a near-integer in an
+    # integer field (the server's integer check tolerates it) and a newer CRD's field.
+    stages = json.loads(json.dumps(CAP))
+    stages[1]["actions"]["idle"]["clockCeilingMHz"] = 1110.000001
+    stored = patch_spec(cluster, policy, {"stages": stages, FUTURE_FIELD: "on"})
+    assert stored["spec"][FUTURE_FIELD] == "on"
+    assert stored["spec"]["stages"][1]["actions"] == {"idle": {"clockCeilingMHz": 1110.000001}}
+    wait_for("the new cap on the GPUs", lambda: node.clock_ceilings_mhz() == [1110, 1110])
+
+    ceilings = restart_and_sample(api, node, "Enforce")
+    assert ceilings, "no samples"
+    lifted = [c for c in ceilings if c != [1110, 1110]]
+    assert not lifted, f"a cap was lifted during the restart: {lifted[:5]}"
+    assert condition(node_state(api, node.name), "PolicyUnreadable") == {}
+    assert node.fake_state()["setter_calls"].get("nvmlDeviceResetGpuLockedClocks", 0) == 0
+
+
+def test_restarted_daemon_holds_for_a_policy_it_cannot_read(
+    cluster: Cluster, api: KubeClient, sim: SimNodes, newer_crd: None,
+    unique_name: Callable[[str], str], cleanup: Callable[..., None],
+) -> None:  # fmt: skip
+    node, policy = capped_node(api, sim, unique_name, cleanup)
+
+    # The newer CRD allows a budget this version refuses: the policy is unknown, not gone.
+    stored = patch_spec(cluster, policy, {"budgetWatts": SKEWED_BUDGET_W})
+    assert stored["spec"]["budgetWatts"] == SKEWED_BUDGET_W
+    wait_for(
+        "PolicyUnreadable on the running daemon",
+        lambda: condition(node_state(api, node.name), "PolicyUnreadable").get("status") == "True",
+    )
+    assert ready_reason(api, node.name) == "TightenOnly"  # its last good version still counts
+
+    ceilings = restart_and_sample(api, node, "Hold")
+    lifted = [c for c in ceilings if c != [1275, 1275]]
+    assert not lifted, f"a cap was lifted during the restart: {lifted[:5]}"
+    unreadable = condition(node_state(api, node.name), "PolicyUnreadable")
+    assert (unreadable["status"], unreadable["reason"]) == ("True", "UnreadablePolicy")
+    assert policy in unreadable["message"]
+    assert "spec.budgetWatts" in unreadable["message"]
+    assert wait_for(
+        "the unreadable-policy gauge", lambda: node.metric("polca_unreadable_policies") == 1.0
+    )
+    events = wait_for("the PolicyUnreadable event", lambda: json.loads(cluster.kubectl(
+        "get", "events", "-n", "default", "-o", "json",
+        "--field-selector", f"involvedObject.name={node.name},reason=PolicyUnreadable",
+    ).stdout)["items"])  # fmt: skip
+    assert events[0]["type"] == "Warning"
+    assert node.fake_state()["setter_calls"].get("nvmlDeviceResetGpuLockedClocks", 0) == 0
+
+    # Readable again: the daemon enforces and clears the condition.
+    patch_spec(cluster, policy, {"budgetWatts": 100000})
+    wait_for("Enforce again", lambda: ready_reason(api, node.name) == "Enforce")
+    cleared = condition(node_state(api, node.name), "PolicyUnreadable")
+    assert (cleared["status"], cleared["reason"]) == ("False", "PoliciesReadable")
+    assert node.metric("polca_unreadable_policies") == 0.0
+    assert node.clock_ceilings_mhz() == [1275, 1275]

@@ -12,8 +12,6 @@ import os
 import signal
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,7 +20,6 @@ from typing import Any
 
 import kubernetes.client
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from polca.api.defaults import DEFAULT_STAGES
 from polca_testbed.cluster import Cluster
@@ -32,6 +29,7 @@ from polca_testbed.operators import start_operator as start_operator_process
 from polca_testbed.polling import eventually
 from polca_testbed.processes import group_alive
 from polca_testbed.prometheus import Prometheus, start_prometheus
+from polca_testbed.sampling import metric_value
 
 pytestmark = pytest.mark.slow
 
@@ -193,19 +191,7 @@ class OperatorProcess(OperatorHandle):
         eventually("the killed operator is gone", lambda: not group_alive(self.pid), 10)
 
     def metric(self, name: str, **labels: str) -> float | None:
-        try:
-            url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-            with urllib.request.urlopen(url, timeout=2) as response:
-                text = response.read().decode()
-        except (urllib.error.URLError, OSError):
-            return None
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(
-                    sample.labels.get(k) == v for k, v in labels.items()
-                ):
-                    return float(sample.value)
-        return None
+        return metric_value(f"http://127.0.0.1:{self.metrics_port}/metrics", name, **labels)
 
     def log_tail(self) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])
