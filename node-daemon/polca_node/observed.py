@@ -118,7 +118,7 @@ def unreadable_policy(name: str, obj: Mapping[str, Any], exc: ValidationError) -
             selector = LabelSelector.from_stored(raw).to_selector()
         except ValidationError:
             selector = None
-    if selector is not None and not (selector.match_labels or selector.match_expressions):
+    if selector is not None and selector.empty:
         selector = None
     return UnreadablePolicy(name, _describe(exc), selector)
 

@@ -139,8 +139,8 @@ class NodeDecision:
 def selecting_policies(
     policies: Sequence[PowerPolicy], node_labels: Mapping[str, str]
 ) -> list[PowerPolicy]:
-    """The policies whose nodeSelector matches the node, by name."""
-    chosen = [p for p in policies if p.spec.node_selector.matches(node_labels)]
+    """The policies that select the node (nodeSelector or allNodes), by name."""
+    chosen = [p for p in policies if p.spec.selects(node_labels)]
     return sorted(chosen, key=lambda p: p.metadata.name or "")
 
 

@@ -68,7 +68,7 @@ def parse_spec(raw: Mapping[str, Any], generation: int | None) -> ParsedSpec | P
         return Problem(INVALID_SPEC, _describe(exc))
     except ValueError as exc:  # the plan's own invariants
         return Problem(INVALID_SPEC, str(exc))
-    return ParsedSpec(spec, plan, spec.node_selector.to_selector(), generation)
+    return ParsedSpec(spec, plan, spec.selector(), generation)
 
 
 def is_invalid(problem: Problem) -> bool:

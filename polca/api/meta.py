@@ -91,7 +91,8 @@ class LabelSelectorRequirement(ApiModel):
 
 
 class LabelSelector(ApiModel):
-    """A Kubernetes label selector; an empty selector matches every object."""
+    """A Kubernetes label selector; an empty selector matches every object (which is why a
+    PowerPolicy refuses one, and says `allNodes: true` instead)."""
 
     match_labels: Annotated[dict[LabelKey, LabelValue], Field(max_length=MAX_LABELS)] | None = (
         Field(

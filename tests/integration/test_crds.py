@@ -111,7 +111,7 @@ def test_get_pp_shows_the_printer_columns(
 ) -> None:
     name = unique_name("columns")
     cleanup(f"powerpolicy/{name}")
-    result = apply(json.dumps(policy(name, {"nodeSelector": {}, "budgetWatts": 40000})))
+    result = apply(json.dumps(policy(name, {"allNodes": True, "budgetWatts": 40000})))
     assert result.returncode == 0, result.stderr
     status = PowerPolicyStatus(
         stage="stage1",
@@ -141,9 +141,7 @@ def test_status_keeps_kopf_fields_and_prunes_unknown_ones(
 ) -> None:
     name = unique_name("kopf")
     cleanup(f"powerpolicy/{name}")
-    assert (
-        apply(json.dumps(policy(name, {"nodeSelector": {}, "budgetWatts": 1000}))).returncode == 0
-    )
+    assert apply(json.dumps(policy(name, {"allNodes": True, "budgetWatts": 1000}))).returncode == 0
     kopf = {"progress": {"on_update": {"started": "2026-03-01T12:00:00Z", "retries": 1}}}
     # What Kopf sends: a merge patch of the status without field validation.
     patched = cluster.kubectl(
@@ -161,9 +159,7 @@ def test_strict_clients_get_an_error_for_unknown_status_fields(
 ) -> None:
     name = unique_name("strict")
     cleanup(f"powerpolicy/{name}")
-    assert (
-        apply(json.dumps(policy(name, {"nodeSelector": {}, "budgetWatts": 1000}))).returncode == 0
-    )
+    assert apply(json.dumps(policy(name, {"allNodes": True, "budgetWatts": 1000}))).returncode == 0
     stored = get_json(cluster, "powerpolicy", name)
     result = cluster.kubectl(
         "replace", "--subresource=status", "--validate=strict", "-f", "-",
@@ -216,8 +212,6 @@ def test_the_polca_category_lists_both_kinds(
 ) -> None:
     name = unique_name("category")
     cleanup(f"powerpolicy/{name}")
-    assert (
-        apply(json.dumps(policy(name, {"nodeSelector": {}, "budgetWatts": 1000}))).returncode == 0
-    )
+    assert apply(json.dumps(policy(name, {"allNodes": True, "budgetWatts": 1000}))).returncode == 0
     listed = cluster.kubectl("get", "polca", "-o", "name").stdout.split()
     assert f"powerpolicy.polca.dev/{name}" in listed

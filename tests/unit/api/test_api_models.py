@@ -33,7 +33,8 @@ def example_documents() -> list[tuple[str, dict[str, Any]]]:
 
 
 def minimal_spec(**extra: Any) -> PowerPolicySpec:
-    return PowerPolicySpec.model_validate({"nodeSelector": {}, "budgetWatts": 1000, **extra})
+    selection = {} if "nodeSelector" in extra else {"allNodes": True}
+    return PowerPolicySpec.model_validate({**selection, "budgetWatts": 1000, **extra})
 
 
 def test_defaults_are_polcas_table() -> None:
@@ -130,7 +131,7 @@ def test_wire_form_is_camel_case_without_nulls() -> None:
 
 
 def test_snake_case_names_work_in_python() -> None:
-    spec = PowerPolicySpec(node_selector={}, budget_watts=500)
+    spec = PowerPolicySpec(all_nodes=True, budget_watts=500)
     assert spec.budget_watts == 500
 
 
@@ -150,7 +151,7 @@ def test_metadata_keeps_fields_it_does_not_model() -> None:
         "apiVersion": "polca.dev/v1alpha1",
         "kind": "PowerPolicy",
         "metadata": {"name": "p", "generation": 3, "managedFields": [{"manager": "kubectl"}]},
-        "spec": {"nodeSelector": {}, "budgetWatts": 1},
+        "spec": {"allNodes": True, "budgetWatts": 1},
     }
     policy = PowerPolicy.model_validate(doc)
     assert policy.metadata.generation == 3
@@ -167,6 +168,49 @@ def test_status_accepts_what_kopf_writes() -> None:
 def test_unknown_status_fields_are_rejected() -> None:
     with pytest.raises(ValidationError, match="stagee"):
         PowerPolicyStatus.model_validate({"stagee": "stage1"})
+
+
+class TestDomainSelection:
+    """Safety rule 7: a domain selects every node only when it says so (allNodes)."""
+
+    def test_all_nodes_selects_every_node(self) -> None:
+        spec = minimal_spec()
+        assert spec.all_nodes
+        assert spec.selects({})
+        assert spec.selects({"any": "label"})
+
+    def test_a_selector_selects_its_nodes_only(self) -> None:
+        spec = minimal_spec(nodeSelector={"matchLabels": {"row": "a"}})
+        assert spec.selects({"row": "a"})
+        assert not spec.selects({"row": "b"})
+        assert not spec.selects({})
+
+    @pytest.mark.parametrize(
+        "spec",
+        [
+            {"nodeSelector": {}},
+            {"nodeSelector": {"matchLabels": {}, "matchExpressions": []}},
+            {"nodeSelector": {"matchLabels": {"row": None}}},
+            {},
+            {"allNodes": False},
+        ],
+        ids=["empty", "empty-parts", "null-value", "missing", "all-nodes-false"],
+    )
+    def test_nothing_else_selects_every_node(self, spec: dict[str, Any]) -> None:
+        with pytest.raises(ValidationError, match="nodeSelector"):
+            PowerPolicySpec.model_validate({**spec, "budgetWatts": 1000})
+
+    def test_a_stored_null_label_value_is_not_a_wider_domain(self) -> None:
+        # The tolerant read drops a null like the server does; what is left must still name
+        # nodes, so an old object stored with an empty selector is unreadable, not cluster-wide.
+        with pytest.raises(ValidationError, match="allNodes"):
+            PowerPolicySpec.from_stored(
+                {"nodeSelector": {"matchLabels": {"row": None}}, "budgetWatts": 1000}
+            )
+
+    def test_all_nodes_excludes_a_selector(self) -> None:
+        with pytest.raises(ValidationError, match="leave nodeSelector out"):
+            minimal_spec(allNodes=True, nodeSelector={"matchLabels": {"row": "a"}})
 
 
 class TestStoredObjects:

@@ -16,7 +16,7 @@ def policy(name: str, stage: str | None = None, budget: Any = 1000) -> dict[str,
         "apiVersion": "polca.dev/v1alpha1",
         "kind": "PowerPolicy",
         "metadata": {"name": name, "resourceVersion": "1", "managedFields": [{"manager": "x"}]},
-        "spec": {"nodeSelector": {}, "budgetWatts": budget},
+        "spec": {"allNodes": True, "budgetWatts": budget},
     }
     if stage:
         body["status"] = {"stage": stage}
