@@ -23,6 +23,8 @@ Per node, labelled node:
   polca_throttled_gpus                   GPUs limited below their defaults
   polca_unreadable_policies              stored PowerPolicies that may select the node and that
                                          the daemon cannot read (it holds the GPUs' limits)
+  polca_unconfirmed_gpus                 GPUs whose pod the kubelet (PodResources) and the pod
+                                         watch disagree about (only tightened meanwhile)
 
 Per-GPU series are produced from the latest snapshot on each scrape, so a GPU whose pod or tier
 changes does not leave a stale series behind.
@@ -194,6 +196,14 @@ class NodeMetrics:
             registry=self.registry,
         )
         self.unreadable_policies.labels(node)
+        self.unconfirmed_gpus = Gauge(
+            "polca_unconfirmed_gpus",
+            "GPUs whose pod the kubelet (PodResources) and the pod watch disagree about: their "
+            "limits are held (only tightened) until the two agree.",
+            ["node"],
+            registry=self.registry,
+        )
+        self.unconfirmed_gpus.labels(node)
         self._nvml_children: dict[str, Any] = {}
 
     def update(self, snapshot: NodeSnapshot) -> None:
@@ -218,6 +228,9 @@ class NodeMetrics:
 
     def set_unreadable_policies(self, count: int) -> None:
         self.unreadable_policies.labels(self.node).set(count)
+
+    def set_unconfirmed_gpus(self, count: int) -> None:
+        self.unconfirmed_gpus.labels(self.node).set(count)
 
     def on_guard_activation(self, policy: str) -> None:
         self.guard_activations.labels(self.node, policy).inc()

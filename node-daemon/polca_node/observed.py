@@ -26,6 +26,7 @@ from polca.api.meta import LabelSelector
 from polca.api.powerpolicy import PowerPolicy
 from polca.control.selectors import Selector
 from polca.control.tiers import PodFacts
+from polca_node.podresources.devices import is_gpu_resource
 
 __all__ = [
     "LoopSink",
@@ -55,6 +56,7 @@ class PodInfo:
     priority: int | None = None
     phase: str = ""
     created: str = ""  # metadata.creationTimestamp (RFC 3339 sorts as text)
+    gpus_requested: int = 0  # GPUs its containers ask for (device-plugin resources)
 
     @property
     def key(self) -> PodKey:
@@ -67,6 +69,24 @@ class PodInfo:
 
     def facts(self) -> PodFacts:
         return PodFacts(self.namespace, self.name, dict(self.labels), self.priority)
+
+
+def _gpus_requested(spec: Mapping[str, Any]) -> int:
+    """GPUs the pod's containers ask for. Extended resources must be in limits (requests, if
+    given, equal them); init containers run before and count separately, so the larger."""
+
+    def total(containers: Any) -> int:
+        count = 0
+        for container in containers if isinstance(containers, list) else ():
+            resources = (container or {}).get("resources") or {}
+            limits = {**(resources.get("requests") or {}), **(resources.get("limits") or {})}
+            for name, value in limits.items():
+                if is_gpu_resource(str(name)):
+                    with contextlib.suppress(TypeError, ValueError):
+                        count += max(int(value), 0)
+        return count
+
+    return max(total(spec.get("containers")), total(spec.get("initContainers")))
 
 
 def pod_info(obj: Mapping[str, Any]) -> PodInfo:
@@ -82,6 +102,7 @@ def pod_info(obj: Mapping[str, Any]) -> PodInfo:
         priority=int(priority) if isinstance(priority, int) else None,
         phase=str((obj.get("status") or {}).get("phase", "")),
         created=str(meta.get("creationTimestamp", "")),
+        gpus_requested=_gpus_requested(spec),
     )
 
 

@@ -16,6 +16,8 @@ Rules (issue 4, DESIGN.md safety rules):
 - a stored policy the daemon cannot read is *unknown*, never absent (safety rule 6): while one
   may select the node, the node only tightens (TIGHTEN) or, without a readable enforcing
   policy, holds (HOLD) — it never restores for it;
+- a GPU whose holder the kubelet and the pod watch disagree about (`owner_conflict`) is only
+  tightened, whatever the mode says for the others (`polca_node.tiering.check_owners`);
 - defaults are restored only when the node was managed and no enforcing policy selects it any
   more (mode RESTORE).
 """
@@ -33,7 +35,7 @@ from polca.control.actions import UNLIMITED, most_restrictive
 from polca.control.plan import GpuLimits, ResolvedAction
 from polca.control.tiers import PodFacts
 from polca_node.observed import UnreadablePolicy
-from polca_node.tiering import GpuTier, gpu_tiers
+from polca_node.tiering import GpuTier, OwnerConflict, gpu_tiers
 
 __all__ = [
     "DecisionInputs",
@@ -77,6 +79,9 @@ class DecisionInputs:
     guard_actions: Mapping[str, Mapping[int, ResolvedAction]] = field(default_factory=dict)
     # Stored policies whose latest version cannot be read.
     unreadable: Sequence[UnreadablePolicy] = ()
+    # GPUs whose holder the kubelet and the pod watch disagree about (`gpu_pods` names the
+    # candidate holders): they may only be tightened.
+    owner_conflict: OwnerConflict | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,13 @@ class NodeDecision:
     gpus: Mapping[int, GpuDecision] = field(default_factory=dict)
     # Unreadable policies that may select the node: the reason it holds or only tightens.
     unreadable: tuple[UnreadablePolicy, ...] = ()
+    # GPUs whose holder is unknown: in ENFORCE they are only tightened, like all in TIGHTEN.
+    owner_conflict: OwnerConflict | None = None
+
+    @property
+    def unconfirmed_gpus(self) -> frozenset[int]:
+        conflict = self.owner_conflict
+        return conflict.gpus if conflict is not None else frozenset()
 
     @property
     def managed(self) -> bool:
@@ -264,4 +276,4 @@ def decide_node(inputs: DecisionInputs) -> NodeDecision:
             Mode.ENFORCE,
             "enforcing " + ", ".join(f"{o.name}/{o.stage}" for o in enforcing),
         )
-    return NodeDecision(mode, reason, outcomes, gpus, unreadable)
+    return NodeDecision(mode, reason, outcomes, gpus, unreadable, inputs.owner_conflict)

@@ -63,6 +63,7 @@ DRY_RUN = "DryRun"
 DEFAULTS_RESTORED = "DefaultsRestored"
 GPU_READ_FAILED = "GpuReadFailed"
 POLICY_UNREADABLE = "PolicyUnreadable"
+GPU_OWNERS_UNKNOWN = "GpuOwnersUnknown"
 
 # Fields that change with every sample: refreshed by the heartbeat, never a reason to write.
 _VOLATILE = ("heartbeatTime", "powerWatts", "nodePowerWatts")
@@ -254,6 +255,15 @@ def _conditions(status: NodePowerStateStatus, inputs: StatusInputs) -> NodePower
         status = status.with_condition(
             POLICY_UNREADABLE, "True" if unreadable else "False",
             "UnreadablePolicy" if unreadable else "PoliciesReadable", message[:MAX_MESSAGE],
+            now=now,
+        )  # fmt: skip
+    conflict = decision.owner_conflict
+    if conflict is not None or status.condition(GPU_OWNERS_UNKNOWN) is not None:
+        status = status.with_condition(
+            GPU_OWNERS_UNKNOWN, "True" if conflict is not None else "False",
+            "SourcesDisagree" if conflict is not None else "SourcesAgree",
+            conflict.describe()[:MAX_MESSAGE] if conflict is not None
+            else "the kubelet and the pod watch agree on which pod holds each GPU",
             now=now,
         )  # fmt: skip
     if inputs.restored or status.condition(DEFAULTS_RESTORED) is not None:

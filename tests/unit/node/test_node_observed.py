@@ -158,6 +158,23 @@ class TestPods:
         assert info.facts().priority == -3
         assert info.facts().labels == {"a": "b"}
 
+    def test_gpu_requests_count_device_plugin_resources(self) -> None:
+        gpu = "nvidia.com/gpu"
+        info = pod_info({
+            "metadata": {"namespace": "ns", "name": "p"},
+            "spec": {
+                "containers": [
+                    {"resources": {"limits": {gpu: "2", "cpu": "4"}}},
+                    {"resources": {"requests": {"nvidia.com/mig-3g.20gb": 1}}},
+                    {"resources": {"limits": {gpu: "lots"}}},
+                    {},
+                ],
+                "initContainers": [{"resources": {"limits": {gpu: 1}}}],
+            },
+        })  # fmt: skip
+        assert info.gpus_requested == 3
+        assert pod_info({"metadata": {"name": "q"}}).gpus_requested == 0
+
     def test_replace_and_events(self) -> None:
         seen = ObservedCluster("n1")
         pod = {"metadata": {"namespace": "ns", "name": "p"}}

@@ -28,6 +28,7 @@ from polca_node.status_writer import (
     previous_record,
     status_fingerprint,
 )
+from polca_node.tiering import OwnerConflict
 
 PolicyFactory = Callable[..., PowerPolicy]
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -212,6 +213,16 @@ class TestBuildStatus:
         cleared = later.condition("PolicyUnreadable")
         assert cleared is not None
         assert (cleared.status, cleared.reason) == ("False", "PoliciesReadable")
+
+    def test_disagreeing_gpu_owners_are_a_condition(self, h100_backend: NvmlBackend) -> None:
+        conflict = OwnerConflict(frozenset({0, 1}), (("ml", "train-0"),))
+        held = NodeDecision(Mode.ENFORCE, "enforcing row-a/stage1", owner_conflict=conflict)
+        status = build_status(inputs(h100_backend, held, applied={}))
+        condition = status.condition("GpuOwnersUnknown")
+        assert condition is not None
+        assert (condition.status, condition.reason) == ("True", "SourcesDisagree")
+        assert "ml/train-0" in condition.message
+        assert "GPUs 0, 1" in condition.message
 
     def test_restored_defaults_are_recorded(self, h100_backend: NvmlBackend) -> None:
         unmanaged = NodeDecision(Mode.UNMANAGED, "no PowerPolicy selects this node")
