@@ -69,6 +69,7 @@ class SimNode:
     guard_period_s: float = 0.5
     extra_env: Mapping[str, str] = field(default_factory=dict)
     pods: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    kubelet_forgets_pods: bool = False  # the fake kubelet answers as if no pod held a GPU
     kubelet_pid: int | None = None
     daemon_pid: int | None = None
 
@@ -130,14 +131,21 @@ class SimNode:
             self.pods.pop((namespace, name), None)
         self._write_kubelet_state()
 
+    def set_kubelet_forgets_pods(self, forgets: bool) -> None:
+        """Make the fake kubelet list no pod (as a restarting kubelet may), or list them again;
+        the pods and their GPUs stay as they are."""
+        self.kubelet_forgets_pods = forgets
+        self._write_kubelet_state()
+
     def _write_kubelet_state(self) -> None:
+        listed = {} if self.kubelet_forgets_pods else self.pods
         pods = [
             {
                 "namespace": namespace,
                 "name": name,
                 "containers": {"main": {GPU_RESOURCE: [self.gpu_uuids[i] for i in indices]}},
             }
-            for (namespace, name), indices in sorted(self.pods.items())
+            for (namespace, name), indices in sorted(listed.items())
         ]
         _write_atomically(
             self.kubelet_state, {"pods": pods, "allocatable": {GPU_RESOURCE: self.gpu_uuids}}
