@@ -122,7 +122,8 @@ class UnreadablePolicy:
 def _describe(exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(part) for part in first["loc"])
-    return f"{exc.error_count()} validation error(s), first {where}: {first['msg']}"
+    first_error = f"{where}: {first['msg']}" if where else first["msg"]
+    return f"{exc.error_count()} validation error(s), first {first_error}"
 
 
 def unreadable_policy(name: str, obj: Mapping[str, Any], exc: ValidationError) -> UnreadablePolicy:

@@ -22,7 +22,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from polca.api.convert import plan_from_spec
-from polca.api.powerpolicy import PowerPolicySpec
+from polca.api.powerpolicy import (
+    PowerPolicySpec,
+    dropped_labels_message,
+    labels_dropped_by_kubectl,
+)
 from polca.api.semantic import NO_NODES_SELECTED, Problem, semantic_problems
 from polca.control.plan import ControlPlan
 from polca.control.selectors import Selector
@@ -59,8 +63,13 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
-def parse_spec(raw: Mapping[str, Any], generation: int | None) -> ParsedSpec | Problem:
-    """The spec as a plan, or the problem that keeps it from being one."""
+def parse_spec(
+    raw: Mapping[str, Any],
+    generation: int | None,
+    annotations: Mapping[str, str] | None = None,
+) -> ParsedSpec | Problem:
+    """The spec as a plan, or the problem that keeps it from being one. `annotations` (the
+    object's) tell whether kubectl dropped a null label value of the selector."""
     try:
         spec = PowerPolicySpec.from_stored(dict(raw))
         plan = plan_from_spec(spec)
@@ -68,6 +77,12 @@ def parse_spec(raw: Mapping[str, Any], generation: int | None) -> ParsedSpec | P
         return Problem(INVALID_SPEC, _describe(exc))
     except ValueError as exc:  # the plan's own invariants
         return Problem(INVALID_SPEC, str(exc))
+    selector = spec.node_selector
+    dropped = labels_dropped_by_kubectl(
+        annotations, selector.match_labels if selector is not None else None
+    )
+    if dropped:
+        return Problem(INVALID_SPEC, dropped_labels_message(dropped))
     return ParsedSpec(spec, plan, spec.selector(), generation)
 
 

@@ -7,7 +7,8 @@ users write):
 - `from_stored`: an object as the API server stored it. The server keeps values our strict
   models refuse, and a newer CRD may carry fields this version does not know, so this path
   ignores unknown fields, takes near-integers as the server does (`tolerant_fields`) and treats
-  a null as an absent field. Every other rule (bounds, patterns, cross-field rules) still holds.
+  a null field as an absent one. Every other rule (bounds, patterns, cross-field rules, a null
+  label value) still holds.
 """
 
 from __future__ import annotations
@@ -71,8 +72,9 @@ def _coerce(value: Any, annotation: Any) -> Any:
         if origin is list and args and isinstance(value, list):
             return [_coerce(v, args[0]) for v in value]
         if origin is dict and len(args) == 2 and isinstance(value, Mapping):
-            nullable = type(None) in _alternatives(args[1])
-            return {k: _coerce(v, args[1]) for k, v in value.items() if v is not None or nullable}
+            # A null map value is kept (and refused): dropping a label of a selector would
+            # widen it (safety rule 7), and the server prunes or refuses such nulls anyway.
+            return {k: _coerce(v, args[1]) for k, v in value.items()}
     return value
 
 
@@ -80,8 +82,8 @@ def tolerant_fields(model: type[BaseModel], data: Mapping[str, Any]) -> dict[str
     """`data` (one object's fields as stored) in the form `model` accepts strictly.
 
     Unknown keys are dropped (a newer CRD's fields) unless the model keeps extra fields; a null
-    counts as absent where the model takes no None (the server prunes such nulls too, so the
-    default applies); floats the server took as integers become ints.
+    field counts as absent where the model takes no None (the server prunes such nulls too, so
+    the default applies); floats the server took as integers become ints.
     """
     annotations: dict[str, Any] = {}
     for name, info in model.model_fields.items():

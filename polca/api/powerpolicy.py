@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -224,8 +225,8 @@ GUARD_STAGE_EXISTS = CelRule(
     field_path=".guard.reactionStage",
 )
 # Safety rule 7: a domain selects every node only when it says so. An empty selector is
-# refused, however it came to be empty: `matchLabels: {key: }` is a null the API server prunes
-# before validation, leaving `{}`.
+# refused, however it came to be empty (a null label value is refused on its own: see
+# polca.api.meta.LABEL_VALUES_ARE_STRINGS).
 _SELECTS_BY_LABEL = (
     "has(self.nodeSelector) && ("
     "(has(self.nodeSelector.matchLabels) && size(self.nodeSelector.matchLabels) > 0) || "
@@ -236,8 +237,7 @@ SELECTOR_NOT_EMPTY = CelRule(
     rule=f"{_ALL_NODES} || ({_SELECTS_BY_LABEL})",
     message="nodeSelector must name nodes by at least one label (matchLabels or "
     "matchExpressions): an empty selector would select every node. To select every node, "
-    "set allNodes: true instead (a label value left empty, as in 'key: ', is a null the API "
-    'server drops: write key: "" for the empty value)',
+    "set allNodes: true instead",
     field_path=".nodeSelector",
 )
 ALL_NODES_WITHOUT_SELECTOR = CelRule(
@@ -458,6 +458,45 @@ class PowerPolicyStatus(ConditionedStatus):
     )
 
 
+# What client-side `kubectl apply` last sent, kept by kubectl on the object.
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def labels_dropped_by_kubectl(
+    annotations: Mapping[str, str] | None, stored_labels: Mapping[str, str] | None
+) -> list[str]:
+    """Keys of spec.nodeSelector.matchLabels the manifest gave no value (`key: `, a null) and
+    the stored selector lacks.
+
+    Client-side `kubectl apply` drops such a null before it sends the object (a null means
+    "delete" to it), so the API server never sees it and cannot refuse it; the selector it
+    stores selects more nodes than the manifest says. Its last-applied annotation keeps the
+    null, which is how the operator and the daemons still notice (safety rule 7).
+    """
+    raw = (annotations or {}).get(LAST_APPLIED)
+    if not raw:
+        return []
+    try:
+        written = json.loads(raw)
+    except ValueError:
+        return []
+    labels: Any = written
+    for key in ("spec", "nodeSelector", "matchLabels"):
+        labels = labels.get(key) if isinstance(labels, dict) else None
+    if not isinstance(labels, dict):
+        return []
+    return sorted(k for k, v in labels.items() if v is None and k not in (stored_labels or {}))
+
+
+def dropped_labels_message(dropped: Iterable[str]) -> str:
+    keys = ", ".join(dropped)
+    return (
+        f"spec.nodeSelector.matchLabels: kubectl apply dropped {keys}, written with no value (a "
+        'null), so the stored selector selects more nodes than the manifest; write key: "" '
+        "for the empty value, or remove the key, and apply again"
+    )
+
+
 class PowerPolicy(ApiModel):
     """A power domain: nodes sharing a power budget, kept under it by throttling GPUs."""
 
@@ -466,3 +505,12 @@ class PowerPolicy(ApiModel):
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: PowerPolicySpec
     status: PowerPolicyStatus | None = None
+
+    @model_validator(mode="after")
+    def _no_label_dropped_by_kubectl(self) -> PowerPolicy:
+        selector = self.spec.node_selector
+        stored = selector.match_labels if selector is not None else None
+        dropped = labels_dropped_by_kubectl(self.metadata.annotations, stored)
+        if dropped:
+            raise ValueError(dropped_labels_message(dropped))
+        return self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -15,7 +16,13 @@ from polca.api.conditions import PolicyConditionType, find_condition, set_condit
 from polca.api.convert import plan_from_spec, tier_set_from_spec
 from polca.api.defaults import clock_percent_of_a100
 from polca.api.nodepowerstate import NodePowerState, NodePowerStateStatus
-from polca.api.powerpolicy import PowerPolicy, PowerPolicySpec, PowerPolicyStatus
+from polca.api.powerpolicy import (
+    LAST_APPLIED,
+    PowerPolicy,
+    PowerPolicySpec,
+    PowerPolicyStatus,
+    labels_dropped_by_kubectl,
+)
 from polca.control.actions import GpuLimits, resolve_for_gpu
 
 REPO = Path(__file__).resolve().parents[3]
@@ -200,13 +207,37 @@ class TestDomainSelection:
         with pytest.raises(ValidationError, match="nodeSelector"):
             PowerPolicySpec.model_validate({**spec, "budgetWatts": 1000})
 
-    def test_a_stored_null_label_value_is_not_a_wider_domain(self) -> None:
-        # The tolerant read drops a null like the server does; what is left must still name
-        # nodes, so an old object stored with an empty selector is unreadable, not cluster-wide.
+    @pytest.mark.parametrize(
+        "labels", [{"row": None}, {"row": "a", "rack": None}], ids=["only", "beside-another"]
+    )
+    def test_a_stored_null_label_value_is_never_dropped(self, labels: dict[str, Any]) -> None:
+        # Dropping it, as the server would without the nullable schema, widens the domain.
+        with pytest.raises(ValidationError, match=r"nodeSelector\.matchLabels"):
+            PowerPolicySpec.from_stored({"nodeSelector": {"matchLabels": labels}, "budgetWatts": 1})
+
+    def test_a_label_kubectl_dropped_makes_the_policy_unreadable(self) -> None:
+        written = {"spec": {"nodeSelector": {"matchLabels": {"rack": "r1", "row": None}}}}
+        stored: dict[str, Any] = {
+            "metadata": {"name": "a", "annotations": {LAST_APPLIED: json.dumps(written)}},
+            "spec": {"nodeSelector": {"matchLabels": {"rack": "r1"}}, "budgetWatts": 1000},
+        }
+        with pytest.raises(ValidationError, match="kubectl apply dropped row"):
+            PowerPolicy.from_stored(stored)
+        # Once the label is there (patched in, say), the policy is what it says.
+        stored["spec"]["nodeSelector"]["matchLabels"]["row"] = ""
+        assert PowerPolicy.from_stored(stored).spec.selects({"rack": "r1", "row": ""})
+
+    @pytest.mark.parametrize(
+        "annotation",
+        [None, "not json", json.dumps({"spec": {"nodeSelector": None}}), json.dumps([1])],
+    )
+    def test_no_usable_annotation_drops_nothing(self, annotation: str | None) -> None:
+        annotations = None if annotation is None else {LAST_APPLIED: annotation}
+        assert labels_dropped_by_kubectl(annotations, {"rack": "r1"}) == []
+
+    def test_an_old_stored_empty_selector_is_unreadable_not_cluster_wide(self) -> None:
         with pytest.raises(ValidationError, match="allNodes"):
-            PowerPolicySpec.from_stored(
-                {"nodeSelector": {"matchLabels": {"row": None}}, "budgetWatts": 1000}
-            )
+            PowerPolicySpec.from_stored({"nodeSelector": {}, "budgetWatts": 1000})
 
     def test_all_nodes_excludes_a_selector(self) -> None:
         with pytest.raises(ValidationError, match="leave nodeSelector out"):
@@ -229,7 +260,7 @@ class TestStoredObjects:
                 "triggerPercent": 80,
                 "releasePercent": 75,
                 "newKnob": 1,
-                "actions": {"low": {"clockCeilingMHz": 1110.000001}, "high": None},
+                "actions": {"low": {"clockCeilingMHz": 1110.000001}},
             },
         ],
         "failsafeStage": "s1",
@@ -238,7 +269,6 @@ class TestStoredObjects:
     def test_what_the_server_stores_is_read(self) -> None:
         spec = PowerPolicySpec.from_stored(self.STORED)
         assert spec.stages[1].actions["low"].clock_ceiling_mhz == 1110
-        assert "high" not in spec.stages[1].actions
         assert spec.guard.enabled  # a null is an absent field: the default applies
 
     def test_users_writing_it_are_still_refused(self) -> None:

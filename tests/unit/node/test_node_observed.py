@@ -4,10 +4,12 @@ is not a Node without labels, and every update says whether it changed something
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
 
+from polca.api.powerpolicy import LAST_APPLIED
 from polca_node.observed import LoopSink, ObservedCluster, pod_info
 
 
@@ -119,6 +121,19 @@ class TestStoredPolicies:
         seen = ObservedCluster("n1")
         seen.replace_policies([bad])
         assert seen.unreadable["a"].may_select({"any": "node"})
+
+    def test_a_label_kubectl_dropped_holds_the_nodes_of_the_wider_selector(self) -> None:
+        # Written {row: a, rack: } (a null kubectl apply drops), stored {row: a}.
+        stored = policy("a", stage="stage1")
+        stored["spec"] = {"nodeSelector": {"matchLabels": {"row": "a"}}, "budgetWatts": 1000}
+        written = {"spec": {"nodeSelector": {"matchLabels": {"row": "a", "rack": None}}}}
+        stored["metadata"]["annotations"] = {LAST_APPLIED: json.dumps(written)}
+        seen = ObservedCluster("n1")
+        seen.replace_policies([stored])
+        assert seen.policies == {}
+        assert "kubectl apply dropped rack" in seen.unreadable["a"].error
+        assert seen.unreadable["a"].may_select({"row": "a"})
+        assert not seen.unreadable["a"].may_select({"row": "b"})
 
     def test_deleting_an_unreadable_policy_forgets_it(self) -> None:
         seen = ObservedCluster("n1")

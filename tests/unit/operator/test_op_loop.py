@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
 
 from polca.api.defaults import STAGE_NAMES
+from polca.api.powerpolicy import LAST_APPLIED
 from polca.control.plan import POLCA_PLAN
 from polca_operator.fakes import (
     DOMAIN_LABEL,
@@ -257,6 +259,22 @@ async def test_restart_reads_what_the_server_stored_and_keeps_its_stage(
     assert outcome.decision is not None
     assert loop.stage == 2
     assert conditions(harness.sink.last)["Ready"] == ("True", "Enforcing")
+
+
+async def test_an_annotation_only_fix_is_seen_without_a_new_generation(
+    harness: Harness,
+) -> None:
+    loop = harness.loop(status={"stage": "stage1", "stageIndex": 1})
+    written = {"spec": {"nodeSelector": {"matchLabels": {DOMAIN_LABEL: "row-a", "row": None}}}}
+    body = policy_body()
+    body["metadata"]["annotations"] = {LAST_APPLIED: json.dumps(written)}
+    assert (await loop.cycle(body, domain_view(1))).decision is None
+    assert "kubectl apply dropped row" in json.dumps(harness.sink.last)
+    # `kubectl apply` of the manifest without the key: only the annotation changes.
+    body["metadata"]["annotations"] = {LAST_APPLIED: json.dumps(policy_body())}
+    assert (await loop.cycle(body, domain_view(1))).decision is not None
+    assert loop.stage is not None
+    assert loop.stage >= 1  # continued from the stored stage, never from 0
 
 
 async def test_no_nodes_selected_is_not_ready_but_valid(harness: Harness) -> None:
