@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from polca_node.kube_client import ApiError, KubeClient, kubeconfig_credentials
 from polca_testbed.cluster import Cluster
 from polca_testbed.nodes import SimNode, SimNodes
 from polca_testbed.polling import eventually
 from polca_testbed.sampling import BackgroundSampler
+from polca_testbed.skew import FUTURE_FIELD, SKEWED_BUDGET_W, newer_powerpolicy_crd
 
 pytestmark = pytest.mark.slow
 
@@ -264,8 +264,6 @@ def test_leaving_the_policy_restores_defaults_with_an_event(
 
 # -- stored data the daemon's models refuse (issue 12, finding 1; safety rule 6) -------------
 
-FUTURE_FIELD = "futureKnob"
-SKEWED_BUDGET_W = 5e9  # above what this version's model accepts (1e9), within the newer CRD's
 CAP: list[dict[str, Any]] = [
     {"name": "normal"},
     {"name": "cap", "triggerPercent": 80, "releasePercent": 75,
@@ -273,40 +271,10 @@ CAP: list[dict[str, Any]] = [
 ]  # fmt: skip
 
 
-def crd_manifest(path: Path) -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load(path.read_text())
-    return loaded
-
-
 @pytest.fixture
 def newer_crd(cluster: Cluster, crds: None) -> Iterator[None]:
-    """The PowerPolicy CRD as a newer POLCA would install it (version skew): one more spec
-    field, and a higher bound on budgetWatts. The checked-in CRD is put back afterwards."""
-    path = REPO / "crds" / "powerpolicies.polca.dev.yaml"
-    crd = crd_manifest(path)
-    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-    spec["properties"][FUTURE_FIELD] = {"type": "string"}
-    spec["properties"]["budgetWatts"]["maximum"] = 1e12
-    apply = ("apply", "--server-side", "--force-conflicts", "-f", "-")
-    cluster.kubectl(*apply, input=json.dumps(crd))
-    probe = json.dumps({
-        "apiVersion": "polca.dev/v1alpha1", "kind": "PowerPolicy",
-        "metadata": {"name": "skew-probe"},
-        "spec": {"nodeSelector": {"matchLabels": {DOMAIN_LABEL: "none"}},
-                 "budgetWatts": SKEWED_BUDGET_W, FUTURE_FIELD: "on"},
-    })  # fmt: skip
-
-    def newer_schema_served() -> bool:
-        created = cluster.kubectl(
-            "create", "--dry-run=server", "-o", "json", "-f", "-", input=probe, check=False
-        )
-        return created.returncode == 0 and FUTURE_FIELD in json.loads(created.stdout)["spec"]
-
-    wait_for("the API server to serve the newer CRD", newer_schema_served)
-    try:
+    with newer_powerpolicy_crd(cluster, REPO / "crds" / "powerpolicies.polca.dev.yaml"):
         yield
-    finally:
-        cluster.kubectl(*apply, input=json.dumps(crd_manifest(path)))
 
 
 def create_capping_policy(
