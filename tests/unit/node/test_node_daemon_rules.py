@@ -274,6 +274,58 @@ async def test_guard_throttles_in_tier_order_and_lets_go_with_hysteresis(
     assert ceilings(h100_fake) == [None] * 4
 
 
+def unreadable(policy: PowerPolicy) -> dict[str, Any]:
+    """`policy` as a newer CRD may store it: a budget beyond this version's bound."""
+    wire = policy.to_wire()
+    wire["spec"]["budgetWatts"] = 5e12
+    return wire
+
+
+async def test_an_unreadable_version_keeps_the_guard_and_a_restart_holds(
+    started: Callable[[], NodeDaemon],
+    h100_fake: FakeNvml,
+    fake_clock: ManualClock,
+    make_policy: PolicyFactory,
+    kube: StubKube,
+) -> None:
+    # Safety rule 6 (issue 12, finding 1): unknown, never absent.
+    daemon = started()
+    guard = {"nodeBudgetWatts": 1000, "triggerPercent": 120, "releasePercent": 110}
+    good = make_policy(stage="normal", guard=guard)
+    observe(daemon, good)
+    daemon.recall(PreviousRecord())
+    await daemon.reconcile()
+    daemon.observed.apply_policy("MODIFIED", unreadable(good))
+    await daemon.reconcile()
+    assert mode(daemon) is Mode.TIGHTEN  # its last good version still counts
+    assert counter(daemon, "polca_unreadable_policies") == 1.0
+
+    # The guard of the last good version keeps working.
+    h100_fake.load = ConstantLoad(PhaseDemand(prefill_frac=1.0))
+    await daemon.sample()
+    await daemon.reconcile()
+    assert ceilings(h100_fake) == [None, 1110, 1110, 1110]
+    record = record_of(daemon)
+
+    # A restart with only the unreadable version: hold everything, never restore.
+    before = setter_calls(h100_fake)
+    second = started()
+    second.observed.replace_nodes([{"metadata": {"name": NODE, "labels": {"polca.dev/row": "a"}}}])
+    second.observed.replace_policies([unreadable(good)])
+    second.observed.replace_pods([TRAINING_POD])
+    second.recall(record)
+    await second.reconcile()
+    await second.flush_background()
+    assert mode(second) is Mode.HOLD
+    assert setter_calls(h100_fake) == before
+    assert ceilings(h100_fake) == [None, 1110, 1110, 1110]
+    assert ("PolicyUnreadable", "Warning") in kube.events()
+    assert record_of(second).managed  # the record survives for a later restore
+    condition = build_status(second.build_status_inputs()).condition("PolicyUnreadable")
+    assert condition is not None
+    assert condition.status == "True"
+
+
 async def test_dry_run_counts_what_it_would_do_and_writes_nothing(
     started: Callable[[], NodeDaemon], h100_fake: FakeNvml, make_policy: PolicyFactory
 ) -> None:
