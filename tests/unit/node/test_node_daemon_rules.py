@@ -238,17 +238,25 @@ async def test_rejected_write_is_a_condition_a_metric_and_one_event(
     assert kube.events() == [("GpuWriteFailed", "Warning")]
 
 
+# A guard that acts at 1200 W and lets go below 1100 W.
+GUARD = {"nodeBudgetWatts": 1000, "triggerPercent": 120, "releasePercent": 110}
+
+
+async def running(daemon: NodeDaemon, policy: PowerPolicy) -> NodeDaemon:
+    """`daemon` (with no previous record) after its first reconcile under `policy`."""
+    observe(daemon, policy)
+    daemon.recall(PreviousRecord())
+    await daemon.reconcile()
+    return daemon
+
+
 async def test_guard_throttles_in_tier_order_and_lets_go_with_hysteresis(
     started: Callable[[], NodeDaemon],
     h100_fake: FakeNvml,
     fake_clock: ManualClock,
     make_policy: PolicyFactory,
 ) -> None:
-    daemon = started()
-    guard = {"nodeBudgetWatts": 1000, "triggerPercent": 120, "releasePercent": 110}
-    observe(daemon, make_policy(stage="normal", guard=guard))
-    daemon.recall(PreviousRecord())
-    await daemon.reconcile()
+    daemon = await running(started(), make_policy(stage="normal", guard=GUARD))
     assert ceilings(h100_fake) == [None] * 4
 
     # Prefill: 4 x 700 W; with the idle-tier GPUs at 1110 MHz still 700 + 3 x 242 W > 1200 W.
@@ -289,12 +297,8 @@ async def test_an_unreadable_version_keeps_the_guard_and_a_restart_holds(
     kube: StubKube,
 ) -> None:
     # Safety rule 6 (issue 12, finding 1): unknown, never absent.
-    daemon = started()
-    guard = {"nodeBudgetWatts": 1000, "triggerPercent": 120, "releasePercent": 110}
-    good = make_policy(stage="normal", guard=guard)
-    observe(daemon, good)
-    daemon.recall(PreviousRecord())
-    await daemon.reconcile()
+    good = make_policy(stage="normal", guard=GUARD)
+    daemon = await running(started(), good)
     daemon.observed.apply_policy("MODIFIED", unreadable(good))
     await daemon.reconcile()
     assert mode(daemon) is Mode.TIGHTEN  # its last good version still counts
