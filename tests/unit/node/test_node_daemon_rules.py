@@ -292,7 +292,6 @@ def unreadable(policy: PowerPolicy) -> dict[str, Any]:
 async def test_an_unreadable_version_keeps_the_guard_and_a_restart_holds(
     started: Callable[[], NodeDaemon],
     h100_fake: FakeNvml,
-    fake_clock: ManualClock,
     make_policy: PolicyFactory,
     kube: StubKube,
 ) -> None:
