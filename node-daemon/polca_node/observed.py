@@ -78,8 +78,13 @@ def _gpus_requested(spec: Mapping[str, Any]) -> int:
     def total(containers: Any) -> int:
         count = 0
         for container in containers if isinstance(containers, list) else ():
-            resources = (container or {}).get("resources") or {}
-            limits = {**(resources.get("requests") or {}), **(resources.get("limits") or {})}
+            resources = container.get("resources") if isinstance(container, Mapping) else None
+            if not isinstance(resources, Mapping):
+                continue
+            limits: dict[str, Any] = {}
+            for kind in ("requests", "limits"):  # limits win where both are given
+                given = resources.get(kind)
+                limits.update(given if isinstance(given, Mapping) else {})
             for name, value in limits.items():
                 if is_gpu_resource(str(name)):
                     with contextlib.suppress(TypeError, ValueError):
