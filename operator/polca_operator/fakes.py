@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from polca_operator.domain_power import DomainPower, NodeSample
+from polca_operator.endpoints import NodeAddresses
 from polca_operator.indexes import NodeReport
 from polca_operator.loop import ControlLoop, LoopDeps
 from polca_operator.metrics import Health, OperatorMetrics
@@ -19,6 +20,7 @@ from polca_operator.telemetry import PowerQuery, TelemetryReading
 
 DOMAIN_LABEL = "polca.dev/power-domain"
 EPOCH_S = 1_750_000_000.0
+LOOPBACK = NodeAddresses(frozenset({"127.0.0.1"}))
 
 
 @dataclass
@@ -72,6 +74,8 @@ class StaticView:
     labels: dict[str, dict[str, str]] = field(default_factory=dict)
     node_reports: dict[str, NodeReport] = field(default_factory=dict)
     version: int = 0
+    # Every node at the loopback address unless a test says otherwise.
+    node_addresses: dict[str, NodeAddresses] = field(default_factory=dict)
 
     def fingerprint(self) -> int:
         return self.version
@@ -84,6 +88,9 @@ class StaticView:
 
     def reports(self) -> Iterable[tuple[str, NodeReport]]:
         return self.node_reports.items()
+
+    def addresses(self, node: str) -> NodeAddresses:
+        return self.node_addresses.get(node, LOOPBACK)
 
 
 def domain_view(nodes: int, gpus_per_node: int = 8, domain: str = "row-a") -> StaticView:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,13 +17,15 @@ import kopf
 
 from polca.api.powerpolicy import GROUP, VERSION
 from polca_operator.indexes import (
+    NODE_ADDRESSES_INDEX,
     NODE_LABELS_INDEX,
     NODE_REPORTS_INDEX,
     IndexView,
     Trackers,
+    heartbeat_seconds,
     register_indexes,
 )
-from polca_operator.kube import PLURAL, KopfEvents, KubeStatusSink, api_client
+from polca_operator.kube import PLURAL, CoreEvents, KubeStatusSink, PolicyEvents, api_client
 from polca_operator.loop import ControlLoop, LoopDeps, run_loop
 from polca_operator.metrics import Health, MetricsServer, OperatorMetrics
 from polca_operator.restore import DEFAULT_RESTORE_WAIT_S, restore_verdict
@@ -47,12 +50,15 @@ class OperatorConfig:
     telemetry_timeout_s: float = DEFAULT_TIMEOUT_S
     restore_wait_s: float = DEFAULT_RESTORE_WAIT_S
     status_refresh_s: float = 15.0
+    # Ports a daemon's published metrics endpoint may use; None: any (test rigs only).
+    daemon_ports: frozenset[int] | None = frozenset({9400})
 
 
 class _Runtime:
     """What start-up creates and the handlers share; empty until start-up ran."""
 
     deps: LoopDeps | None = None
+    events: CoreEvents | None = None
     session: aiohttp.ClientSession | None = None
     server: MetricsServer | None = None
 
@@ -61,9 +67,19 @@ class _Runtime:
             raise kopf.TemporaryError("the operator is still starting", delay=1)
         return self.deps
 
+    def require_events(self) -> CoreEvents:
+        if self.events is None:
+            raise kopf.TemporaryError("the operator is still starting", delay=1)
+        return self.events
+
 
 def _view(kwargs: dict[str, Any], trackers: Trackers) -> IndexView:
-    return IndexView(kwargs[NODE_LABELS_INDEX], kwargs[NODE_REPORTS_INDEX], trackers)
+    return IndexView(
+        kwargs[NODE_LABELS_INDEX],
+        kwargs[NODE_REPORTS_INDEX],
+        trackers,
+        kwargs[NODE_ADDRESSES_INDEX],
+    )
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> OperatorMetrics:
@@ -91,13 +107,16 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> Operato
             metrics, health, host=config.metrics_host, port=config.metrics_port
         )
         await shared.server.start()
+        client = api_client()
+        shared.events = CoreEvents(client)
         shared.deps = LoopDeps(
             reader=reader,
-            status_sink=KubeStatusSink(api_client()),
+            status_sink=KubeStatusSink(client),
             metrics=metrics,
             health=health,
             default_prometheus_url=config.prometheus_url,
             status_refresh_s=config.status_refresh_s,
+            daemon_ports=config.daemon_ports,
         )
         log.info("metrics and /healthz on %s:%d", config.metrics_host, config.metrics_port)
 
@@ -119,10 +138,24 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> Operato
     async def _control(
         name: str, body: kopf.Body, stopped: kopf.DaemonStopped, **kwargs: Any
     ) -> None:
-        loop = ControlLoop(name, shared.require(), KopfEvents(body), status=body.get("status"))
+        events = PolicyEvents(shared.require_events(), body)
+        loop = ControlLoop(name, shared.require(), events, status=body.get("status"))
         log.info("PowerPolicy %s: control loop starts at stage %s", name,
                  (body.get("status") or {}).get("stage", "none yet"))  # fmt: skip
         await run_loop(loop, body, _view(kwargs, trackers), stopped)
+
+    @kopf.on.event(GROUP, VERSION, "nodepowerstates", registry=registry)
+    def _node_heartbeat(
+        type: str | None,  # noqa: A002 - Kopf's keyword
+        name: str,
+        status: Mapping[str, Any],
+        **_: Any,
+    ) -> None:
+        # on.event, not on.delete: the operator must not put finalizers on the daemons' objects.
+        if type == "DELETED":
+            metrics.forget_node(name)
+        else:
+            metrics.node_report(name, heartbeat_seconds(status))
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, id=RESTORE_HANDLER_ID, registry=registry)
     async def _restore(name: str, body: kopf.Body, **kwargs: Any) -> None:
@@ -141,11 +174,11 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> Operato
                 announced = True
             await asyncio.sleep(RESTORE_POLL_S)
         restored = verdict.outcome == "restored"
-        kopf.event(
+        shared.require_events().post(
             body,
-            type="Normal" if restored else "Warning",
-            reason="DefaultsRestored" if restored else "RestoreIncomplete",
-            message=verdict.message,
+            "Normal" if restored else "Warning",
+            "DefaultsRestored" if restored else "RestoreIncomplete",
+            verdict.message,
         )
         log.info("PowerPolicy %s: %s", name, verdict.message)
         metrics.forget(name)

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Collection, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 import kopf
 
 from polca.api.powerpolicy import GROUP, VERSION
+from polca_operator.endpoints import NodeAddresses, node_addresses
 
 __all__ = [
+    "NODE_ADDRESSES_INDEX",
     "NODE_LABELS_INDEX",
     "NODE_REPORTS_INDEX",
     "ChangeTracker",
@@ -27,6 +30,7 @@ __all__ = [
     "IndexView",
     "NodeReport",
     "Trackers",
+    "heartbeat_seconds",
     "node_labels_entry",
     "node_report_entry",
     "register_indexes",
@@ -34,6 +38,7 @@ __all__ = [
 
 NODE_LABELS_INDEX = "polca_node_labels"
 NODE_REPORTS_INDEX = "polca_node_reports"
+NODE_ADDRESSES_INDEX = "polca_node_addresses"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +58,18 @@ def node_labels_entry(name: str, labels: Mapping[str, str]) -> dict[str, dict[st
 
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and value >= 0 else 0
+
+
+def heartbeat_seconds(status: Mapping[str, Any]) -> float | None:
+    """`status.heartbeatTime` (RFC 3339) as Unix seconds; None when absent or unreadable."""
+    stamp = status.get("heartbeatTime")
+    if not isinstance(stamp, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    return parsed.timestamp() if parsed.tzinfo is not None else None
 
 
 def node_report_entry(name: str, status: Mapping[str, Any]) -> dict[str, NodeReport]:
@@ -99,6 +116,7 @@ class ChangeTracker:
 class Trackers:
     labels: ChangeTracker
     reports: ChangeTracker
+    addresses: ChangeTracker
 
 
 class ClusterView(Protocol):
@@ -114,19 +132,25 @@ class ClusterView(Protocol):
 
     def reports(self) -> Iterable[tuple[str, NodeReport]]: ...
 
+    def addresses(self, node: str) -> NodeAddresses:
+        """The node's addresses and pod CIDRs (empty when unknown)."""
+        ...
+
 
 class IndexView:
-    """A ClusterView over the two Kopf indexes (one value per key: names are unique)."""
+    """A ClusterView over the Kopf indexes (one value per key: names are unique)."""
 
     def __init__(
         self,
         labels: kopf.Index[str, dict[str, str]],
         reports: kopf.Index[str, NodeReport],
         trackers: Trackers,
+        addresses: kopf.Index[str, NodeAddresses] | None = None,
     ):
         self._labels = labels
         self._reports = reports
         self._trackers = trackers
+        self._addresses = addresses
 
     def fingerprint(self) -> Hashable:
         self._trackers.labels.prune(self._labels.keys())
@@ -136,6 +160,7 @@ class IndexView:
             len(self._labels),
             self._trackers.reports.version,
             len(self._reports),
+            self._trackers.addresses.version,
         )
 
     def node_labels(self) -> Iterator[tuple[str, Mapping[str, str]]]:
@@ -154,10 +179,14 @@ class IndexView:
                 yield name, report
                 break
 
+    def addresses(self, node: str) -> NodeAddresses:
+        store = self._addresses.get(node) if self._addresses is not None else None
+        return next(iter(store), NodeAddresses()) if store is not None else NodeAddresses()
+
 
 def register_indexes(registry: kopf.OperatorRegistry) -> Trackers:
     """Register both indexes; their ids are the kwargs handlers receive them under."""
-    trackers = Trackers(ChangeTracker(), ChangeTracker())
+    trackers = Trackers(ChangeTracker(), ChangeTracker(), ChangeTracker())
 
     @kopf.index("v1", "nodes", id=NODE_LABELS_INDEX, registry=registry)
     def _node_labels(name: str, labels: Mapping[str, str], **_: Any) -> dict[str, dict[str, str]]:
@@ -170,5 +199,13 @@ def register_indexes(registry: kopf.OperatorRegistry) -> Trackers:
         entry = node_report_entry(name, status)
         trackers.reports.saw(name, entry[name])
         return entry
+
+    @kopf.index("v1", "nodes", id=NODE_ADDRESSES_INDEX, registry=registry)
+    def _node_addresses(
+        name: str, spec: Mapping[str, Any], status: Mapping[str, Any], **_: Any
+    ) -> dict[str, NodeAddresses]:
+        entry = node_addresses(spec, status)
+        trackers.addresses.saw(name, entry)
+        return {name: entry}
 
     return trackers

@@ -28,6 +28,7 @@ from polca.api.semantic import Problem
 from polca.control.controller import ControllerState, Decision, decide
 from polca.control.plan import ControlPlan
 from polca_operator.domain_power import DomainNode, NodeSample
+from polca_operator.endpoints import endpoint_problem
 from polca_operator.indexes import ClusterView
 from polca_operator.metrics import Change, Health, OperatorMetrics
 from polca_operator.status import CycleReport, EventSink, StatusSink, StatusWriter
@@ -67,6 +68,8 @@ class LoopDeps:
     monotonic: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time
     status_refresh_s: float = 15.0
+    # Ports a daemon's metrics endpoint may use (None: any); see polca_operator.endpoints.
+    daemon_ports: frozenset[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -294,7 +297,15 @@ class ControlLoop:
                 continue
             nodes.append(DomainNode(name, reporting=True))
             if report.metrics_url:
-                urls[name] = report.metrics_url
+                refused = endpoint_problem(
+                    report.metrics_url, view.addresses(name), self._deps.daemon_ports
+                )
+                if refused is None:
+                    urls[name] = report.metrics_url
+                else:
+                    # Logged once per change of the indexes: this runs only when they change.
+                    log.warning("PowerPolicy %s: not scraping node %s's metrics endpoint %r: %s",
+                                self.name, name, report.metrics_url, refused)  # fmt: skip
             gpus += report.gpu_count
             throttled += report.throttled_gpu_count
         promql = spec.node_power.source == "promql"

@@ -25,6 +25,7 @@ __all__ = ["build_settings", "default_priority", "main", "parse_args"]
 
 FINALIZER = "polca.dev/restore-defaults"
 DEFAULT_METRICS_PORT = 9401
+DEFAULT_DAEMON_METRICS_PORT = 9400  # the chart's node.metricsPort
 # Peers that stop refreshing are considered dead after this long: the standby's takeover time
 # after a crash (a clean exit hands over at once).
 DEFAULT_PEERING_LIFETIME_S = 15
@@ -63,6 +64,18 @@ def default_priority(now_s: float | None = None, jitter: int | None = None) -> i
     now_ms = int((time.time() if now_s is None else now_s) * 1000)
     tie = random.randrange(1000) if jitter is None else jitter  # noqa: S311 - not security
     return PRIORITY_CEILING - (now_ms * 1000 + tie)
+
+
+def _daemon_port(text: str) -> frozenset[int] | None:
+    if text.strip().lower() == "any":
+        return None
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535) or 'any'")
+    return frozenset({port})
 
 
 def parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> argparse.Namespace:
@@ -129,6 +142,14 @@ def parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> argparse.N
         "goes anyway, with a warning event; inf: until they do (default %(default)s)",
     )
     parser.add_argument(
+        "--daemon-metrics-port",
+        type=_daemon_port,
+        default=env.get("POLCA_DAEMON_METRICS_PORT") or str(DEFAULT_DAEMON_METRICS_PORT),
+        metavar="PORT|any",
+        help="the only port a daemon's published metrics endpoint may use; 'any' for test "
+        "rigs with one daemon per port (env POLCA_DAEMON_METRICS_PORT, default %(default)s)",
+    )
+    parser.add_argument(
         "--log-level",
         choices=LOG_LEVELS,
         default=(env.get("POLCA_LOG_LEVEL") or "info").lower(),
@@ -144,6 +165,9 @@ def build_settings(args: argparse.Namespace) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     settings.persistence.finalizer = FINALIZER
     settings.posting.reporting_component = "polca-operator"
+    # Kopf would post handler logs as events in the operator's namespace, where `kubectl
+    # describe` never looks for a cluster-scoped object's events; kube.CoreEvents posts ours.
+    settings.posting.enabled = False
     settings.peering.clusterwide = True
     settings.peering.lifetime = args.peering_lifetime
     settings.peering.priority = args.priority if args.priority is not None else default_priority()
@@ -194,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prometheus_url=args.prometheus_url,
         telemetry_timeout_s=args.telemetry_timeout,
         restore_wait_s=args.restore_wait,
+        daemon_ports=args.daemon_metrics_port,
     )
     register(registry, config)
     # Imports and set-up made objects that live for the whole run: keep the collector from

@@ -75,6 +75,13 @@ class OperatorMetrics:
         self.status_writes = Counter(
             "polca_status_writes_total", "PowerPolicy status writes", ["policy"], registry=r
         )
+        # From the NodePowerStates, which outlive a vanished daemon: its own heartbeat series
+        # disappears with its scrape target, this one stays and keeps the alert firing.
+        self.node_heartbeat_s = Gauge(
+            "polca_node_report_heartbeat_timestamp_seconds",
+            "Heartbeat a node's daemon last wrote to its NodePowerState, Unix time",
+            ["node"], registry=r,
+        )  # fmt: skip
         self._stages: dict[str, list[str]] = {}
 
     def set_plan(
@@ -116,6 +123,14 @@ class OperatorMetrics:
 
     def status_written(self, policy: str) -> None:
         self.status_writes.labels(policy).inc()
+
+    def node_report(self, node: str, heartbeat_s: float | None) -> None:
+        """A NodePowerState was listed or changed (None: it has no heartbeat yet)."""
+        if heartbeat_s is not None:
+            self.node_heartbeat_s.labels(node).set(heartbeat_s)
+
+    def forget_node(self, node: str) -> None:
+        _remove(self.node_heartbeat_s, node)
 
     def forget(self, policy: str) -> None:
         """Drop a deleted policy's series, so dashboards do not show it frozen."""

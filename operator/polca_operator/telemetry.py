@@ -43,6 +43,7 @@ __all__ = [
 
 GPU_POWER_METRIC = "polca_gpu_power_watts"
 NODE_LABEL = "node"
+GPU_LABEL = "gpu"  # the GPU index, unique within a node
 DEFAULT_TIMEOUT_S = 2.0
 DEFAULT_SCRAPE_CONCURRENCY = 64
 
@@ -157,8 +158,13 @@ class PrometheusSource:
         else:
             inner, label = GPU_POWER_METRIC, NODE_LABEL
         fresh = f"time() - timestamp({inner}) <= {query.staleness_s:g}"
+        per_series = f"{inner} and ({fresh})"
+        if query.promql is None:
+            # One value per GPU: the same daemon scraped by two jobs (a ServiceMonitor and a
+            # PodMonitor, say) gives each GPU two series, which a plain sum counts twice.
+            per_series = f"max by ({NODE_LABEL}, {GPU_LABEL}) ({per_series})"
         return (
-            f"sum by ({label}) ({inner} and ({fresh}))",
+            f"sum by ({label}) ({per_series})",
             f"min by ({label}) (timestamp({inner}) and ({fresh}))",
         )
 

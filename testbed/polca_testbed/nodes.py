@@ -274,6 +274,13 @@ class SimNodes:
             if exc.status != 409:
                 raise
             self.label_node(name, labels)
+        # Its daemon serves on loopback; the operator scrapes only a node's own addresses.
+        self._client.request(
+            "PATCH",
+            f"/api/v1/nodes/{name}/status",
+            body={"status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}]}},
+            content_type="application/merge-patch+json",
+        )
 
     def label_node(self, name: str, labels: Mapping[str, str | None]) -> None:
         """Set (or, with None, remove) labels on a Node."""

@@ -39,8 +39,10 @@ def start_operator(
 ) -> OperatorHandle:
     """Start the operator; `--standalone` unless `extra` asks for `--peering`."""
     port = free_port()
+    # Simulated daemons each serve their own loopback port: the operator must accept any.
     argv = [sys.executable, "-m", "polca_operator.main",
-            "--metrics-host", "127.0.0.1", "--metrics-port", str(port)]  # fmt: skip
+            "--metrics-host", "127.0.0.1", "--metrics-port", str(port),
+            "--daemon-metrics-port", "any"]  # fmt: skip
     if prometheus_url:
         argv += ["--prometheus-url", prometheus_url]
     argv += list(extra)

@@ -119,8 +119,13 @@ def start_prometheus(
     scrape_interval_s: float = 1.0,
     port: int | None = None,
     binary: Path | None = None,
+    jobs: int = 1,
 ) -> Prometheus:
-    """Start Prometheus scraping `targets` (`host:port`, path /metrics); wait until ready."""
+    """Start Prometheus scraping `targets` (`host:port`, path /metrics); wait until ready.
+
+    `jobs` > 1 scrapes every target from that many jobs, as a cluster with both a
+    ServiceMonitor and a PodMonitor on the daemons does: every series arrives `jobs` times.
+    """
     binary = binary or find_prometheus()
     state_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
@@ -135,10 +140,11 @@ def start_prometheus(
         },
         "scrape_configs": [
             {
-                "job_name": "polca",
+                "job_name": "polca" if job == 0 else f"polca-{job + 1}",
                 "metrics_path": "/metrics",
                 "file_sd_configs": [{"files": [str(prom.targets_file)], "refresh_interval": "1s"}],
             }
+            for job in range(jobs)
         ],
     }
     config_path = state_dir / "prometheus.yml"

@@ -259,6 +259,8 @@ def test_leaving_the_policy_restores_defaults_with_an_event(
         "--field-selector", f"involvedObject.name={leaves.name},reason=DefaultsRestored",
     ).stdout)["items"])  # fmt: skip
     assert events[0]["involvedObject"]["kind"] == "NodePowerState"
+    described = cluster.kubectl("describe", "nodepowerstate", leaves.name).stdout
+    assert "DefaultsRestored" in described, described  # where `kubectl describe` looks
     assert stays.clock_ceilings_mhz() == [345, 345]  # the other node is still braked
 
 

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,6 +43,8 @@ BUSY_LOAD = {"decode": 1.0}
 STAGE1_MHZ = 1275
 STAGE2_MHZ = 1110
 HIGH_GPUS = [0, 1, 2, 3]
+# Idle load draws ~38% of the budget; anything below half is "settled", far below 75% release.
+IDLE_CEILING = 0.5
 Names = Callable[[str], str]
 
 
@@ -86,6 +87,21 @@ class Env:
     def set_load(self, load: dict[str, float]) -> None:
         for sim in self.sims:
             sim.set_load(load)
+
+    def settle_idle(self) -> None:
+        """Idle load, and wait until Prometheus sees it: a test starts below every trigger
+        whatever the test before it left behind (its last samples stay fresh for minutes)."""
+        self.set_load(IDLE_LOAD)
+        eventually(
+            "idle domain power in Prometheus",
+            lambda: self.gpu_power_w() < IDLE_CEILING * BUDGET_W,
+            60,
+        )
+
+    def peers(self, peering: str) -> int:
+        """Operators registered in a Kopf peering object (one status entry each)."""
+        obj = self.api.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", peering)
+        return len(obj.get("status") or {})
 
     def ceilings(self) -> list[list[int | None]]:
         return [sim.clock_ceilings_mhz() for sim in self.sims]
@@ -194,6 +210,13 @@ class OperatorProcess(OperatorHandle):
     def metric(self, name: str, **labels: str) -> float | None:
         return metric_value(f"http://127.0.0.1:{self.metrics_port}/metrics", name, **labels)
 
+    def decisions(self, policy: str) -> float:
+        """Control cycles run for `policy`, whatever they changed (0 before the first)."""
+        return sum(
+            self.metric("polca_decisions_total", policy=policy, change=change) or 0.0
+            for change in ("none", "up", "down")
+        )
+
     def log_tail(self) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])
 
@@ -222,7 +245,7 @@ def start_operator(env: Env, tmp_path: Path) -> Iterator[Callable[..., OperatorP
 def domain(env: Env, unique_name: Names) -> Iterator[str]:
     """A fresh domain label on both nodes, idle load; afterwards nobody selects them."""
     value = unique_name("d")[-63:].strip("-")
-    env.set_load(IDLE_LOAD)
+    env.settle_idle()
     for sim in env.sims:
         env.nodes.label_node(sim.name, {DOMAIN_LABEL: value})
     yield value
@@ -328,13 +351,16 @@ def test_load_up_throttles_idle_gpus_and_releases_after_the_hold(
     escalated = [m for r, m in events if r == "StageEscalated"]
     assert any(m.startswith("normal → stage1") and "of 7000 W" in m for m in escalated)
     assert any(r == "StageReleased" for r, _ in events)
+    described = env.cluster.kubectl("describe", "powerpolicy", policy).stdout
+    assert "StageEscalated" in described, described  # `kubectl describe` finds the events
+    assert "polca-operator" in described
     assert operator.metric("polca_domain_budget_watts", policy=policy) == BUDGET_W
 
 
 def test_prometheus_lost_falls_back_to_direct_then_failsafe(
     env: Env, domain: str, policy: str, start_operator: Callable[..., OperatorProcess]
 ) -> None:
-    start_operator()
+    operator = start_operator()
     apply_policy(
         env,
         policy,
@@ -349,8 +375,17 @@ def test_prometheus_lost_falls_back_to_direct_then_failsafe(
     eventually("stage normal", lambda: env.stage(policy) == "normal")
     env.prometheus.stop()
     try:
-        time.sleep(6)  # twice the staleness limit: the daemons answer directly
-        assert env.stage(policy) == "normal"
+        failed = "polca_telemetry_errors_total"
+        eventually(
+            "Prometheus reads fail",
+            lambda: (operator.metric(failed, policy=policy, source="prometheus") or 0) > 0,
+            20,
+        )
+        # Past twice the 3 s staleness limit (1 s cycles): the daemons answered directly.
+        with Sampler(env, policy) as sampler:
+            cycles = operator.decisions(policy)
+            eventually("7 cycles", lambda: operator.decisions(policy) >= cycles + 7, 30)
+        assert set(sampler.stages) == {"normal"}, operator.log_tail()
         assert env.condition(policy, "TelemetryStale") == ("False", "FreshPower")
 
         apply_policy(env, policy, domain)  # the same, without the direct fallback
@@ -386,14 +421,21 @@ def test_operator_restart_mid_stage_never_uncaps(
 
     with Sampler(env, policy) as sampler:
         first.stop()
-        time.sleep(2)
+        eventually("the first operator is gone", lambda: not first.alive(), 10)
+        gap = len(sampler.stages)
+        eventually("sampled while no operator ran", lambda: len(sampler.stages) >= gap + 5, 10)
         second = start_operator(name="second")
         eventually(
             "the new operator runs the loop",
             lambda: second.metric("polca_domain_stage", policy=policy) == 1,
             30,
         )
-        time.sleep(3)
+        started = second.decisions(policy)
+        eventually(
+            "the new operator decided several times",
+            lambda: second.decisions(policy) >= started + 3,
+            30,
+        )
     assert sampler.stages, "sampled"
     assert set(sampler.stages) == {"stage1"}, second.log_tail()
     assert all(c == stage1_ceilings() for c in sampler.ceilings)
@@ -532,17 +574,19 @@ def test_standby_takes_over_after_a_crash_without_uncapping(
         args = ("--peering", peering, "--peering-lifetime", "6")
         active = start_operator(*args, name="active")
         apply_policy(env, policy, domain, holdSeconds=600)
+        # The loop runs once it has published a stage for the policy, whichever stage that is.
         eventually(
             "the active replica runs the loop",
-            lambda: active.metric("polca_domain_stage", policy=policy) == 0,
+            lambda: active.metric("polca_domain_stage", policy=policy) is not None,
         )
         standby = start_operator(*args, name="standby")
-        time.sleep(4)
-        assert standby.metric("polca_domain_stage", policy=policy) is None, "standby is paused"
+        eventually("both replicas in the peering", lambda: env.peers(peering) == 2, 30)
 
         env.set_load(BUSY_LOAD)
         eventually("stage1", lambda: env.stage(policy) == "stage1", 30)
         eventually("ceilings applied", lambda: env.ceilings() == stage1_ceilings())
+        # The standby saw the peering and the policy all this while and must not have run it.
+        assert standby.metric("polca_domain_stage", policy=policy) is None, "standby is paused"
         with Sampler(env, policy) as sampler:
             active.kill()
             eventually(
@@ -550,14 +594,14 @@ def test_standby_takes_over_after_a_crash_without_uncapping(
                 lambda: standby.metric("polca_domain_stage", policy=policy) == 1,
                 40,
             )
-            decisions = standby.metric("polca_decisions_total", policy=policy, change="none")
-            time.sleep(3)
-        assert set(sampler.stages) == {"stage1"}
+            decisions = standby.decisions(policy)
+            eventually(
+                "the standby decides every cycle now",
+                lambda: standby.decisions(policy) >= decisions + 3,
+                30,
+            )
+        assert set(sampler.stages) == {"stage1"}, standby.log_tail()
         assert all(c == stage1_ceilings() for c in sampler.ceilings)
-        later = standby.metric("polca_decisions_total", policy=policy, change="none")
-        assert decisions is not None
-        assert later is not None
-        assert later > decisions, "the standby decides every cycle now"
     finally:
         env.cluster.kubectl("delete", "clusterkopfpeering", peering, "--wait=false", check=False)
 

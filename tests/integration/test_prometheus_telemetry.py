@@ -78,6 +78,20 @@ async def test_power_by_node_with_recent_sample_times(
         assert 0 <= time.time() - sample.time_s <= STALENESS_S
 
 
+async def test_two_scrape_jobs_on_the_same_daemons_count_each_gpu_once(
+    daemons: Daemons, source: PrometheusSource, tmp_path: Path
+) -> None:
+    """A ServiceMonitor and a PodMonitor both on: every GPU's series arrives twice."""
+    prom = start_prometheus(tmp_path / "two-jobs", [f"127.0.0.1:{daemons.port}"], jobs=2)
+    try:
+        prom.wait_for("polca_gpu_power_watts", count=6)
+        assert len(prom.query("polca_gpu_power_watts")) == 6, "each GPU twice"
+        samples = await source.node_samples(query(prom), {"n1", "n2"})
+        assert {n: s.power_w for n, s in samples.items()} == {"n1": 500.0, "n2": 100.0}
+    finally:
+        prom.stop()
+
+
 async def test_series_left_over_from_before_a_restart_are_not_counted(
     daemons: Daemons, prometheus: Prometheus, source: PrometheusSource, tmp_path: Path
 ) -> None:

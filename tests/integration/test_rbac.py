@@ -43,7 +43,7 @@ OPERATOR_RULES = rules(
     ("", "pods", "get list watch"),
     ("kopf.dev", "clusterkopfpeerings", "get list watch patch"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "list watch"),
-    ("", "events", "create"),  # in the release namespace only
+    ("", "events", "create"),  # in `default` only (events about cluster-scoped objects)
 )
 NODE_RULES = rules(
     ("polca.dev", "powerpolicies", "get list watch"),
@@ -63,7 +63,8 @@ REFUSED = [
     ("node", "get", "secrets", "kube-system"),
     ("node", "list", "secrets", "RELEASE"),
     ("node", "list", "nodes", ""),
-    ("node", "create", "events", "default"),
+    ("node", "create", "events", "RELEASE"),
+    ("operator", "create", "events", "RELEASE"),
     ("operator", "delete", "powerpolicies.polca.dev", ""),
     ("operator", "create", "powerpolicies.polca.dev", ""),
     ("operator", "create", "nodepowerstates.polca.dev", ""),
@@ -173,12 +174,11 @@ def test_each_account_gets_exactly_its_rules(
     everyone = granted_rules(
         cluster, f"system:serviceaccount:{install.namespace}:bystander", install.namespace
     )
-    granted = granted_rules(cluster, install.user(component), install.namespace) - everyone
+    granted = granted_rules(cluster, install.user(component), "default") - everyone
     assert granted == expected
-    # Events only in the release namespace: elsewhere the account has only what everyone has.
-    assert granted_rules(cluster, install.user(component), "default") - everyone == {
-        rule for rule in expected if rule[1] != "events"
-    }
+    # Events only in `default`: elsewhere the account has only what everyone has.
+    in_release = granted_rules(cluster, install.user(component), install.namespace) - everyone
+    assert in_release == {rule for rule in expected if rule[1] != "events"}
 
 
 @pytest.mark.parametrize(
@@ -199,7 +199,7 @@ def test_matrix_allowances_are_real(cluster: Cluster, install: Install) -> None:
         for group, resource, verb in expected:
             full = f"{resource.split('/')[0]}.{group}" if group else resource.split("/")[0]
             target = full + (f"/{resource.split('/')[1]}" if "/" in resource else "")
-            namespace = install.namespace if resource == "events" else ""
+            namespace = "default" if resource == "events" else ""
             assert can_i(cluster, install.user(component), verb, target, namespace), (
                 component,
                 verb,
@@ -413,3 +413,49 @@ def test_daemon_writes_only_its_node_with_a_pod_bound_token(
         cluster.kubectl(
             "delete", "pod", pod_name, "-n", install.namespace, "--wait=false", check=False
         )
+
+
+def test_operator_may_not_rewrite_a_policy_spec(
+    cluster: Cluster, install: Install, unique_name: Names, tmp_path: Path
+) -> None:
+    """RBAC grants the operator `patch` on policies (finalizer, Kopf's annotations); the chart's
+    admission policy refuses any change of their spec or labels by that account."""
+    name = unique_name("pp")
+    policy = {
+        "apiVersion": "polca.dev/v1alpha1",
+        "kind": "PowerPolicy",
+        "metadata": {"name": name, "labels": {"team": "infra"}},
+        "spec": {"nodeSelector": {"matchLabels": {"row": "a"}}, "budgetWatts": 10000},
+    }
+    cluster.kubectl("create", "-f", "-", input=json.dumps(policy))
+    operator = Identity.impersonating(cluster, tmp_path / "operator", install.user("operator"), {})
+    try:
+        spec_patch = json.dumps({"spec": {"budgetWatts": 99999}})
+        deadline = time.monotonic() + 15  # the policy takes effect once its informer has synced
+        while (
+            result := operator.kubectl(
+                "patch", "powerpolicy", name, "--type=merge", "-p", spec_patch
+            )
+        ).returncode == 0:
+            restore = json.dumps({"spec": {"budgetWatts": 10000}})
+            cluster.kubectl("patch", "powerpolicy", name, "--type=merge", "-p", restore)
+            assert time.monotonic() < deadline, "the admission policy never took effect"
+            time.sleep(0.3)
+        assert "never its spec" in result.stderr, result.stderr
+        relabel = operator.kubectl("label", "powerpolicy", name, "team=other", "--overwrite")
+        assert "may not change a PowerPolicy's labels" in relabel.stderr, relabel.stderr
+
+        # What the operator needs stays allowed.
+        annotated = operator.kubectl("annotate", "powerpolicy", name, "kopf.zalando.org/x=1")
+        assert annotated.returncode == 0, annotated.stderr
+        finalizer = json.dumps({"metadata": {"finalizers": ["polca.dev/restore-defaults"]}})
+        added = operator.kubectl("patch", "powerpolicy", name, "--type=merge", "-p", finalizer)
+        assert added.returncode == 0, added.stderr
+
+        stored = json.loads(cluster.kubectl("get", "powerpolicy", name, "-o", "json").stdout)
+        assert stored["spec"]["budgetWatts"] == 10000
+        assert stored["metadata"]["labels"] == {"team": "infra"}
+    finally:
+        unfinalize = json.dumps({"metadata": {"finalizers": None}})
+        cluster.kubectl("patch", "powerpolicy", name, "--type=merge", "-p", unfinalize, check=False)
+        cluster.kubectl("delete", "powerpolicy", name, "--wait=false", check=False)

@@ -27,7 +27,11 @@
 {{- end -}}
 
 {{- define "polca.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "polca.labels" -}}
@@ -61,6 +65,9 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{/* The username a service account authenticates as. */}}
 {{- define "polca.node.username" -}}
 system:serviceaccount:{{ .Release.Namespace }}:{{ include "polca.node.serviceAccount" . }}
+{{- end -}}
+{{- define "polca.operator.username" -}}
+system:serviceaccount:{{ .Release.Namespace }}:{{ include "polca.operator.serviceAccount" . }}
 {{- end -}}
 
 {{/* Container securityContext shared by the non-root processes. */}}

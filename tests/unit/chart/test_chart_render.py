@@ -167,7 +167,7 @@ class TestNodeDaemon:
         nvml_only = {"NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES"}
         assert set(env) == (documented - fake_only) | nvml_only
         assert env["POLCA_NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
-        assert env["POLCA_EVENT_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+        assert env["POLCA_EVENT_NAMESPACE"] == "default"
         assert env["POLCA_POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
         assert env["POLCA_GPU_BACKEND"] == "nvml"
         assert env["POLCA_PODRESOURCES_SOCKET"] == "/var/lib/kubelet/pod-resources/kubelet.sock"
@@ -223,11 +223,24 @@ class TestOptionalParts:
     def test_all_on(self, everything: list[Manifest]) -> None:
         kinds = [o["kind"] for o in everything]
         assert kinds.count("ServiceMonitor") == 2
-        assert kinds.count("PodMonitor") == 2
+        assert kinds.count("PodMonitor") == 0  # mutually exclusive with the ServiceMonitor
         assert {"PrometheusRule", "PodDisruptionBudget", "PowerPolicy"} <= set(kinds)
         node_monitor = one(everything, "ServiceMonitor", "-node")
         assert node_monitor["spec"]["endpoints"][0]["interval"] == "5s"
         assert node_monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+    def test_monitors_keep_the_workloads_labels(
+        self, everything: list[Manifest], render: Render
+    ) -> None:
+        pods = render([CHART_DIR / "ci" / "podmonitor-values.yaml"])
+        assert [o["kind"] for o in pods].count("PodMonitor") == 2
+        assert "ServiceMonitor" not in {o["kind"] for o in pods}
+        endpoints = [e for o in everything if o["kind"] == "ServiceMonitor"
+                     for e in o["spec"]["endpoints"]]  # fmt: skip
+        endpoints += [e for o in pods if o["kind"] == "PodMonitor"
+                      for e in o["spec"]["podMetricsEndpoints"]]  # fmt: skip
+        assert len(endpoints) == 4
+        assert all(e["honorLabels"] is True for e in endpoints)
 
     def test_alerts_cover_the_failure_modes(self, everything: list[Manifest]) -> None:
         rules = one(everything, "PrometheusRule")["spec"]["groups"][0]["rules"]
@@ -301,6 +314,17 @@ class TestRestoreHook:
             o["kind"]: int(o["metadata"]["annotations"]["helm.sh/hook-weight"]) for o in hooks
         }
         assert weights["Job"] > max(w for k, w in weights.items() if k != "Job")
+
+    def test_set_up_objects_do_not_outlive_a_failed_uninstall(
+        self, default: list[Manifest]
+    ) -> None:
+        """The hook's account may delete every PowerPolicy: gone whether the hook fails or not;
+        the failed Job alone stays, for its logs."""
+        hooks = [o for o in default if o["metadata"].get("annotations", {}).get("helm.sh/hook")]
+        for hook in hooks:
+            policy = set(hook["metadata"]["annotations"]["helm.sh/hook-delete-policy"].split(","))
+            assert {"before-hook-creation", "hook-succeeded"} <= policy, hook["kind"]
+            assert ("hook-failed" in policy) is (hook["kind"] != "Job"), hook["kind"]
 
     def test_job_runs_the_shipped_script(self, default: list[Manifest]) -> None:
         job = one(default, "Job", "-restore")

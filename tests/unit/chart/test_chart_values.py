@@ -35,6 +35,17 @@ BAD_VALUES = [
 ]
 
 
+def test_both_monitors_at_once_are_refused(helm_template: HelmTemplate) -> None:
+    """Both would scrape every daemon twice, and a plain sum would count its power twice."""
+    both = {"monitoring.serviceMonitor.enabled": "true", "monitoring.podMonitor.enabled": "true"}
+    result = helm_template(set_values=both)
+    assert result.returncode != 0
+    assert "values don't meet the specifications of the schema" in result.stderr
+    assert "monitoring" in result.stderr, result.stderr
+    for one in both:
+        assert helm_template(set_values={one: "true"}).returncode == 0
+
+
 def schema_paths(schema: dict[str, Any], prefix: str = "") -> Iterator[str]:
     for key, sub in schema.get("properties", {}).items():
         path = f"{prefix}.{key}" if prefix else key

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from polca.api.defaults import STAGE_NAMES
 from polca.api.powerpolicy import LAST_APPLIED
 from polca.control.plan import POLCA_PLAN
+from polca_operator.endpoints import NodeAddresses
 from polca_operator.fakes import (
     DOMAIN_LABEL,
     Harness,
@@ -19,6 +21,7 @@ from polca_operator.fakes import (
     make_harness,
     policy_body,
 )
+from polca_operator.indexes import NodeReport
 from polca_operator.loop import ControlLoop, CycleOutcome, run_loop, stage_from_status
 
 BUDGET_W = 100_000.0
@@ -312,6 +315,27 @@ async def test_query_carries_endpoints_and_overhead(harness: Harness) -> None:
     view.version += 1
     await loop.cycle(body, view)
     assert len(harness.reader.queries[-1].nodes) == 3
+
+
+async def test_only_the_nodes_own_endpoints_are_scraped(harness: Harness) -> None:
+    """A NodePowerState status is written by whoever can write it: the operator scrapes only a
+    URL on the node's own address (or pod CIDR) and the daemon port, never metadata services."""
+    view = domain_view(4)
+    urls = {
+        "node-00000": "http://10.0.0.7:9400/metrics",  # the node's InternalIP
+        "node-00001": "http://10.244.1.5:9400/metrics",  # a pod IP inside its pod CIDR
+        "node-00002": "http://169.254.169.254:9400/latest/meta-data",  # cloud metadata
+        "node-00003": "http://10.0.0.7:9400/metrics",  # node-00000's address, not its own
+    }
+    for name, url in urls.items():
+        view.node_reports[name] = NodeReport(metrics_url=url, gpu_count=8)
+        view.node_addresses[name] = NodeAddresses(
+            frozenset({f"10.0.0.{7 + int(name[-1])}"}), (f"10.244.{name[-1]}.0/24",)
+        )
+    loop = ControlLoop("row-a", replace(harness.deps, daemon_ports=frozenset({9400})),
+                       harness.events)  # fmt: skip
+    await loop.cycle(policy_body(), view)
+    assert set(harness.reader.queries[-1].metrics_urls) == {"node-00000", "node-00001"}
 
 
 async def test_run_loop_stops_and_forgets_the_policy(harness: Harness) -> None:

@@ -54,6 +54,18 @@ def test_bad_log_level_is_refused() -> None:
         parse_args([], {"POLCA_LOG_LEVEL": "loud"})
 
 
+def test_daemon_metrics_port_is_one_port_or_any(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse_args([], {}).daemon_metrics_port == frozenset({9400})
+    env = {"POLCA_DAEMON_METRICS_PORT": "9500"}
+    assert parse_args([], env).daemon_metrics_port == frozenset({9500})
+    assert parse_args(["--daemon-metrics-port", "any"], env).daemon_metrics_port is None
+    for bad in ("abc", "0", "70000"):
+        with pytest.raises(SystemExit) as exit_info:
+            parse_args(["--daemon-metrics-port", bad], {})
+        assert exit_info.value.code == 2
+        assert "is not a port (1-65535) or 'any'" in capsys.readouterr().err
+
+
 def test_help_documents_the_environment(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         parse_args(["--help"], {})
@@ -69,7 +81,13 @@ def test_register_adds_the_daemon_the_finalizer_handler_and_the_indexes() -> Non
     ids = {h.id for h in registry._spawning.get_all_handlers()}
     ids |= {h.id for h in registry._changing.get_all_handlers()}
     ids |= {h.id for h in registry._indexing.get_all_handlers()}
-    assert {CONTROL_DAEMON_ID, RESTORE_HANDLER_ID, "polca_node_labels", "polca_node_reports"} <= ids
+    assert {
+        CONTROL_DAEMON_ID,
+        RESTORE_HANDLER_ID,
+        "polca_node_labels",
+        "polca_node_reports",
+        "polca_node_addresses",
+    } <= ids
 
 
 def test_missing_credentials_end_with_a_clear_message(

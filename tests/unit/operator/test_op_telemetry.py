@@ -105,7 +105,7 @@ def test_prometheus_expressions_ask_for_sample_times() -> None:
     gpu = PowerQuery(nodes=(), staleness_s=10)
     fresh = "time() - timestamp(polca_gpu_power_watts) <= 10"
     assert PrometheusSource.expressions(gpu) == (
-        f"sum by (node) (polca_gpu_power_watts and ({fresh}))",
+        f"sum by (node) (max by (node, gpu) (polca_gpu_power_watts and ({fresh})))",
         f"min by (node) (timestamp(polca_gpu_power_watts) and ({fresh}))",
     )
     pdu = PowerQuery(nodes=(), promql='pdu_watts{rack="r1"}', node_label="host", staleness_s=2.5)
