@@ -36,7 +36,6 @@ from polca.api.conditions import Condition
 from polca.api.nodepowerstate import AppliedPolicy, NodePowerStateStatus
 from polca.api.powerpolicy import PowerPolicy
 from polca.control.plan import GpuLimits
-from polca.control.tiers import PodFacts
 from polca_node.actuator import ActuationResult, Actuator, Knob
 from polca_node.checkpoint import (
     CHECKPOINT_FILE,
@@ -66,8 +65,11 @@ from polca_node.status_writer import (
     status_fingerprint,
 )
 from polca_node.tiering import (
+    GpuOwners,
+    OwnerConflict,
     PodResourcesMapper,
     assign_fake_gpus,
+    check_owners,
     fake_gpu_owners,
     gpu_pod_facts,
 )
@@ -147,10 +149,13 @@ class NodeDaemon:
         self._record: tuple[AppliedPolicy, ...] = ()
         self._restored = False
         self._fake_assignment: dict[PodKey, tuple[int, ...]] = {}
+        # GPUs each live pod held when the kubelet last listed it (`check_owners`).
+        self._kubelet_memory: dict[PodKey, tuple[int, ...]] = {}
         self.decision = NodeDecision(Mode.HOLD, "starting")
         self._dry_run_seen: dict[tuple[int, Knob], object] = {}
         self._open_error: GpuError | None = None
         self._reported_failures: set[tuple[int, Knob, str]] = set()
+        self._unreadable_reported: set[tuple[str, str]] = set()
         self._wake = asyncio.Event()
         self._status_wake = asyncio.Event()
         self._pods_changed = asyncio.Event()
@@ -397,33 +402,40 @@ class NodeDaemon:
 
     # -- deciding and applying ---------------------------------------------------------------
 
-    def _gpu_pods(self) -> dict[int, tuple[PodFacts, ...]] | None:
+    def _gpu_owners(self) -> tuple[GpuOwners | None, OwnerConflict | None]:
+        """Which pods hold each GPU (None: not known yet), and where the sources disagree."""
         observed = self.observed
         if not observed.pods_synced:
-            return None
+            return None, None
         annotation = self.config.fake_gpu_annotation
         if annotation is not None:
             self._fake_assignment = assign_fake_gpus(
                 observed.pods.values(), annotation, len(self._gpus), self._fake_assignment
             )
-            owners = fake_gpu_owners(self._fake_assignment)
-        elif self._pod_mapper is not None and self._pod_mapper.owners is not None:
-            owners = self._pod_mapper.owners
-        else:
-            return None
-        return gpu_pod_facts(owners, observed.pods)
+            return fake_gpu_owners(self._fake_assignment), None
+        if self._pod_mapper is None or self._pod_mapper.owners is None:
+            return None, None
+        # Never trust the kubelet's answer alone (safety rule 6): check it against the watch.
+        check = check_owners(
+            self._pod_mapper.owners, observed.pods, self._kubelet_memory, self._gpus
+        )
+        self._kubelet_memory = check.remembered
+        return check.owners, check.conflict
 
     def inputs(self) -> DecisionInputs:
         observed = self.observed
+        owners, conflict = self._gpu_owners()
         return DecisionInputs(
             node_labels=observed.node_labels,
             policies=list(observed.policies.values()) if observed.policies_synced else None,
             gpu_limits=self._limits,
-            gpu_pods=self._gpu_pods(),
+            gpu_pods=None if owners is None else gpu_pod_facts(owners, observed.pods),
             previously_managed=None
             if self._previous is None
             else any(not p.dry_run for p in self._record),
             guard_actions=self._guards.actions(),
+            unreadable=tuple(observed.unreadable.values()),
+            owner_conflict=conflict,
         )
 
     async def _reconcile_loop(self, stop: asyncio.Event) -> None:
@@ -440,7 +452,9 @@ class NodeDaemon:
         self._decided_policies = {p.metadata.name or "": p for p in inputs.policies or ()}
         if decision.mode != self.decision.mode or decision.reason != self.decision.reason:
             logger.info("%s: %s", decision.mode.value, decision.reason)
+        self._report_owner_conflict(decision)
         self.decision = decision
+        self._report_unreadable(decision)
         result = await asyncio.to_thread(self.actuator.apply, decision)
         self._after_apply(decision, result)
         await self._save_checkpoint(inputs, decision)
@@ -472,6 +486,31 @@ class NodeDaemon:
             self._reported_failures = {
                 k for k in self._reported_failures if (k[0], k[1]) != (index, knob)
             }
+
+    def _report_unreadable(self, decision: NodeDecision) -> None:
+        """A metric, and a warning Event per policy and error, for policies we cannot read."""
+        self.metrics.set_unreadable_policies(len(decision.unreadable))
+        current = {(u.name, u.error) for u in decision.unreadable}
+        for unknown in decision.unreadable:
+            if (unknown.name, unknown.error) not in self._unreadable_reported:
+                self._post_event(
+                    "PolicyUnreadable",
+                    f"cannot read PowerPolicy {unknown.name} ({unknown.error}); it may select "
+                    f"this node, so the GPUs keep their limits: {decision.reason}",
+                    warning=True,
+                )
+        self._unreadable_reported = current
+
+    def _report_owner_conflict(self, decision: NodeDecision) -> None:
+        """A metric, a log line and a warning Event when the GPU-owner sources disagree."""
+        conflict = decision.owner_conflict
+        self.metrics.set_unconfirmed_gpus(len(decision.unconfirmed_gpus))
+        previous = self.decision.owner_conflict
+        if conflict is not None and (previous is None or previous.pods != conflict.pods):
+            logger.warning("%s", conflict.describe())
+            self._post_event("GpuOwnersUnknown", conflict.describe(), warning=True)
+        elif conflict is None and previous is not None:
+            logger.info("the kubelet and the pod watch agree again on the GPUs' pods")
 
     def _count_dry_run(self, decision: NodeDecision) -> None:
         """Count and log what dry-run policies would change (once per new would-be value)."""

@@ -21,6 +21,10 @@ Per node, labelled node:
   polca_nvml_call_seconds                NVML call latency (histogram, label function)
   polca_node_heartbeat_timestamp_seconds Unix time of the last completed GPU sample
   polca_throttled_gpus                   GPUs limited below their defaults
+  polca_unreadable_policies              stored PowerPolicies that may select the node and that
+                                         the daemon cannot read (it holds the GPUs' limits)
+  polca_unconfirmed_gpus                 GPUs whose pod the kubelet (PodResources) and the pod
+                                         watch disagree about (only tightened meanwhile)
 
 Per-GPU series are produced from the latest snapshot on each scrape, so a GPU whose pod or tier
 changes does not leave a stale series behind.
@@ -36,7 +40,7 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -191,6 +195,22 @@ class NodeMetrics:
             buckets=NVML_BUCKETS_S,
             registry=self.registry,
         )
+        self.unreadable_policies = Gauge(
+            "polca_unreadable_policies",
+            "Stored PowerPolicies that may select this node and cannot be read: the node holds "
+            "its GPUs' limits (never restores) while there are any.",
+            ["node"],
+            registry=self.registry,
+        )
+        self.unreadable_policies.labels(node)
+        self.unconfirmed_gpus = Gauge(
+            "polca_unconfirmed_gpus",
+            "GPUs whose pod the kubelet (PodResources) and the pod watch disagree about: their "
+            "limits are held (only tightened) until the two agree.",
+            ["node"],
+            registry=self.registry,
+        )
+        self.unconfirmed_gpus.labels(node)
         self._nvml_children: dict[str, Any] = {}
 
     def update(self, snapshot: NodeSnapshot) -> None:
@@ -215,6 +235,12 @@ class NodeMetrics:
 
     def on_checkpoint_error(self, reason: str) -> None:
         self.checkpoint_errors.labels(self.node, reason).inc()
+
+    def set_unreadable_policies(self, count: int) -> None:
+        self.unreadable_policies.labels(self.node).set(count)
+
+    def set_unconfirmed_gpus(self, count: int) -> None:
+        self.unconfirmed_gpus.labels(self.node).set(count)
 
     def on_guard_activation(self, policy: str) -> None:
         self.guard_activations.labels(self.node, policy).inc()

@@ -268,6 +268,8 @@ class TestOptionalParts:
             "PolcaNodeHeartbeatMissing",
             "PolcaGpuWriteFailures",
             "PolcaFailsafeEngaged",
+            "PolcaPolicyUnreadable",
+            "PolcaGpuOwnersUnknown",
         }
         for rule in rules:
             assert "{{ $labels." in rule["annotations"]["summary"], rule["alert"]
