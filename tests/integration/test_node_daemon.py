@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -252,7 +252,7 @@ CAP: list[dict[str, Any]] = [
 
 
 @pytest.fixture
-def newer_crd(cluster: Cluster, crds: None) -> Iterator[None]:
+def newer_crd(cluster: Cluster, node_crds: None) -> Iterator[None]:
     with newer_powerpolicy_crd(cluster, REPO / "crds" / "powerpolicies.polca.dev.yaml"):
         yield
 
