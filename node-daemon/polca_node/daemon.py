@@ -64,6 +64,7 @@ from polca_node.status_writer import (
     previous_record,
     status_fingerprint,
 )
+from polca_node.supervision import Supervisor
 from polca_node.tiering import (
     GpuOwners,
     OwnerConflict,
@@ -168,12 +169,18 @@ class NodeDaemon:
         self._checkpoint: Checkpoint | None = None
         self._decided_policies: dict[str, PowerPolicy] = {}
         self._checkpoint_written: dict[str, Any] | None = None
+        self._supervisor: Supervisor | None = None
+        self._last_reconcile_s: float | None = None
 
     # -- health ------------------------------------------------------------------------------
 
     def healthy(self) -> tuple[bool, str]:
-        """Live while GPU samples keep coming (or NVML is still being opened)."""
+        """Live while GPU samples keep coming (or NVML is still being opened) and no task
+        keeps failing: a restart of the pod is the remedy left for either."""
         now = self._clock()
+        failing = self._supervisor.failing() if self._supervisor is not None else []
+        if failing:
+            return False, f"tasks failing again and again: {', '.join(failing)}"
         if self._last_sample_s is None:
             if self._open_error is not None:
                 return True, f"waiting for NVML: {self._open_error}"
@@ -181,6 +188,29 @@ class NodeDaemon:
         age_s = now - self._last_sample_s
         limit_s = max(10.0, 20 * self.config.guard_period_s)
         return age_s < limit_s, f"last GPU sample {age_s:.1f} s ago"
+
+    def ready(self) -> tuple[bool, str]:
+        """Ready when NVML is open, the watches have listed, a reconcile ran recently and
+        every task runs: what a rolling update must wait for before it takes the next node."""
+        live, detail = self.healthy()
+        observed = self.observed
+        synced = observed.policies_synced and observed.pods_synced and observed.node_synced
+        down = self._supervisor.down() if self._supervisor is not None else ["all"]
+        last_s = self._last_reconcile_s
+        age_s = float("inf") if last_s is None else self._clock() - last_s
+        problems = (
+            (not live, detail),
+            (self.actuator is None, "NVML not open yet"),
+            (not synced, "watches not synced yet"),
+            (bool(down), f"tasks down: {', '.join(down)}"),
+            (last_s is None, "no reconcile yet"),
+            # The resync loop reconciles at least every resync_s, events more often.
+            (age_s > 3 * self.config.resync_s, f"last reconcile {age_s:.0f} s ago"),
+        )
+        problem = next((message for bad, message in problems if bad), None)
+        if problem is not None:
+            return False, problem
+        return True, f"ready; last reconcile {age_s:.1f} s ago"
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -191,26 +221,24 @@ class NodeDaemon:
         await asyncio.to_thread(self.resume)
         loop = asyncio.get_running_loop()
         self._start_watchers(loop)
-        tasks = [
-            asyncio.create_task(self._read_previous(stop), name="previous-status"),
-            asyncio.create_task(self._reconcile_loop(stop), name="reconcile"),
-            asyncio.create_task(self._status_loop(stop), name="status"),
-            asyncio.create_task(self._resync_loop(stop), name="resync"),
-            asyncio.create_task(
-                run_periodic(
-                    self.sample, lambda: self.config.guard_period_s, stop, clock=self._clock
-                ),
-                name="sampler",
+        supervisor = Supervisor(stop, on_restart=self.metrics.on_task_restart)
+        self._supervisor = supervisor
+        supervisor.start("previous-status", lambda: self._read_previous(stop), once=True)
+        supervisor.start("reconcile", lambda: self._reconcile_loop(stop))
+        supervisor.start("status", lambda: self._status_loop(stop))
+        supervisor.start("resync", lambda: self._resync_loop(stop))
+        supervisor.start(
+            "sampler",
+            lambda: run_periodic(
+                self.sample, lambda: self.config.guard_period_s, stop, clock=self._clock
             ),
-        ]
+        )
         if self._pod_mapper is not None:
-            tasks.append(asyncio.create_task(self._podresources_loop(stop), name="kubelet"))
+            supervisor.start("kubelet", lambda: self._podresources_loop(stop))
         try:
             await stop.wait()
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await supervisor.stop()
             await asyncio.to_thread(self._shutdown)
 
     def _shutdown(self) -> None:
@@ -456,6 +484,7 @@ class NodeDaemon:
         self.decision = decision
         self._report_unreadable(decision)
         result = await asyncio.to_thread(self.actuator.apply, decision)
+        self._last_reconcile_s = self._clock()
         self._after_apply(decision, result)
         await self._save_checkpoint(inputs, decision)
         self._status_wake.set()

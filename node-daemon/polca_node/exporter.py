@@ -1,4 +1,4 @@
-"""Prometheus metrics on /metrics, and /healthz for the liveness probe.
+"""Prometheus metrics on /metrics, /healthz for the liveness probe and /readyz for readiness.
 
 Metric names are a contract (the Helm chart's alerts and the operator's `direct` telemetry use
 them); they follow Prometheus' naming rules: base units in the name, `_total` for counters.
@@ -211,6 +211,12 @@ class NodeMetrics:
             registry=self.registry,
         )
         self.unconfirmed_gpus.labels(node)
+        self.task_restarts = Counter(
+            "polca_node_task_restarts",
+            "Restarts of the daemon's long-running tasks after a failure (by task).",
+            ["node", "task"],
+            registry=self.registry,
+        )
         self._nvml_children: dict[str, Any] = {}
 
     def update(self, snapshot: NodeSnapshot) -> None:
@@ -232,6 +238,9 @@ class NodeMetrics:
 
     def on_dry_run_write(self, index: int, knob: Knob) -> None:
         self.actions.labels(self.node, str(index), knob, "true").inc()
+
+    def on_task_restart(self, task: str) -> None:
+        self.task_restarts.labels(self.node, task).inc()
 
     def on_checkpoint_error(self, reason: str) -> None:
         self.checkpoint_errors.labels(self.node, reason).inc()
@@ -261,13 +270,19 @@ class _QuietHandler(WSGIRequestHandler):
         logger.debug("http: %s", format % args)
 
 
+Check = Callable[[], tuple[bool, str]]
+
+
 def _app(
-    metrics: NodeMetrics, healthy: Callable[[], tuple[bool, str]]
+    metrics: NodeMetrics, healthy: Check, ready: Check
 ) -> Callable[[Mapping[str, Any], Callable[..., Any]], list[bytes]]:
+    probes = {"/healthz": healthy, "/readyz": ready}
+
     def app(environ: Mapping[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         path = environ.get("PATH_INFO", "/")
-        if path == "/healthz":
-            ok, detail = healthy()
+        probe = probes.get(path)
+        if probe is not None:
+            ok, detail = probe()
             status = "200 OK" if ok else "503 Service Unavailable"
             start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
             return [(detail + "\n").encode()]
@@ -275,7 +290,7 @@ def _app(
             start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
             return [metrics.exposition()]
         start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
-        return [b"not found; try /metrics or /healthz\n"]
+        return [b"not found; try /metrics, /healthz or /readyz\n"]
 
     return app
 
@@ -287,20 +302,21 @@ class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
 
 
 class MetricsServer:
-    """Serves /metrics and /healthz from a thread until `stop()`."""
+    """Serves /metrics, /healthz (liveness) and /readyz (readiness) from a thread."""
 
     def __init__(
         self,
         metrics: NodeMetrics,
-        healthy: Callable[[], tuple[bool, str]],
+        healthy: Check,
         *,
+        ready: Check | None = None,
         host: str = "0.0.0.0",  # noqa: S104 - Prometheus scrapes the pod from outside
         port: int = 9400,
     ) -> None:
         self._server = make_server(
             host,
             port,
-            _app(metrics, healthy),
+            _app(metrics, healthy, ready or healthy),
             server_class=_ThreadingWSGIServer,
             handler_class=_QuietHandler,
         )

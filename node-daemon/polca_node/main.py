@@ -298,6 +298,7 @@ async def run(options: Options) -> None:
     server = MetricsServer(
         metrics,
         lambda: holder[0].healthy() if holder else (True, "starting"),
+        ready=lambda: holder[0].ready() if holder else (False, "starting"),
         host=options.metrics_host,
         port=options.metrics_port,
     ).start()

@@ -51,9 +51,6 @@ JUSTIFIED: dict[tuple[str, str], str] = {
             "RoleBinding.polca-operator-events",
         )
     },
-    # Readiness: see TODO in the report; both processes answer /healthz only for now.
-    ("CKV_K8S_9", "DaemonSet.polca-node"): "readiness probe not yet implemented (issue 13.5)",
-    ("CKV_K8S_9", "Deployment.polca-operator"): "readiness probe not yet implemented (issue 13.5)",
 }
 
 
