@@ -112,11 +112,12 @@ class PowerSensor:
         self.instant_w = power_w
         self.energy_j += power_w * self.spec.refresh_s
 
-    def hold(self, power_w: float, duration_s: float) -> None:
-        """A long stretch at one power: fills the window without a push per period."""
+    def hold(self, power_w: float, duration_s: float, *, capped: bool, limit_w: float) -> None:
+        """A long stretch at one settled power: fills the window without a push per period."""
         self._window.extend([power_w] * self.spec.window_periods)
         self.instant_w = power_w
         self.energy_j += power_w * duration_s
+        self._capped, self._limit_w = capped, limit_w
 
     @property
     def average_w(self) -> float:

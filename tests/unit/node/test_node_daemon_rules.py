@@ -251,8 +251,9 @@ async def test_guard_throttles_in_tier_order_and_lets_go_with_hysteresis(
     await daemon.reconcile()
     assert ceilings(h100_fake) == [None] * 4
 
-    # Prefill: 4 x 700 W; with the idle-tier GPUs at 1110 MHz still 700 + 3 x 242 W > 1200 W.
+    # Prefill: 4 x 700 W; with the idle-tier GPUs at 1110 MHz still 700 + 3 x 271 W > 1200 W.
     h100_fake.load = ConstantLoad(PhaseDemand(prefill_frac=1.0))
+    fake_clock.advance(1.1)  # GPUs report power averaged over the last second
     await daemon.sample()
     await daemon.reconcile()
     assert ceilings(h100_fake) == [None, 1110, 1110, 1110]  # idle GPUs first
