@@ -72,7 +72,8 @@ def test_per_gpu_labels(metrics: NodeMetrics) -> None:
     power = samples(metrics, "polca_gpu_power_watts")
     assert len(power) == 3  # the GPU whose read failed has no sample
     labels, value = power[0]
-    assert tuple(sorted(labels)) == tuple(sorted(GPU_LABELS))
+    assert tuple(sorted(labels)) == tuple(sorted((*GPU_LABELS, "source")))
+    assert labels["source"] == "instant"  # the fake's driver offers the instant field
     assert labels["node"] == "node-a"
     assert (labels["gpu"], labels["pod"], labels["namespace"], labels["tier"]) == (
         "0", "train-0", "ml", "low"
