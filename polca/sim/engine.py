@@ -21,7 +21,8 @@ Every step (``dt_s``, 100 ms by default), vectorised over servers:
    a breaker does not see them either);
 6. the controller (:func:`polca.control.controller.decide`) runs every control interval on the
    latest telemetry sample; the local guard (:func:`polca.control.guard.decide_guard`) runs
-   on each node every guard interval.
+   on each node every guard interval on the node's power in the last step, as the daemon's
+   guard reads the GPUs' instant power field (the last 100 ms).
 """
 
 from __future__ import annotations
@@ -239,7 +240,7 @@ class _Run:
             )
             self.guard_steps = max(1, round(g.interval_s / self.dt))
         self.guard_states = [GuardState() for _ in range(self.n)]
-        self.node_energy = np.zeros(self.n)
+        self.node_w = np.zeros(self.n)  # each node's power in the last step
 
     def _init_recording(self) -> None:
         config = self.cfg
@@ -370,7 +371,7 @@ class _Run:
         node_w[self.inf] = self.gpus * gpu_w + self.overhead_w
         if self.train.size:
             node_w[self.train] = self._train_step()
-        self.node_energy += node_w * dt
+        self.node_w = node_w
         return float(node_w.sum())
 
     def _finish_decodes(
@@ -508,9 +509,8 @@ class _Run:
 
     def _guard(self, t: float) -> None:
         assert self.guard_cfg is not None
-        interval_s = self.guard_steps * self.dt
-        node_w = self.node_energy / interval_s
-        self.node_energy = np.zeros(self.n)
+        # The daemon's guard reads the instant power field: the last 100 ms, i.e. one step.
+        node_w = self.node_w
         levels = np.array([s.level for s in self.guard_states])
         for i in np.flatnonzero((node_w > self.guard_cfg.budget_w) | (levels > 0)):
             d = decide_guard(
