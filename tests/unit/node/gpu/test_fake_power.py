@@ -4,6 +4,8 @@ its reason bit, the burst transient, the energy read's cost, knobs kept across a
 
 from __future__ import annotations
 
+import json
+import statistics
 from pathlib import Path
 
 import pynvml
@@ -12,6 +14,7 @@ import pytest
 from polca.power.model import PhaseDemand
 from polca.power.sensor import OVERSHOOT_RATIO
 from polca_node.fake_gpus import PersistentFakeNvml, energy_read_s
+from polca_node.gpu.backend import GpuReading
 from polca_node.gpu.fake_nvml import MEASURED_ENERGY_READ_S, FakeNvml, ManualClock
 from polca_node.gpu.load import ConstantLoad, ScriptedLoad
 from polca_node.gpu.nvml_backend import NvmlBackend
@@ -147,6 +150,45 @@ class TestLimiter:
         assert below.power_w < 650
         assert below.sm_clock_mhz == 1200
         assert "sw_power_cap" not in below.clock_event_reasons
+
+
+MEASURED_BURST = (
+    Path(__file__).parents[4] / "docs" / "measurements" / "h200-2026-11-30-fields" / "step.json"
+)
+
+
+def test_burst_matches_the_measured_h200_through_the_instant_field() -> None:
+    # docs/measurements/h200-2026-11-30-fields: [t_s, phase, instant_mw, average_mw, sm_mhz, bits]
+    samples = json.loads(MEASURED_BURST.read_text(encoding="utf-8"))
+    limit_w = 700.0
+    over = next(i for i, s in enumerate(samples) if s[1] == "gemm" and s[2] / 1e3 > limit_w)
+    capped = next(i for i in range(over, len(samples)) if samples[i][5] & 0x4)
+    measured_lag_s = samples[capped][0] - samples[over][0]
+    # Measured: over the limit with the clock still high and no reason bit, for one refresh.
+    assert samples[over][5] == 0
+    assert samples[over][4] > 1515
+    assert limit_w < samples[over][2] / 1e3 <= OVERSHOOT_RATIO * limit_w
+    assert 1470 <= samples[capped][4] <= 1515
+    burst_start_s = next(s[0] for s in samples if s[1] == "gemm")
+    settled = [s[3] / 1e3 for s in samples if s[1] == "gemm" and s[0] > burst_start_s + 1.3]
+    # The fake, sampled every 20 ms the same way.
+    clock = ManualClock()
+    backend = _stepped(clock, GEMM)
+    clock.advance(2.0)
+    fake: list[tuple[float, GpuReading]] = []
+    for _ in range(100):
+        fake.append((clock.now(), backend.read(0, energy=False)))
+        clock.advance(0.02)
+    fake_over = next(i for i, (_, r) in enumerate(fake) if (r.instant_power_w or 0) > limit_w)
+    fake_capped = next(
+        i for i, (_, r) in enumerate(fake) if "sw_power_cap" in r.clock_event_reasons
+    )
+    # The fake's clock drops and its bit is set at the refresh that shows the overshoot; the
+    # measured reading of the clock trails the field by one refresh. Both within 0.15 s.
+    assert measured_lag_s <= 0.15
+    assert fake[fake_capped][0] - fake[fake_over][0] <= 0.15
+    assert fake[fake_over][1].instant_power_w == pytest.approx(OVERSHOOT_RATIO * limit_w)
+    assert statistics.median(settled) == pytest.approx(fake[-1][1].power_w, rel=0.02)
 
 
 class TestEnergyReadCost:
