@@ -107,6 +107,7 @@ class PersistentFakeNvml:
                     fake.nvmlDeviceSetPowerManagementLimit(handle, round(float(limit_w) * 1000))
         finally:
             fake.nvmlShutdown()
+        fake.settle()  # real GPUs kept these knobs while the daemon was away: no transient
         logger.info("fake GPUs: restored knobs from %s", self.state_path)
 
     def _save(self) -> None:

@@ -259,12 +259,23 @@ class FakeNvml:
             )
             for index, profile in enumerate(fleet)
         )
-        for gpu in self.gpus:
-            # A fake starts settled in its load at t = 0: no ramp from nothing.
-            gpu.demand = self.load.demand(gpu.index, 0.0)
-            self._refresh(gpu)
-            gpu.sensor = PowerSensor(self._point(gpu).power_w, sensor)
-            gpu.next_refresh_s = self._started_s + sensor.refresh_s
+        self.settle()
+
+    def settle(self) -> None:
+        """As if every GPU had run a while with its knobs and its load of now: the readings start
+        settled, without a ramp or a transient (a fake starts, or restores its knobs, on GPUs
+        that did not just start)."""
+        with self._lock:
+            now_s = self._clock()
+            for gpu in self.gpus:
+                self._period_point(gpu, now_s)
+                point = self._point(gpu)
+                gpu.sensor = PowerSensor(point.power_w, self._spec)
+                gpu.sensor.hold(
+                    point.power_w, 0.0, capped=point.power_capped, limit_w=self._limit_w(gpu)
+                )
+                gpu.next_refresh_s = now_s + self._spec.refresh_s
+                self._refresh(gpu)
 
     # -- fault injection ---------------------------------------------------------------------
 

@@ -229,8 +229,11 @@ def test_gpu_keeps_its_settings_across_a_daemon_restart(tmp_path: Path) -> None:
     first.set_clock_ceiling(1, 1200)
     first.close()  # the daemon exits; the GPUs keep what was set
     second = daemon()
-    clock.advance(1.1)
     assert second.settings(0).enforced_limit_w == 400
+    # The GPUs ran capped all along: no ramp, no transient at the daemon's restart.
+    assert second.read(0).power_w == pytest.approx(400.0, abs=0.01)
+    assert second.read(0).instant_power_w == pytest.approx(400.0, abs=0.01)
+    clock.advance(1.1)
     assert second.read(0).power_w == pytest.approx(400.0, abs=0.01)
     assert second.read(1).sm_clock_mhz == 1200
     assert second.read(1).power_w < 650
