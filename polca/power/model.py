@@ -35,11 +35,15 @@ Constants and their sources:
   limiter clock (1485 of 1980 MHz at 700 W) fixes ``train_w`` (profiles.py), and POLCA's A100
   ceiling 1275 MHz cuts prefill power by about a fifth (POLCA, arXiv 2308.12908: "~20% peak
   power reduction for <= 7% performance").
-* ``DECODE_COMPUTE_SHARE`` = 0.1: decode is nearly insensitive to the SM clock: 1-6% latency
-  from a large frequency cut (Maliakel, Ilager, Brandic, arXiv 2501.08219), "minimal throughput
-  loss" under SM clock locking on the H200 (Ma et al., "The Illusion of Power Capping in LLM
-  Decode", arXiv 2605.11999; both from the papers as summarised in
-  ../shared/measurements/README.md). At half the clock decode keeps 91% of its speed.
+* ``DECODE_COMPUTE_SHARE`` = 0.1: decode is nearly insensitive to the SM clock. Maliakel, Ilager,
+  Brandic (arXiv 2501.08219, abstract checked) measure 1-6% more latency for a cut from 2842 to
+  180 MHz (1B-32B models, where decode is 77-91% of the time); Ma et al., "The Illusion of
+  Power Capping in LLM Decode" (arXiv 2605.11999, abstract checked) report "minimal throughput
+  loss" under SM clock locking on the H200. 0.1 is more clock-sensitive than the first (at half
+  the clock decode keeps 91% of its speed): conservative for a policy, which it charges more
+  for a ceiling than those measurements would.
+* Traffic share ``m`` = 0.1 for compute-bound phases: an assumption (their operands come from
+  on-chip memory); the measured limiter clock is fitted with it through ``train_w``.
 * Decode traffic share ``m`` = 0.4: HBM traffic keeps flowing at a lower clock, so decode power
   falls less than compute power. With it an H200 decode locked at 50-60% of the max clock draws
   32-37% less power for 6-9% less speed, i.e. 28-31% less energy per token: Ma et al. report
