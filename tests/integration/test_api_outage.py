@@ -132,8 +132,10 @@ class GpuSampler:
         self._stop.set()
         self._thread.join(5)
 
-    def first_time(self, check: Callable[[list[int | None]], bool], after_s: float) -> float:
-        return next(t for t, ceilings, _ in self.samples if t >= after_s and check(ceilings))
+    def first_time(self, check: Callable[[list[int | None]], bool], after_s: float) -> float | None:
+        """When a sample first passed `check` (None: none has yet; the thread may lag)."""
+        samples = list(self.samples)
+        return next((t for t, ceilings, _ in samples if t >= after_s and check(ceilings)), None)
 
     def lifted(self) -> list[str]:
         """Every moment a GPU lost a clock ceiling or got a higher one, or a higher power limit."""
@@ -185,7 +187,11 @@ def test_restart_during_an_outage_resumes_the_guard_from_the_checkpoint(
             lambda: any(c is not None and c < 1275 for c in node.clock_ceilings_mhz()),
             timeout_s=15, interval_s=0.02,
         )  # fmt: skip
-        throttled_s = sampler.first_time(lambda c: any(x is not None and x < 1275 for x in c), 0)
+        throttled = lambda c: any(x is not None and x < 1275 for x in c)  # noqa: E731
+        # The sampler thread may be a sample behind the check above (a loaded machine).
+        throttled_s = float(  # eventually returns only a found (truthy) time
+            eventually("the sampler to see it", lambda: sampler.first_time(throttled, 0), 5) or 0
+        )
         # Keep the outage (and the sampling) going a while: the guard climbs, nothing lifts.
         eventually(
             "two more seconds of sampling in the outage",
