@@ -8,12 +8,16 @@ import sys
 from collections.abc import Callable, Sequence
 
 from polca.sim import cli as sim_cli
+from polca.tooling import validate
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
 # A register function adds its parser to the subparsers and sets ``func`` (args → exit code).
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
-SUBCOMMANDS: list[tuple[str, Register]] = [("simulate", sim_cli.register)]
+SUBCOMMANDS: list[tuple[str, Register]] = [
+    ("simulate", sim_cli.register),
+    ("validate", validate.register),
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
