@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from polca.sim import cli as sim_cli
-from polca.tooling import validate
+from polca.tooling import replay_cli, validate
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
@@ -17,6 +17,8 @@ Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], Non
 SUBCOMMANDS: list[tuple[str, Register]] = [
     ("simulate", sim_cli.register),
     ("validate", validate.register),
+    ("replay", replay_cli.register_replay),
+    ("capacity", replay_cli.register_capacity),
 ]
 
 
