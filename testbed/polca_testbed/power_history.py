@@ -27,9 +27,16 @@ import numpy.typing as npt
 from polca.power.profiles import get_profile
 from polca.sim.domain import SERVICE_MODELS
 from polca.sim.synthetic import CONV_PARAMS, generate
+from polca.tooling.history import History
 from polca_testbed.prometheus import Prometheus, start_prometheus
 
-__all__ = ["RowHistory", "recorded_prometheus", "synthetic_row", "write_openmetrics"]
+__all__ = [
+    "RowHistory",
+    "as_history",
+    "recorded_prometheus",
+    "synthetic_row",
+    "write_openmetrics",
+]
 
 METRIC = "polca_gpu_power_watts"
 DECODE_BATCH = 16  # requests decoded together: each one holds the GPUs 1/16 of its tokens' time
@@ -101,6 +108,24 @@ def synthetic_row(
     return RowHistory(float(start), step_s, names, tiers, power)
 
 
+def as_history(row: RowHistory, overhead_w: float) -> History:
+    """The replay's view of `row` straight from memory (what Prometheus should give back)."""
+    tiers = sorted(set(row.tiers))
+    columns = {t: [i for i, name in enumerate(row.tiers) if name == t] for t in tiers}
+    gpus = row.gpu_power_w.shape[2]
+    return History(
+        start_s=row.start_s,
+        step_s=row.step_s,
+        nodes=row.nodes,
+        node_power_w=row.node_power_w,
+        overhead_w=overhead_w,
+        tier_power_w={
+            t: row.gpu_power_w[:, cols, :].sum(axis=(1, 2)) for t, cols in columns.items()
+        },
+        tier_gpus={t: np.full(row.steps, float(len(cols) * gpus)) for t, cols in columns.items()},
+    )
+
+
 def write_openmetrics(
     history: RowHistory,
     path: Path,
@@ -131,10 +156,16 @@ def write_openmetrics(
     return path
 
 
-def recorded_prometheus(state_dir: Path, history: RowHistory, **openmetrics: object) -> Prometheus:
+def recorded_prometheus(
+    state_dir: Path,
+    history: RowHistory,
+    *,
+    gaps: Sequence[tuple[str, float, float]] = (),
+    jobs: int = 1,
+) -> Prometheus:
     """A Prometheus (no scrape targets) whose storage holds `history`, backfilled."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    source = write_openmetrics(history, state_dir / "history.om", **openmetrics)  # type: ignore[arg-type]
+    source = write_openmetrics(history, state_dir / "history.om", gaps=gaps, jobs=jobs)
     subprocess.run(
         ["promtool", "tsdb", "create-blocks-from", "openmetrics", str(source),
          str(state_dir / "data")],
