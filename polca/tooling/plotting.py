@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from polca.sim.plotting import _pyplot as pyplot  # the simulator's Agg set-up
+from polca.sim.plotting import budget_and_triggers  # the simulator's Agg set-up
 from polca.tooling.replay import ReplayResult
 
 __all__ = ["plot_replays"]
@@ -25,15 +26,7 @@ def plot_replays(rows: Sequence[tuple[str, ReplayResult]], path: str | Path) -> 
             color="tab:blue",
             label="domain power",
         )
-        ax.axhline(100.0, color="black", lw=1.0, label="budget")
-        for i, stage in enumerate(result.plan.stages[1:-1], start=1):
-            ax.axhline(
-                stage.trigger_pct,
-                color="tab:orange",
-                lw=0.6,
-                ls="--",
-                label="triggers" if i == 1 else None,
-            )
+        budget_and_triggers(ax, result.plan)
         over = np.flatnonzero(result.over_budget)
         if over.size:
             ax.plot(

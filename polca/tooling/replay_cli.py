@@ -90,7 +90,20 @@ def _shares(text: str) -> tuple[str, float]:
     return tier, share
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    summary: str,
+    epilog: str,
+) -> argparse.ArgumentParser:
+    """A subcommand's parser with the options replay and capacity share."""
+    p = subparsers.add_parser(
+        name,
+        help=summary,
+        description=summary[0].upper() + summary[1:] + ".",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--policy", required=True, metavar="FILE", help="the PowerPolicy manifest")
     p.add_argument("--name", help="the policy's name, when FILE holds several")
     p.add_argument(
@@ -135,6 +148,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--plot", type=Path, metavar="PNG", help="write a figure")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    return p
 
 
 _REPLAY_EPILOG = (
@@ -152,14 +166,12 @@ assumptions: docs/plan-your-row.md.
 
 
 def register_replay(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser(
+    p = _parser(
+        subparsers,
         "replay",
-        help="replay a cluster's power history from Prometheus through the policy's controller",
-        description=(__doc__ or "").split("\n\n")[0],
-        epilog=_REPLAY_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "replay a cluster's power history from Prometheus through the policy's controller",
+        _REPLAY_EPILOG,
     )
-    _common(p)
     p.add_argument(
         "--oversubscription",
         type=float,
@@ -186,14 +198,12 @@ within its bound (default """
 
 
 def register_capacity(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser(
+    p = _parser(
+        subparsers,
         "capacity",
-        help="the largest safe row size from a cluster's own replayed power history",
-        description=(__doc__ or "").split("\n\n")[0],
-        epilog=_CAPACITY_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "the largest safe row size from a cluster's own replayed power history",
+        _CAPACITY_EPILOG,
     )
-    _common(p)
     p.add_argument(
         "--max-throttled",
         type=_shares,

@@ -28,7 +28,7 @@ from polca.power.profiles import get_profile
 from polca.sim.domain import SERVICE_MODELS
 from polca.sim.synthetic import CONV_PARAMS, generate
 from polca.tooling.history import History
-from polca_testbed.prometheus import Prometheus, start_prometheus
+from polca_testbed.prometheus import Prometheus, serve_until_stopped, start_prometheus
 
 __all__ = [
     "RowHistory",
@@ -187,11 +187,7 @@ def _main() -> None:  # pragma: no cover - manual use (docs/plan-your-row.md)
     end = row.start_s + (row.steps - 1) * row.step_s
     print(f"{prom.url} from {row.start_s:.0f} to {end:.0f}, peak {row.domain_power_w.max():.0f} W",
           flush=True)  # fmt: skip
-    try:
-        while prom.alive():
-            time.sleep(1)
-    finally:
-        prom.stop()
+    serve_until_stopped(prom)
 
 
 if __name__ == "__main__":

@@ -178,6 +178,15 @@ def start_prometheus(
     return prom
 
 
+def serve_until_stopped(prom: Prometheus) -> None:  # pragma: no cover - manual use
+    """Keep `prom` running until it exits or the caller is interrupted; then stop it."""
+    try:
+        while prom.alive():
+            time.sleep(1)
+    finally:
+        prom.stop()
+
+
 def _main() -> None:  # pragma: no cover - manual use
     import argparse
 
@@ -187,11 +196,7 @@ def _main() -> None:  # pragma: no cover - manual use
     args = parser.parse_args()
     prom = start_prometheus(args.dir, args.targets)
     print(prom.url, flush=True)
-    try:
-        while prom.alive():
-            time.sleep(1)
-    finally:
-        prom.stop()
+    serve_until_stopped(prom)
 
 
 if __name__ == "__main__":
