@@ -39,6 +39,8 @@ __all__ = [
 ]
 
 METRIC = "polca_gpu_power_watts"
+# Each node's GPU energy as a counter, as a PDU or BMC exporter gives it (for promql policies).
+ENERGY_COUNTER = "node_gpu_energy_joules"
 DECODE_BATCH = 16  # requests decoded together: each one holds the GPUs 1/16 of its tokens' time
 
 
@@ -132,9 +134,13 @@ def write_openmetrics(
     *,
     gaps: Sequence[tuple[str, float, float]] = (),
     jobs: int = 1,
+    counter_resets: Sequence[tuple[str, float]] = (),
 ) -> Path:
     """The history as OpenMetrics; `gaps` (node, from_s, to_s) leave samples out; `jobs` > 1
-    writes every series that many times with a `job` label (two scrape jobs, one daemon)."""
+    writes every series that many times with a `job` label (two scrape jobs, one daemon).
+    Each node's GPU energy is also written as the counter ``node_gpu_energy_joules_total``,
+    restarting from zero at each of `counter_resets` (node, at_s), as after an exporter restart.
+    """
     times = history.start_s + history.step_s * np.arange(history.steps)
     stamps = [f"{t:.3f}" for t in times]
     with path.open("w", encoding="utf-8") as out:
@@ -152,6 +158,17 @@ def write_openmetrics(
                         f"{METRIC}{{{labels}}} {values[i]:.3f} {stamps[i]}\n"
                         for i in np.flatnonzero(present)
                     )
+        out.write(f"# TYPE {ENERGY_COUNTER} counter\n")
+        for n, node in enumerate(history.nodes):
+            energy_j = np.cumsum(history.node_power_w[:, n] * history.step_s)
+            for reset_node, at_s in counter_resets:
+                if reset_node == node:
+                    after = times >= at_s
+                    energy_j[after] -= energy_j[after][0]
+            out.writelines(
+                f'{ENERGY_COUNTER}_total{{node="{node}"}} {energy_j[i]:.3f} {stamps[i]}\n'
+                for i in range(history.steps)
+            )
         out.write("# EOF\n")
     return path
 
@@ -162,10 +179,13 @@ def recorded_prometheus(
     *,
     gaps: Sequence[tuple[str, float, float]] = (),
     jobs: int = 1,
+    counter_resets: Sequence[tuple[str, float]] = (),
 ) -> Prometheus:
     """A Prometheus (no scrape targets) whose storage holds `history`, backfilled."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    source = write_openmetrics(history, state_dir / "history.om", gaps=gaps, jobs=jobs)
+    source = write_openmetrics(
+        history, state_dir / "history.om", gaps=gaps, jobs=jobs, counter_resets=counter_resets
+    )
     subprocess.run(
         ["promtool", "tsdb", "create-blocks-from", "openmetrics", str(source),
          str(state_dir / "data")],
