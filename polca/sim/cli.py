@@ -42,6 +42,7 @@ Model and sources: docs/simulator.md. Examples:
   polca simulate --trace conv.csv --search --search-step 0.1 --json
   polca simulate --oversubscription 0.4 --plot run.png        (synthetic requests)
   polca simulate -f examples/polca-default.yaml --oversubscription 0.3   (your own policy)
+  polca simulate -f row-a.yaml --pods pods.yaml      (kubectl get pods -A -o yaml > pods.yaml)
 The load is calibrated (a few uncapped runs of the base row) unless --load-scale is given; the
 value used is printed, so later runs can pass it and skip the calibration.
 Exit status: 0 on success (a run that fails the criteria still exits 0), 2 on bad input.
@@ -140,6 +141,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "timing run as polca-k8s with triggers as written, next to none; the row is the "
         "servers its budgetWatts is provisioned for (--servers is ignored), and "
         "--oversubscription adds servers under that budget",
+    )
+    pol.add_argument(
+        "--pods",
+        metavar="FILE",
+        help="with -f: the row's pods (kubectl get pods -A -o yaml): the --mix becomes their "
+        "GPUs per tier, each pod's tier resolved by the manifest's tier rules",
     )
     pol.add_argument(
         "--policy",
@@ -349,7 +356,7 @@ def _progress(enabled: bool, console: Console) -> Iterator[ProgressFn]:
 
 
 def _run(args: argparse.Namespace, err: Console) -> int:
-    manifest = apply_to_simulation(args) if args.filename is not None else None
+    manifest = apply_to_simulation(args)
     trace, duration, source = _load_trace(args)
     if args.fit_trace:
         print(json.dumps(fit(trace).as_dict(), indent=2))

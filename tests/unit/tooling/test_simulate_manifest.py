@@ -66,3 +66,51 @@ def test_an_invalid_manifest_is_refused(tmp_path: Path, capsys: pytest.CaptureFi
     err = " ".join(capsys.readouterr().err.split())
     assert "spec.stages[1].releasePercent" in err
     assert "does not validate" in err
+
+
+PODS = """\
+apiVersion: v1
+kind: List
+items:
+  - kind: Pod
+    metadata: {name: chat-0, namespace: serve}
+    spec: {containers: [{name: m, resources: {limits: {nvidia.com/gpu: 8}}}]}
+  - kind: Pod
+    metadata: {name: batch-0, namespace: batch}
+    spec:
+      priority: -10
+      containers: [{name: m, resources: {limits: {nvidia.com/gpu: 8}}}]
+  - kind: Pod
+    metadata: {name: batch-1, namespace: batch}
+    spec:
+      priority: -10
+      containers: [{name: m, resources: {limits: {nvidia.com/gpu: 8}}}]
+  - kind: Pod
+    metadata: {name: train-0, namespace: ml, labels: {training.kubeflow.org/job-name: llm}}
+    spec: {containers: [{name: m, resources: {limits: {nvidia.com/gpu: 8}}}]}
+  - kind: Pod
+    metadata: {name: web, namespace: serve}
+    spec: {containers: [{name: m}]}
+"""
+
+
+def test_pods_set_the_mix_by_the_manifests_tier_rules(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from polca.tooling.manifests import read_documents
+    from polca.tooling.policyfile import mix_from_pods, read_policy
+
+    pods = tmp_path / "pods.yaml"
+    pods.write_text(PODS)
+    mix = mix_from_pods(read_policy(str(DEFAULT)), read_documents([str(pods)]))
+    # chat-0: default tier high; batch-*: priority -10 → low; train-0: a Kubeflow job.
+    assert mix == "high=8,low=16,train=8"
+    out = simulate(capsys, "-f", str(DEFAULT), "--pods", str(pods), "--servers", "4")
+    assert out["scenario"]["mix"] == mix
+
+
+def test_pods_need_a_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pods = tmp_path / "pods.yaml"
+    pods.write_text(PODS)
+    assert main(["simulate", "--pods", str(pods), *SHORT]) == 2
+    assert "--pods needs -f" in capsys.readouterr().err
