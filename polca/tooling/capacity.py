@@ -17,7 +17,7 @@ from types import MappingProxyType
 
 from polca.control.plan import ControlPlan
 from polca.tooling.history import History
-from polca.tooling.replay import ReplayResult, ShedModel, replay
+from polca.tooling.replay import ReplayResult, ShedModel, replay, with_independent_servers
 
 __all__ = ["DEFAULT_MAX_THROTTLED_SHARE", "CapacityResult", "Criteria", "Level", "search"]
 
@@ -116,13 +116,22 @@ def search(
     shed: ShedModel | None,
     max_extra: int,
     progress: Callable[[int, int], None] | None = None,
+    independent: bool = False,
 ) -> CapacityResult:
-    """Sizes N, N+1, … N+max_extra until the first unsafe one (it is kept, as the margin)."""
+    """Sizes N, N+1, … N+max_extra until the first unsafe one (it is kept, as the margin).
+
+    Added servers are the row's average server scaled in (correlated: conservative), or with
+    `independent`, recorded nodes shifted in time (:func:`with_independent_servers`:
+    optimistic); the two bound the answer's uncertainty from correlation."""
     base = len(history.nodes)
     levels: list[Level] = []
     for extra in range(max_extra + 1):
         servers = base + extra
-        result = replay(plan, budget_w, history, scale=servers / base, shed=shed)
+        if independent:
+            grown = with_independent_servers(history, extra)
+            result = replay(plan, budget_w, grown, shed=shed)
+        else:
+            result = replay(plan, budget_w, history, scale=servers / base, shed=shed)
         level = Level(servers, result, tuple(criteria.failures(result)))
         levels.append(level)
         if progress is not None:

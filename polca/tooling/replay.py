@@ -24,7 +24,9 @@ budget is reported with every answer.
 **An oversubscribed row** of N + k servers is the history scaled by (N + k) / N, GPU counts too:
 every added server behaves like the row's average server at every instant. Peaks of real added
 servers partly cancel, so this overstates peaks (conservative); a row whose new servers run
-different work than its old ones is outside what its own history can tell.
+different work than its old ones is outside what its own history can tell. The other end of
+the uncertainty, :func:`with_independent_servers`, adds recorded nodes shifted in time instead:
+added servers as busy as the old ones on average but not in step with them (optimistic).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from polca.power.profiles import GpuProfile
 from polca.sim.domain import gpu_limits
 from polca.tooling.history import History
 
-__all__ = ["ReplayResult", "ShedModel", "TierUse", "replay"]
+__all__ = ["ReplayResult", "ShedModel", "TierUse", "replay", "with_independent_servers"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -223,4 +225,33 @@ def replay(
         stage=stage,
         gap_steps=int(history.gap_mask.sum()),
         tiers=tier_use,
+    )
+
+
+def with_independent_servers(
+    history: History, extra: int, *, max_shift_s: float = 1800.0, seed: int = 0
+) -> History:
+    """`history` with `extra` more nodes, each a recorded node (chosen at random) shifted by a
+    random 1 step … `max_shift_s`: as busy as the row's nodes, but not in step with them. Tier
+    power and GPU counts scale by (N + extra) / N, as the tiers of the copies are not recorded
+    per node."""
+    if extra <= 0:
+        return history
+    rng = np.random.default_rng(seed)
+    base = len(history.nodes)
+    max_shift = max(1, round(max_shift_s / history.step_s))
+    sources = rng.integers(0, base, size=extra)
+    shifts = rng.integers(1, max_shift + 1, size=extra) * rng.choice([-1, 1], size=extra)
+    added = [
+        np.roll(history.node_power_w[:, s], int(k)) for s, k in zip(sources, shifts, strict=True)
+    ]
+    scale = (base + extra) / base
+    return History(
+        start_s=history.start_s,
+        step_s=history.step_s,
+        nodes=(*history.nodes, *(f"added-{i}" for i in range(extra))),
+        node_power_w=np.column_stack([history.node_power_w, *added]),
+        overhead_w=history.overhead_w,
+        tier_power_w={t: w * scale for t, w in history.tier_power_w.items()},
+        tier_gpus={t: g * scale for t, g in history.tier_gpus.items()},
     )

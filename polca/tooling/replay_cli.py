@@ -432,20 +432,32 @@ def _capacity(args: argparse.Namespace) -> int:
     shares = dict(args.max_throttled) if args.max_throttled else dict(DEFAULT_MAX_THROTTLED_SHARE)
     criteria = Criteria(max_throttled_share=shares)
     show = not args.no_progress and sys.stderr.isatty()
-    with _bar(show, "searching row sizes", max_extra + 1) as progress:
-        result = search(
-            loaded.manifest.plan,
-            loaded.manifest.policy.spec.budget_watts,
-            loaded.history,
-            criteria=criteria,
-            shed=loaded.shed,
-            max_extra=max_extra,
-            progress=lambda done, _total: progress(done),
-        )
+    searches = {}
+    for independent in (False, True):
+        label = "independent servers" if independent else "searching row sizes"
+        with _bar(show, label, max_extra + 1) as progress:
+            searches[independent] = search(
+                loaded.manifest.plan,
+                loaded.manifest.policy.spec.budget_watts,
+                loaded.history,
+                criteria=criteria,
+                shed=loaded.shed,
+                max_extra=max_extra,
+                progress=lambda done, _total: progress(done),
+                independent=independent,
+            )
+    result, optimistic = searches[False], searches[True]
     if args.json:
-        print(json.dumps({"history": _history_json(loaded), **result.as_dict()}, indent=2))
+        other = optimistic.as_dict()
+        print(json.dumps({
+            "history": _history_json(loaded),
+            **result.as_dict(),
+            "independent_servers": {k: other[k] for k in (
+                "largest_safe_servers", "extra_servers", "oversubscription", "margin_pct",
+                "next_size_fails")},
+        }, indent=2))  # fmt: skip
     else:
-        print(_capacity_text(loaded, result))
+        print(_capacity_text(loaded, result, optimistic))
     if args.plot is not None and result.levels:
         from polca.tooling.plotting import plot_replays
 
@@ -455,7 +467,7 @@ def _capacity(args: argparse.Namespace) -> int:
     return _gap_exit(loaded, args)
 
 
-def _capacity_text(loaded: _Loaded, result: CapacityResult) -> str:
+def _capacity_text(loaded: _Loaded, result: CapacityResult, optimistic: CapacityResult) -> str:
     lines = [_header(loaded).rstrip("\n")]
     for level in result.levels:
         verdict = "safe" if level.safe else "UNSAFE: " + "; ".join(level.failures)
@@ -484,6 +496,14 @@ def _capacity_text(loaded: _Loaded, result: CapacityResult) -> str:
         "(peaks overstated: conservative); throttling's effect is the GPU power model's "
         "estimate; excursions shorter than a step are not seen"
     )
+    other = optimistic.largest_safe
+    lines.append(
+        "uncertainty: if the added servers were as busy but not in step with the old ones "
+        "(recorded nodes shifted by up to 30 min), the largest safe row would be "
+        + (f"{other.servers} servers (margin {100 - other.result.peak_pct:.1f} points)"
+           if other else "none")
+        + (" or more (raise --max-extra)" if optimistic.first_unsafe is None else "")
+    )  # fmt: skip
     return "\n".join(lines)
 
 

@@ -20,7 +20,7 @@ from polca.power.profiles import get_profile
 from polca.tooling.capacity import Criteria, search
 from polca.tooling.history import History, HistoryError, Series, expressions, history_from_series
 from polca.tooling.promhttp import MAX_POINTS, PrometheusError, query_range, steps_between
-from polca.tooling.replay import ShedModel, replay
+from polca.tooling.replay import ShedModel, replay, with_independent_servers
 from polca.tooling.replay_cli import parse_duration_s, parse_time_s
 
 BUDGET_W = 10_000.0
@@ -225,3 +225,23 @@ def test_prometheus_errors_are_named(server: str) -> None:
         query_range(server, "bad(", start_s=0.0, steps=2, step_s=1.0)
     with pytest.raises(PrometheusError, match="cannot reach Prometheus"):
         query_range("http://127.0.0.1:1", "up", start_s=0.0, steps=2, step_s=1.0)
+
+
+def test_independent_servers_are_recorded_nodes_out_of_step() -> None:
+    rng = np.random.default_rng(1)
+    pct = list(60 + 20 * rng.random(400))
+    history = flat_history(pct, nodes=4)
+    # Make the nodes differ, so a shifted copy is not the same as its neighbour.
+    history = History(
+        history.start_s, history.step_s, history.nodes,
+        history.node_power_w * rng.uniform(0.8, 1.2, size=history.node_power_w.shape),
+        0.0, history.tier_power_w, history.tier_gpus,
+    )  # fmt: skip
+    grown = with_independent_servers(history, 2, max_shift_s=600.0, seed=3)
+    assert grown.nodes[-2:] == ("added-0", "added-1")
+    assert grown.node_power_w.shape == (400, 6)
+    scaled = history.domain_power_w * 6 / 4
+    assert grown.domain_power_w.mean() == pytest.approx(scaled.mean(), rel=0.05)
+    assert grown.domain_power_w.max() < scaled.max()  # peaks out of step partly cancel
+    assert grown.tier_gpus["low"][0] == pytest.approx(history.tier_gpus["low"][0] * 1.5)
+    assert with_independent_servers(history, 0) is history
