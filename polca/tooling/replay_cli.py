@@ -273,7 +273,8 @@ def _load(args: argparse.Namespace) -> _Loaded:
     try:
         start_s, end_s = parse_time_s(args.start), parse_time_s(args.end)
         steps = steps_between(start_s, end_s, args.step)
-        matcher = f'node=~"{args.node_regex}"' if args.node_regex else ""
+        # A JSON string is a valid PromQL string literal, whatever the regex holds.
+        matcher = f"node=~{json.dumps(args.node_regex)}" if args.node_regex else ""
         exprs = expressions(spec, args.step, matcher)
     except (argparse.ArgumentTypeError, ValueError) as exc:
         raise _ExitError(EXIT_BAD_INPUT, str(exc)) from exc
@@ -376,13 +377,18 @@ def _row_line(label: str, servers: int, r: ReplayResult) -> str:
 def _header(loaded: _Loaded) -> str:
     h = loaded.history
     names = " / ".join(s.name for s in loaded.manifest.plan.stages)
-    gaps = sum(1 for _ in h.gaps())
+    gaps = len(h.gaps())
+    no_tiers = (
+        ""
+        if h.tier_gpus
+        else " (no per-tier polca_gpu_power_watts: no throttling estimate, no tier figures)"
+    )
     return (
         f"{loaded.manifest.source} {loaded.manifest.name}: budget "
         f"{loaded.manifest.policy.spec.budget_watts:g} W, {len(h.nodes)} nodes, "
         f"{_iso(h.start_s)} to {_iso(h.start_s + (h.steps - 1) * h.step_s)}, {h.steps} steps "
         f"of {h.step_s:g} s, {gaps} gaps, "
-        f"{'closed loop (throttling estimated)' if loaded.shed else 'open loop'}\n"
+        f"{'closed loop (throttling estimated)' if loaded.shed else 'open loop'}{no_tiers}\n"
         f"{'row':<12}{'servers':>8}{'peak':>10}{'margin':>10}{'brakes':>9}{'changes':>9}"
         f"   seconds per stage ({names})   throttled per tier\n"
     )

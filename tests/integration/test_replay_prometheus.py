@@ -261,3 +261,14 @@ def test_promql_node_power_from_a_counter_survives_its_reset(
     raw_peak_pct = 100 * row.domain_power_w[steps].max() / budget_w
     assert 0 < recorded["peak_pct"] <= raw_peak_pct + 1e-6
     assert recorded["peak_pct"] > 0.8 * raw_peak_pct
+
+
+def test_node_regex_selects_the_domain(
+    prometheus: Prometheus, row: RowHistory, policy_file: Path
+) -> None:
+    out = run_json(
+        "replay", "--policy", str(policy_file), "--prometheus", prometheus.url, *window(row),
+        "--node-regex", r"gpu-node-[0-3]", "--oversubscription", "0",
+    )  # fmt: skip
+    assert out["history"]["nodes"] == [f"gpu-node-{i}" for i in range(4)]
+    assert out["history"]["gpus"] == {"high": 16.0, "low": 16.0}
