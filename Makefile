@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 CONTROL_PLANE_BIN = $(shell tools/build-control-plane.sh 2>/dev/null | tail -1)
 CLUSTER_DIR ?= $(HOME)/.cache/polca/cluster
 
-.PHONY: help venv control-plane prometheus lint test test-fast crds demo cluster-up cluster-down \
+.PHONY: help venv control-plane prometheus checkov lint test test-fast crds demo cluster-up cluster-down \
         bench bench-node bench-operator bench-sim bench-replay clean
 
 help: ## List the targets
@@ -37,8 +37,12 @@ prometheus: ## Install Debian's prometheus package (tests start it on loopback) 
 	  if [ "$$(id -u)" != 0 ]; then echo "prometheus missing: run 'make prometheus' as root"; exit 1; fi; \
 	  apt-get update && apt-get install -y --no-install-recommends prometheus; }
 
-test: venv control-plane prometheus lint ## The one test command: set-up, lint, types, layers, all tests
-	POLCA_CONTROL_PLANE_BIN="$(CONTROL_PLANE_BIN)" $(VENV)/bin/pytest -p no:cacheprovider
+checkov: ## Install checkov (the chart's static security checks) into its own venv in ~/.cache/polca
+	@tools/install-checkov.sh
+
+test: venv control-plane prometheus checkov lint ## The one test command: set-up, lint, types, layers, all tests
+	POLCA_CONTROL_PLANE_BIN="$(CONTROL_PLANE_BIN)" POLCA_CHECKOV="$$(tools/install-checkov.sh)" \
+	  $(VENV)/bin/pytest -p no:cacheprovider
 
 test-fast: venv ## Unit tests only
 	$(VENV)/bin/pytest -p no:cacheprovider tests/unit

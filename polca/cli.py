@@ -7,6 +7,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from polca.options import OptionParser
 from polca.sim import cli as sim_cli
 from polca.tooling import replay_cli, validate
 
@@ -23,7 +24,8 @@ SUBCOMMANDS: list[tuple[str, Register]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    # Subcommand parsers inherit the class: one-line errors, exit status 2, everywhere.
+    parser: argparse.ArgumentParser = OptionParser(
         prog="polca",
         description="POLCA for Kubernetes: power oversubscription tools.",
     )

@@ -4,7 +4,8 @@ The actuator is the only writer of GPU knobs. It runs in a worker thread (the ba
 the daemon calls `apply` with `asyncio.to_thread`. What it does depends on the decision's mode:
 
 - ENFORCE: each GPU's clock ceiling and power limit become the decided ones (None: no
-  ceiling / the default limit);
+  ceiling / the default limit), except the decision's unconfirmed GPUs (their holder is
+  unknown), which are only tightened;
 - TIGHTEN: each knob becomes the stronger of what it has and what is decided, and a clock
   ceiling that is not known (after a restart NVML cannot read it back) is left alone;
 - RESTORE: every GPU back to no ceiling and its default limit;
@@ -125,8 +126,11 @@ def plan_targets(
     if decision.mode is Mode.RESTORE:
         return {index: KnobTargets(True, None, True, None) for index in applied}
     if decision.mode is Mode.ENFORCE:
+        unconfirmed = decision.unconfirmed_gpus
         return {
-            index: KnobTargets(True, gpu.enforce.clock_ceiling_mhz, True, gpu.enforce.power_limit_w)
+            index: _tightened(applied[index], gpu.enforce)
+            if index in unconfirmed
+            else KnobTargets(True, gpu.enforce.clock_ceiling_mhz, True, gpu.enforce.power_limit_w)
             for index, gpu in decision.gpus.items()
             if index in applied
         }

@@ -13,7 +13,10 @@ Tasks on one event loop, blocking work in threads:
 - the status writer writes NodePowerState on change and as a 30 s heartbeat, and posts Events.
 
 Start-up: the GPUs keep what they have until the daemon has read its previous NodePowerState,
-listed the policies and pods and seen its Node (mode HOLD). Shutdown (SIGTERM) stops the
+listed the policies and pods and seen its Node (mode HOLD) — unless a node-local checkpoint
+(`polca_node.checkpoint`, under `--state-dir`) says what it last acted on: then what the API has
+not told it yet comes from the checkpoint, the guard runs at once and decisions only tighten
+until the API answers (safety rule 8). Shutdown (SIGTERM) stops the
 tasks, the watch threads, the kubelet channel and NVML, and leaves every GPU setting in place.
 """
 
@@ -26,13 +29,24 @@ import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from polca.api.conditions import Condition
 from polca.api.nodepowerstate import AppliedPolicy, NodePowerStateStatus
+from polca.api.powerpolicy import PowerPolicy
 from polca.control.plan import GpuLimits
-from polca.control.tiers import PodFacts
 from polca_node.actuator import ActuationResult, Actuator, Knob
+from polca_node.checkpoint import (
+    CHECKPOINT_FILE,
+    Checkpoint,
+    CheckpointError,
+    read_checkpoint,
+    resume_inputs,
+    resumed_decision,
+    to_document,
+    write_checkpoint,
+)
 from polca_node.exporter import GpuSample, NodeMetrics, NodeSnapshot
 from polca_node.gpu.backend import GpuBackend, GpuInfo, GpuReading, Inventory
 from polca_node.gpu.errors import GpuError
@@ -50,9 +64,13 @@ from polca_node.status_writer import (
     previous_record,
     status_fingerprint,
 )
+from polca_node.supervision import Supervisor
 from polca_node.tiering import (
+    GpuOwners,
+    OwnerConflict,
     PodResourcesMapper,
     assign_fake_gpus,
+    check_owners,
     fake_gpu_owners,
     gpu_pod_facts,
 )
@@ -77,6 +95,8 @@ class DaemonConfig:
     fake_gpu_annotation: str | None = None  # set: GPUs from pod annotations, not the kubelet
     metrics_endpoint: str | None = None
     event_namespace: str = "default"
+    # Node-local directory for the checkpoint (safety rule 8); None: no checkpoint.
+    state_dir: Path | None = None
 
 
 def gpu_limits(info: GpuInfo) -> GpuLimits:
@@ -130,10 +150,13 @@ class NodeDaemon:
         self._record: tuple[AppliedPolicy, ...] = ()
         self._restored = False
         self._fake_assignment: dict[PodKey, tuple[int, ...]] = {}
+        # GPUs each live pod held when the kubelet last listed it (`check_owners`).
+        self._kubelet_memory: dict[PodKey, tuple[int, ...]] = {}
         self.decision = NodeDecision(Mode.HOLD, "starting")
         self._dry_run_seen: dict[tuple[int, Knob], object] = {}
         self._open_error: GpuError | None = None
         self._reported_failures: set[tuple[int, Knob, str]] = set()
+        self._unreadable_reported: set[tuple[str, str]] = set()
         self._wake = asyncio.Event()
         self._status_wake = asyncio.Event()
         self._pods_changed = asyncio.Event()
@@ -141,12 +164,23 @@ class NodeDaemon:
         self._tasks: set[asyncio.Task[None]] = set()
         self._conditions: tuple[Condition, ...] = ()  # as last written
         self._started_s = clock()
+        # The checkpoint this process started from (None: none, or not usable), the policies the
+        # last decision used (the guard's too), and the last checkpoint document written.
+        self._checkpoint: Checkpoint | None = None
+        self._decided_policies: dict[str, PowerPolicy] = {}
+        self._checkpoint_written: dict[str, Any] | None = None
+        self._supervisor: Supervisor | None = None
+        self._last_reconcile_s: float | None = None
 
     # -- health ------------------------------------------------------------------------------
 
     def healthy(self) -> tuple[bool, str]:
-        """Live while GPU samples keep coming (or NVML is still being opened)."""
+        """Live while GPU samples keep coming (or NVML is still being opened) and no task
+        keeps failing: a restart of the pod is the remedy left for either."""
         now = self._clock()
+        failing = self._supervisor.failing() if self._supervisor is not None else []
+        if failing:
+            return False, f"tasks failing again and again: {', '.join(failing)}"
         if self._last_sample_s is None:
             if self._open_error is not None:
                 return True, f"waiting for NVML: {self._open_error}"
@@ -155,34 +189,56 @@ class NodeDaemon:
         limit_s = max(10.0, 20 * self.config.guard_period_s)
         return age_s < limit_s, f"last GPU sample {age_s:.1f} s ago"
 
+    def ready(self) -> tuple[bool, str]:
+        """Ready when NVML is open, the watches have listed, a reconcile ran recently and
+        every task runs: what a rolling update must wait for before it takes the next node."""
+        live, detail = self.healthy()
+        observed = self.observed
+        synced = observed.policies_synced and observed.pods_synced and observed.node_synced
+        down = self._supervisor.down() if self._supervisor is not None else ["all"]
+        last_s = self._last_reconcile_s
+        age_s = float("inf") if last_s is None else self._clock() - last_s
+        problems = (
+            (not live, detail),
+            (self.actuator is None, "NVML not open yet"),
+            (not synced, "watches not synced yet"),
+            (bool(down), f"tasks down: {', '.join(down)}"),
+            (last_s is None, "no reconcile yet"),
+            # The resync loop reconciles at least every resync_s, events more often.
+            (age_s > 3 * self.config.resync_s, f"last reconcile {age_s:.0f} s ago"),
+        )
+        problem = next((message for bad, message in problems if bad), None)
+        if problem is not None:
+            return False, problem
+        return True, f"ready; last reconcile {age_s:.1f} s ago"
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         inventory = await self._open(stop)
         if inventory is None:
             return
+        await asyncio.to_thread(self.resume)
         loop = asyncio.get_running_loop()
         self._start_watchers(loop)
-        tasks = [
-            asyncio.create_task(self._read_previous(stop), name="previous-status"),
-            asyncio.create_task(self._reconcile_loop(stop), name="reconcile"),
-            asyncio.create_task(self._status_loop(stop), name="status"),
-            asyncio.create_task(self._resync_loop(stop), name="resync"),
-            asyncio.create_task(
-                run_periodic(
-                    self.sample, lambda: self.config.guard_period_s, stop, clock=self._clock
-                ),
-                name="sampler",
+        supervisor = Supervisor(stop, on_restart=self.metrics.on_task_restart)
+        self._supervisor = supervisor
+        supervisor.start("previous-status", lambda: self._read_previous(stop), once=True)
+        supervisor.start("reconcile", lambda: self._reconcile_loop(stop))
+        supervisor.start("status", lambda: self._status_loop(stop))
+        supervisor.start("resync", lambda: self._resync_loop(stop))
+        supervisor.start(
+            "sampler",
+            lambda: run_periodic(
+                self.sample, lambda: self.config.guard_period_s, stop, clock=self._clock
             ),
-        ]
+        )
         if self._pod_mapper is not None:
-            tasks.append(asyncio.create_task(self._podresources_loop(stop), name="kubelet"))
+            supervisor.start("kubelet", lambda: self._podresources_loop(stop))
         try:
             await stop.wait()
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await supervisor.stop()
             await asyncio.to_thread(self._shutdown)
 
     def _shutdown(self) -> None:
@@ -251,6 +307,70 @@ class NodeDaemon:
             "%d GPUs: %s", len(self._gpus), ", ".join(sorted({g.name for g in self._gpus.values()}))
         )
 
+    # -- the node-local checkpoint (safety rule 8) -------------------------------------------
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        state_dir = self.config.state_dir
+        return None if state_dir is None else state_dir / CHECKPOINT_FILE
+
+    def resume(self) -> Checkpoint | None:
+        """Read the checkpoint (blocking; `run` does it before anything else), so decisions and
+        the guard can start from it before the API server answers."""
+        path = self.checkpoint_path
+        if path is None:
+            return None
+        try:
+            checkpoint = read_checkpoint(path, self.config.node_name)
+        except CheckpointError as exc:
+            # Ignored, never acted on: the GPUs are held as they are until the API answers.
+            logger.warning("ignoring the checkpoint %s (%s): %s", path, exc.reason, exc)
+            self.metrics.on_checkpoint_error(exc.reason)
+            return None
+        if checkpoint is None:
+            logger.info("no checkpoint at %s: holding the GPUs until the API answers", path)
+            return None
+        self._checkpoint = checkpoint
+        self._record = checkpoint.applied
+        if self.actuator is not None:
+            self.actuator.recall(checkpoint.ceilings_mhz)
+        logger.info(
+            "resuming from the checkpoint %s: %s", path,
+            ", ".join(f"{p.name}/{p.stage}" for p in checkpoint.applied) or "no policy",
+        )  # fmt: skip
+        self.wake()
+        return checkpoint
+
+    def _checkpoint_now(self, inputs: DecisionInputs, decision: NodeDecision) -> Checkpoint:
+        applied = self.actuator.applied if self.actuator is not None else {}
+        chosen = {p.name for p in decision.policies}
+        return Checkpoint(
+            node_name=self.config.node_name,
+            node_labels=dict(inputs.node_labels or {}),
+            policies=tuple(p for p in inputs.policies or () if p.metadata.name in chosen),
+            applied=self._record,
+            gpu_pods={i: tuple(pods) for i, pods in (inputs.gpu_pods or {}).items()},
+            ceilings_mhz={i: a.clock_ceiling_mhz for i, a in applied.items() if a.clock_known},
+        )
+
+    async def _save_checkpoint(self, inputs: DecisionInputs, decision: NodeDecision) -> None:
+        """Write the checkpoint when what it would hold changed (never in HOLD: nothing new)."""
+        path = self.checkpoint_path
+        if path is None or decision.mode is Mode.HOLD:
+            return
+        checkpoint = self._checkpoint_now(inputs, decision)
+        document = to_document(checkpoint)
+        if document == self._checkpoint_written:
+            return
+        try:
+            await asyncio.to_thread(write_checkpoint, path, checkpoint)
+        except OSError as exc:
+            # A full or read-only disk costs the restart-during-outage guarantee, not actuation.
+            logger.warning("cannot write the checkpoint %s: %s", path, exc)
+            self.metrics.on_checkpoint_error("WriteFailed")
+            return
+        self._checkpoint_written = document
+
     def _start_watchers(self, loop: asyncio.AbstractEventLoop) -> None:
         node = self.config.node_name
         observed = self.observed
@@ -296,7 +416,10 @@ class NodeDaemon:
     def recall(self, record: PreviousRecord) -> None:
         """Take what our NodePowerState recorded before this process started."""
         self._previous = record
-        self._record = record.policies
+        if self._checkpoint is None:
+            # With a checkpoint, the record it gave (and what decisions made of it since) is at
+            # least as new as the NodePowerState, which is written after the checkpoint.
+            self._record = record.policies
         if self.actuator is not None:
             self.actuator.recall(record.ceilings_mhz)
         logger.info(
@@ -307,33 +430,40 @@ class NodeDaemon:
 
     # -- deciding and applying ---------------------------------------------------------------
 
-    def _gpu_pods(self) -> dict[int, tuple[PodFacts, ...]] | None:
+    def _gpu_owners(self) -> tuple[GpuOwners | None, OwnerConflict | None]:
+        """Which pods hold each GPU (None: not known yet), and where the sources disagree."""
         observed = self.observed
         if not observed.pods_synced:
-            return None
+            return None, None
         annotation = self.config.fake_gpu_annotation
         if annotation is not None:
             self._fake_assignment = assign_fake_gpus(
                 observed.pods.values(), annotation, len(self._gpus), self._fake_assignment
             )
-            owners = fake_gpu_owners(self._fake_assignment)
-        elif self._pod_mapper is not None and self._pod_mapper.owners is not None:
-            owners = self._pod_mapper.owners
-        else:
-            return None
-        return gpu_pod_facts(owners, observed.pods)
+            return fake_gpu_owners(self._fake_assignment), None
+        if self._pod_mapper is None or self._pod_mapper.owners is None:
+            return None, None
+        # Never trust the kubelet's answer alone (safety rule 6): check it against the watch.
+        check = check_owners(
+            self._pod_mapper.owners, observed.pods, self._kubelet_memory, self._gpus
+        )
+        self._kubelet_memory = check.remembered
+        return check.owners, check.conflict
 
     def inputs(self) -> DecisionInputs:
         observed = self.observed
+        owners, conflict = self._gpu_owners()
         return DecisionInputs(
             node_labels=observed.node_labels,
             policies=list(observed.policies.values()) if observed.policies_synced else None,
             gpu_limits=self._limits,
-            gpu_pods=self._gpu_pods(),
+            gpu_pods=None if owners is None else gpu_pod_facts(owners, observed.pods),
             previously_managed=None
             if self._previous is None
             else any(not p.dry_run for p in self._record),
             guard_actions=self._guards.actions(),
+            unreadable=tuple(observed.unreadable.values()),
+            owner_conflict=conflict,
         )
 
     async def _reconcile_loop(self, stop: asyncio.Event) -> None:
@@ -345,12 +475,18 @@ class NodeDaemon:
     async def reconcile(self) -> ActuationResult:
         """Decide and apply once."""
         assert self.actuator is not None
-        decision = decide_node(self.inputs())
+        inputs, resumed = resume_inputs(self.inputs(), self._checkpoint)
+        decision = resumed_decision(decide_node(inputs), resumed)
+        self._decided_policies = {p.metadata.name or "": p for p in inputs.policies or ()}
         if decision.mode != self.decision.mode or decision.reason != self.decision.reason:
             logger.info("%s: %s", decision.mode.value, decision.reason)
+        self._report_owner_conflict(decision)
         self.decision = decision
+        self._report_unreadable(decision)
         result = await asyncio.to_thread(self.actuator.apply, decision)
+        self._last_reconcile_s = self._clock()
         self._after_apply(decision, result)
+        await self._save_checkpoint(inputs, decision)
         self._status_wake.set()
         return result
 
@@ -379,6 +515,31 @@ class NodeDaemon:
             self._reported_failures = {
                 k for k in self._reported_failures if (k[0], k[1]) != (index, knob)
             }
+
+    def _report_unreadable(self, decision: NodeDecision) -> None:
+        """A metric, and a warning Event per policy and error, for policies we cannot read."""
+        self.metrics.set_unreadable_policies(len(decision.unreadable))
+        current = {(u.name, u.error) for u in decision.unreadable}
+        for unknown in decision.unreadable:
+            if (unknown.name, unknown.error) not in self._unreadable_reported:
+                self._post_event(
+                    "PolicyUnreadable",
+                    f"cannot read PowerPolicy {unknown.name} ({unknown.error}); it may select "
+                    f"this node, so the GPUs keep their limits: {decision.reason}",
+                    warning=True,
+                )
+        self._unreadable_reported = current
+
+    def _report_owner_conflict(self, decision: NodeDecision) -> None:
+        """A metric, a log line and a warning Event when the GPU-owner sources disagree."""
+        conflict = decision.owner_conflict
+        self.metrics.set_unconfirmed_gpus(len(decision.unconfirmed_gpus))
+        previous = self.decision.owner_conflict
+        if conflict is not None and (previous is None or previous.pods != conflict.pods):
+            logger.warning("%s", conflict.describe())
+            self._post_event("GpuOwnersUnknown", conflict.describe(), warning=True)
+        elif conflict is None and previous is not None:
+            logger.info("the kubelet and the pod watch agree again on the GPUs' pods")
 
     def _count_dry_run(self, decision: NodeDecision) -> None:
         """Count and log what dry-run policies would change (once per new would-be value)."""
@@ -474,10 +635,12 @@ class NodeDaemon:
         self._publish(readings)
 
     def _run_guards(self, readings: Mapping[int, GpuReading]) -> None:
+        # The policy objects the decision used: the API's, or the checkpoint's after a restart
+        # during an outage, so the guard runs before the API server answers (safety rule 8).
         policies = {
-            p.name: self.observed.policies[p.name]
+            p.name: self._decided_policies[p.name]
             for p in self.decision.policies
-            if p.name in self.observed.policies
+            if p.name in self._decided_policies
         }
         tiers = {p.name: {i: g.tier for i, g in p.gpus.items()} for p in self.decision.policies}
         power_w = sum(r.power_w for r in readings.values()) if readings else None

@@ -1,4 +1,4 @@
-"""Prometheus metrics on /metrics, and /healthz for the liveness probe.
+"""Prometheus metrics on /metrics, /healthz for the liveness probe and /readyz for readiness.
 
 Metric names are a contract (the Helm chart's alerts and the operator's `direct` telemetry use
 them); they follow Prometheus' naming rules: base units in the name, `_total` for counters.
@@ -21,6 +21,10 @@ Per node, labelled node:
   polca_nvml_call_seconds                NVML call latency (histogram, label function)
   polca_node_heartbeat_timestamp_seconds Unix time of the last completed GPU sample
   polca_throttled_gpus                   GPUs limited below their defaults
+  polca_unreadable_policies              stored PowerPolicies that may select the node and that
+                                         the daemon cannot read (it holds the GPUs' limits)
+  polca_unconfirmed_gpus                 GPUs whose pod the kubelet (PodResources) and the pod
+                                         watch disagree about (only tightened meanwhile)
 
 Per-GPU series are produced from the latest snapshot on each scrape, so a GPU whose pod or tier
 changes does not leave a stale series behind.
@@ -36,7 +40,7 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -177,11 +181,40 @@ class NodeMetrics:
             ["node", "policy"],
             registry=self.registry,
         )
+        self.checkpoint_errors = Counter(
+            "polca_node_checkpoint_errors",
+            "Node-local checkpoints ignored (reason: Corrupt, UnknownVersion, OtherNode, "
+            "Unreadable) or not written (WriteFailed).",
+            ["node", "reason"],
+            registry=self.registry,
+        )
         self.nvml_calls = Histogram(
             "polca_nvml_call_seconds",
             "NVML call latency in seconds.",
             ["node", "function"],
             buckets=NVML_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.unreadable_policies = Gauge(
+            "polca_unreadable_policies",
+            "Stored PowerPolicies that may select this node and cannot be read: the node holds "
+            "its GPUs' limits (never restores) while there are any.",
+            ["node"],
+            registry=self.registry,
+        )
+        self.unreadable_policies.labels(node)
+        self.unconfirmed_gpus = Gauge(
+            "polca_unconfirmed_gpus",
+            "GPUs whose pod the kubelet (PodResources) and the pod watch disagree about: their "
+            "limits are held (only tightened) until the two agree.",
+            ["node"],
+            registry=self.registry,
+        )
+        self.unconfirmed_gpus.labels(node)
+        self.task_restarts = Counter(
+            "polca_node_task_restarts",
+            "Restarts of the daemon's long-running tasks after a failure (by task).",
+            ["node", "task"],
             registry=self.registry,
         )
         self._nvml_children: dict[str, Any] = {}
@@ -206,6 +239,18 @@ class NodeMetrics:
     def on_dry_run_write(self, index: int, knob: Knob) -> None:
         self.actions.labels(self.node, str(index), knob, "true").inc()
 
+    def on_task_restart(self, task: str) -> None:
+        self.task_restarts.labels(self.node, task).inc()
+
+    def on_checkpoint_error(self, reason: str) -> None:
+        self.checkpoint_errors.labels(self.node, reason).inc()
+
+    def set_unreadable_policies(self, count: int) -> None:
+        self.unreadable_policies.labels(self.node).set(count)
+
+    def set_unconfirmed_gpus(self, count: int) -> None:
+        self.unconfirmed_gpus.labels(self.node).set(count)
+
     def on_guard_activation(self, policy: str) -> None:
         self.guard_activations.labels(self.node, policy).inc()
 
@@ -225,13 +270,19 @@ class _QuietHandler(WSGIRequestHandler):
         logger.debug("http: %s", format % args)
 
 
+Check = Callable[[], tuple[bool, str]]
+
+
 def _app(
-    metrics: NodeMetrics, healthy: Callable[[], tuple[bool, str]]
+    metrics: NodeMetrics, healthy: Check, ready: Check
 ) -> Callable[[Mapping[str, Any], Callable[..., Any]], list[bytes]]:
+    probes = {"/healthz": healthy, "/readyz": ready}
+
     def app(environ: Mapping[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         path = environ.get("PATH_INFO", "/")
-        if path == "/healthz":
-            ok, detail = healthy()
+        probe = probes.get(path)
+        if probe is not None:
+            ok, detail = probe()
             status = "200 OK" if ok else "503 Service Unavailable"
             start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
             return [(detail + "\n").encode()]
@@ -239,7 +290,7 @@ def _app(
             start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
             return [metrics.exposition()]
         start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
-        return [b"not found; try /metrics or /healthz\n"]
+        return [b"not found; try /metrics, /healthz or /readyz\n"]
 
     return app
 
@@ -251,20 +302,21 @@ class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
 
 
 class MetricsServer:
-    """Serves /metrics and /healthz from a thread until `stop()`."""
+    """Serves /metrics, /healthz (liveness) and /readyz (readiness) from a thread."""
 
     def __init__(
         self,
         metrics: NodeMetrics,
-        healthy: Callable[[], tuple[bool, str]],
+        healthy: Check,
         *,
+        ready: Check | None = None,
         host: str = "0.0.0.0",  # noqa: S104 - Prometheus scrapes the pod from outside
         port: int = 9400,
     ) -> None:
         self._server = make_server(
             host,
             port,
-            _app(metrics, healthy),
+            _app(metrics, healthy, ready or healthy),
             server_class=_ThreadingWSGIServer,
             handler_class=_QuietHandler,
         )

@@ -11,7 +11,10 @@ lines with the same credentials the DaemonSet gets (the in-cluster service accou
 test control plane hands out (a kubeconfig with client certificates).
 
 Blocking calls: run them in threads (`asyncio.to_thread`) or in the watch threads of
-`polca_node.watching`. Every failure is an `ApiError` (HTTP status, or 0 for a transport error).
+`polca_node.watching`. Every failure is an `ApiError` (HTTP status, or 0 for a transport error,
+an unreadable token or an answer that is not JSON): callers handle one exception type, and no
+OSError or ValueError from the transport escapes to end a task. A 401 is retried once with the
+token file read again (projected service-account tokens rotate).
 """
 
 from __future__ import annotations
@@ -49,6 +52,16 @@ TOKEN_REFRESH_S = 60.0
 USER_AGENT = "polca-node"
 
 
+# How a kept-alive connection that the server has closed fails on its next use (TLS: an EOF).
+_STALE_CONNECTION = (
+    http.client.RemoteDisconnected,
+    ConnectionResetError,
+    BrokenPipeError,
+    ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
+)
+
+
 class ApiError(Exception):
     """A Kubernetes API call failed: `status` is the HTTP status, 0 for a transport error."""
 
@@ -80,6 +93,10 @@ class Credentials:
     base_path: str
     ssl_context: ssl.SSLContext
     token: Callable[[], str | None]
+    # Forget a cached token so the next `token()` reads it again: called on a 401, when a
+    # projected token was rotated before our periodic re-read. None: the token cannot change
+    # (client certificates, a static token), so a 401 is final.
+    forget_token: Callable[[], None] | None = None
 
 
 class _TokenFile:
@@ -99,6 +116,10 @@ class _TokenFile:
                 self._token = self._path.read_text(encoding="utf-8").strip()
                 self._read_at = now
             return self._token
+
+    def forget(self) -> None:
+        with self._lock:
+            self._token = None
 
 
 def _context_with_client_cert(
@@ -158,7 +179,23 @@ def kubeconfig_credentials(path: Path, context_name: str | None = None) -> Crede
             f"cannot read kubeconfig {path}: {exc.strerror}; pass --kubeconfig, set KUBECONFIG, "
             "or run in a pod (in-cluster service account)"
         ) from None
-    base_dir = path.resolve().parent
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise CredentialsError(
+            f"kubeconfig {path} is not a YAML kubeconfig ({type(exc).__name__}); pass "
+            "--kubeconfig with a kubeconfig file, or set KUBECONFIG"
+        ) from None
+    try:
+        return _credentials_from_config(config, path.resolve().parent, context_name)
+    except (KeyError, TypeError, AttributeError, ValueError, OSError, ssl.SSLError) as exc:
+        # A kubeconfig that parses but lacks a part, points at a missing file or holds a bad
+        # certificate: one line that names the file, never a traceback (issue 12, finding 8).
+        detail = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise CredentialsError(f"kubeconfig {path} is not usable: {detail}") from None
+
+
+def _credentials_from_config(config: Any, base_dir: Path, context_name: str | None) -> Credentials:
+    if not isinstance(config, Mapping):
+        raise TypeError("not a mapping at the top level")
     context = _named(config.get("contexts"), context_name or config["current-context"], "context")
     cluster = _named(config.get("clusters"), context["cluster"], "cluster")
     user = _named(config.get("users"), context["user"], "user")
@@ -179,7 +216,8 @@ def kubeconfig_credentials(path: Path, context_name: str | None = None) -> Crede
         static = str(user["token"])
         token = lambda: static  # noqa: E731 - a constant token source
     elif user.get("tokenFile"):
-        token = _TokenFile(base_dir / str(user["tokenFile"]))
+        token_file = _TokenFile(base_dir / str(user["tokenFile"]))
+        return Credentials(host, port, base_path, ssl_context, token_file, token_file.forget)
     else:
         token = lambda: None  # noqa: E731
     return Credentials(host, port, base_path, ssl_context, token)
@@ -190,9 +228,15 @@ def in_cluster_credentials(account_dir: Path = SERVICE_ACCOUNT_DIR) -> Credentia
     host = os.environ.get("KUBERNETES_SERVICE_HOST")
     port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
     if not host:
-        raise ValueError("not in a cluster: KUBERNETES_SERVICE_HOST is not set")
-    ssl_context = ssl.create_default_context(cafile=str(account_dir / "ca.crt"))
-    return Credentials(host, int(port), "", ssl_context, _TokenFile(account_dir / "token"))
+        raise CredentialsError("not in a cluster: KUBERNETES_SERVICE_HOST is not set")
+    try:
+        ssl_context = ssl.create_default_context(cafile=str(account_dir / "ca.crt"))
+        token_file = _TokenFile(account_dir / "token")
+        return Credentials(host, int(port), "", ssl_context, token_file, token_file.forget)
+    except (OSError, ValueError) as exc:
+        raise CredentialsError(
+            f"in-cluster service account unusable ({account_dir}, port {port!r}): {exc}"
+        ) from None
 
 
 def load_credentials(kubeconfig: Path | None = None) -> Credentials:
@@ -206,6 +250,16 @@ def load_credentials(kubeconfig: Path | None = None) -> Credentials:
     if os.environ.get("KUBERNETES_SERVICE_HOST"):
         return in_cluster_credentials()
     return kubeconfig_credentials(Path.home() / ".kube" / "config")
+
+
+def _json_or_error(data: bytes, what: str) -> Any:
+    """The parsed answer; a body that is not JSON is a failed call (status 0), not a crash."""
+    if not data:
+        return None
+    try:
+        return json.loads(data)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
+        raise ApiError(0, "BadResponse", f"{what}: the answer is not JSON: {exc}") from exc
 
 
 def _error_from_response(response: http.client.HTTPResponse, body: bytes) -> ApiError:
@@ -257,7 +311,9 @@ class WatchStream:
                 if not line:
                     return  # the server ended the watch (timeoutSeconds) or we closed it
                 if line.strip():
-                    event: dict[str, Any] = json.loads(line)
+                    event = _json_or_error(line, "watch stream")
+                    if not isinstance(event, dict):
+                        raise ApiError(0, "BadResponse", f"watch stream: not an event: {line!r}")
                     yield event
         finally:
             with self._lock:
@@ -308,9 +364,13 @@ class KubeClient:
         with self._lock:
             self._connections.discard(connection)
 
-    def _headers(self, content_type: str | None) -> dict[str, str]:
+    def _headers(self, what: str, content_type: str | None) -> dict[str, str]:
         headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
-        token = self._credentials.token()
+        try:
+            token = self._credentials.token()
+        except (OSError, ValueError) as exc:
+            # A token file being rotated (or unreadable) is a failed call, retried like any.
+            raise ApiError(0, "TokenUnreadable", f"{what}: cannot read the token: {exc}") from exc
         if token:
             headers["Authorization"] = f"Bearer {token}"
         if content_type:
@@ -334,11 +394,14 @@ class KubeClient:
         body: Any = None,
         content_type: str = "application/json",
     ) -> Any:
-        """One request; the parsed JSON answer. Retries once on a connection the server closed."""
+        """One request; the parsed JSON answer. Retries once on a connection the server closed,
+        and once with a re-read token after a 401 (rotated service-account tokens)."""
         payload = None if body is None else json.dumps(body).encode()
         url = self._url(path, params)
-        headers = self._headers(content_type if payload is not None else None)
-        for attempt in (1, 2):
+        what = f"{method} {path}"
+        token_retried = False
+        for attempt in (1, 2, 3):
+            headers = self._headers(what, content_type if payload is not None else None)
             connection: http.client.HTTPSConnection | None = getattr(self._local, "conn", None)
             if connection is None:
                 connection = self._connect(self.timeout_s)
@@ -347,36 +410,57 @@ class KubeClient:
                 connection.request(method, url, body=payload, headers=headers)
                 response = connection.getresponse()
                 data = response.read()
-            except (OSError, http.client.HTTPException) as exc:
+            except (OSError, http.client.HTTPException, ValueError) as exc:
                 self._forget(connection)
                 self._local.conn = None
-                # A kept-alive connection the server closed fails on first use: retry once.
-                if attempt == 1 and isinstance(
-                    exc, http.client.RemoteDisconnected | ConnectionResetError | BrokenPipeError
-                ):
+                # A kept-alive connection the server closed (a restarted API server, too) fails
+                # on first use: retry once on a new one.
+                if attempt == 1 and isinstance(exc, _STALE_CONNECTION):
                     continue
-                raise ApiError(0, type(exc).__name__, f"{method} {path}: {exc}") from exc
+                raise ApiError(0, type(exc).__name__, f"{what}: {exc}") from exc
+            forget = self._credentials.forget_token
+            if response.status == 401 and forget is not None and not token_retried:
+                token_retried = True
+                forget()
+                continue
             if response.status >= 400:
                 raise _error_from_response(response, data)
-            return json.loads(data) if data else None
+            return _json_or_error(data, what)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def watch(
         self, path: str, params: Mapping[str, str | int | bool], *, read_timeout_s: float
     ) -> WatchStream:
-        """Open a watch (`params` must include watch=true) on its own connection."""
-        connection = self._connect(read_timeout_s)
-        try:
-            connection.request("GET", self._url(path, params), headers=self._headers(None))
-            response = connection.getresponse()
-        except (OSError, http.client.HTTPException) as exc:
+        """Open a watch (`params` must include watch=true) on its own connection; after a 401,
+        once more with a re-read token.
+
+        Connecting and the answer's headers get the client's timeout; only then does the socket
+        wait up to `read_timeout_s` for events. A long connect timeout would leave a watch stuck
+        on an unreachable server (a dropped route, not a refused connection) long after it is
+        back, whatever the retry backoff."""
+        url = self._url(path, params)
+        what = f"watch {path}"
+        for attempt in (1, 2):
+            headers = self._headers(what, None)
+            connection = self._connect(self.timeout_s)
+            try:
+                connection.request("GET", url, headers=headers)
+                response = connection.getresponse()
+                error_body = response.read() if response.status >= 400 else b""
+                if response.status < 400 and connection.sock is not None:
+                    connection.sock.settimeout(read_timeout_s)
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                self._forget(connection)
+                raise ApiError(0, type(exc).__name__, f"{what}: {exc}") from exc
+            if response.status < 400:
+                return WatchStream(connection, response, self._forget)
             self._forget(connection)
-            raise ApiError(0, type(exc).__name__, f"watch {path}: {exc}") from exc
-        if response.status >= 400:
-            error = _error_from_response(response, response.read())
-            self._forget(connection)
-            raise error
-        return WatchStream(connection, response, self._forget)
+            forget = self._credentials.forget_token
+            if response.status == 401 and forget is not None and attempt == 1:
+                forget()
+                continue
+            raise _error_from_response(response, error_body)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
         """Close every connection this client opened (watches included)."""

@@ -12,7 +12,16 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from polca.options import (
+    LOG_LEVELS,
+    OptionParser,
+    env_default,
+    log_level,
+    port,
+    seconds,
+)
 from polca_node.daemon import DaemonConfig, NodeDaemon
 from polca_node.exporter import MetricsServer, NodeMetrics
 from polca_node.gpu.backend import Inventory
@@ -36,9 +45,10 @@ The POLCA node daemon. It runs on every GPU node (a DaemonSet) and:
     server cannot let the node run away;
   - exports Prometheus metrics on /metrics (and /healthz) and writes the NodePowerState
     named after the node (on change, and as a 30 s heartbeat).
-A restart never lifts a limit: settings are held until the policies are known again. Defaults
-are restored only when the node leaves every policy; that is recorded in the NodePowerState
-and as an Event."""
+A restart never lifts a limit: settings are held until the policies are known again; with
+--state-dir, a restart during an API outage resumes the guard from a node-local checkpoint.
+Defaults are restored only when the node leaves every policy; that is recorded in the
+NodePowerState and as an Event."""
 
 EPILOG = """\
 Every option can also be set through the environment variable named in its help (the
@@ -66,24 +76,20 @@ class Options:
     metrics_endpoint: str | None
     pod_ip: str | None
     kubeconfig: Path | None
+    state_dir: Path | None
     guard_period_s: float
     heartbeat_s: float
     event_namespace: str
     log_level: str
 
 
-def _env(environ: Mapping[str, str], name: str, default: str | None = None) -> str | None:
-    value = environ.get(name, "").strip()
-    return value or default
-
-
 def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
     """The parser; defaults come from `environ`."""
 
-    def env(name: str, default: str | None = None) -> str | None:
-        return _env(environ, name, default)
+    def env(name: str, default: object = None) -> Any:
+        return env_default(environ, name, default)
 
-    parser = argparse.ArgumentParser(
+    parser = OptionParser(
         prog="polca-node",
         description=DESCRIPTION,
         epilog=EPILOG,
@@ -102,6 +108,14 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
         default=env("KUBECONFIG"),
         help="kubeconfig to reach the API server (env KUBECONFIG; default: the pod's service "
         "account, else ~/.kube/config)",
+    )
+    node.add_argument(
+        "--state-dir",
+        type=Path,
+        default=env("POLCA_STATE_DIR"),
+        help="node-local directory (the chart mounts a hostPath) for the checkpoint of what the "
+        "daemon last acted on, so a restart while the API server is down resumes the guard and "
+        "the holds at once (env POLCA_STATE_DIR; default: none, no checkpoint)",
     )
     node.add_argument(
         "--event-namespace",
@@ -143,8 +157,8 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     )
     gpus.add_argument(
         "--guard-period-s",
-        type=float,
-        default=float(env("POLCA_GUARD_PERIOD_S", "0.5") or 0.5),
+        type=seconds,
+        default=env("POLCA_GUARD_PERIOD_S", 0.5),
         help="seconds between GPU samples and local guard checks (env POLCA_GUARD_PERIOD_S; "
         "default %(default)s)",
     )
@@ -159,8 +173,8 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     )
     pods.add_argument(
         "--podresources-interval-s",
-        type=float,
-        default=float(env("POLCA_PODRESOURCES_INTERVAL_S", "5") or 5),
+        type=seconds,
+        default=env("POLCA_PODRESOURCES_INTERVAL_S", 5.0),
         help="seconds between kubelet reads; pod events trigger one at once too (env "
         "POLCA_PODRESOURCES_INTERVAL_S; default %(default)s)",
     )
@@ -181,9 +195,10 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     )
     export.add_argument(
         "--metrics-port",
-        type=int,
-        default=int(env("POLCA_METRICS_PORT", "9400") or 9400),
-        help="port for /metrics and /healthz; 0 picks a free one (env POLCA_METRICS_PORT; "
+        type=port,
+        default=env("POLCA_METRICS_PORT", 9400),
+        help="port for /metrics and /healthz, 1-65535; 0 picks a free one (env "
+        "POLCA_METRICS_PORT; "
         "default %(default)s)",
     )
     export.add_argument(
@@ -201,17 +216,17 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     export.add_argument(
         "--status-heartbeat-s",
         dest="heartbeat_s",
-        type=float,
-        default=float(env("POLCA_STATUS_HEARTBEAT_S", "30") or 30),
+        type=seconds,
+        default=env("POLCA_STATUS_HEARTBEAT_S", 30.0),
         help="NodePowerState is written on change and at least this often (env "
         "POLCA_STATUS_HEARTBEAT_S; default %(default)s)",
     )
     parser.add_argument(
         "--log-level",
         default=env("POLCA_LOG_LEVEL", "INFO"),
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-        type=str.upper,
-        help="log level (env POLCA_LOG_LEVEL; default %(default)s)",
+        type=log_level,
+        metavar="{" + ",".join(LOG_LEVELS) + "}",
+        help="log level, any case (env POLCA_LOG_LEVEL; default %(default)s)",
     )
     return parser
 
@@ -241,6 +256,7 @@ def parse_options(
         metrics_endpoint=args.metrics_endpoint,
         pod_ip=args.pod_ip,
         kubeconfig=args.kubeconfig,
+        state_dir=args.state_dir,
         guard_period_s=args.guard_period_s,
         heartbeat_s=args.heartbeat_s,
         event_namespace=args.event_namespace,
@@ -282,6 +298,7 @@ async def run(options: Options) -> None:
     server = MetricsServer(
         metrics,
         lambda: holder[0].healthy() if holder else (True, "starting"),
+        ready=lambda: holder[0].ready() if holder else (False, "starting"),
         host=options.metrics_host,
         port=options.metrics_port,
     ).start()
@@ -296,6 +313,7 @@ async def run(options: Options) -> None:
         fake_gpu_annotation=options.fake_gpu_annotation,
         metrics_endpoint=endpoint,
         event_namespace=options.event_namespace,
+        state_dir=options.state_dir,
     )
     daemon = NodeDaemon(
         config, _backend(options, metrics), kube, metrics, pod_mapper_factory=pod_mapper

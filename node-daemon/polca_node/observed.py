@@ -4,6 +4,11 @@ Fed by `polca_node.watching` (through `LoopSink`, on the event loop's thread). E
 whether it changed anything, so the daemon reconciles only when needed. A source that has not
 listed successfully yet is "not synced": decisions wait for it (never uncap for lack of
 information), and a failed list or watch leaves the last known-good state in place.
+
+PowerPolicies are read as stored (`ApiModel.from_stored`: unknown fields of a newer CRD
+ignored, near-integers taken as the server takes them). One that still cannot be read is
+*unknown*, never absent (safety rule 6): it is kept in `unreadable`, with the nodes it may
+select, and its last good version (if this process saw one) stays in `policies`.
 """
 
 from __future__ import annotations
@@ -17,10 +22,21 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from polca.api.meta import LabelSelector
 from polca.api.powerpolicy import PowerPolicy
+from polca.control.selectors import Selector
 from polca.control.tiers import PodFacts
+from polca_node.podresources.devices import is_gpu_resource
 
-__all__ = ["LoopSink", "ObservedCluster", "PodInfo", "PodKey", "pod_info"]
+__all__ = [
+    "LoopSink",
+    "ObservedCluster",
+    "PodInfo",
+    "PodKey",
+    "UnreadablePolicy",
+    "pod_info",
+    "unreadable_policy",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +56,7 @@ class PodInfo:
     priority: int | None = None
     phase: str = ""
     created: str = ""  # metadata.creationTimestamp (RFC 3339 sorts as text)
+    gpus_requested: int = 0  # GPUs its containers ask for (device-plugin resources)
 
     @property
     def key(self) -> PodKey:
@@ -52,6 +69,29 @@ class PodInfo:
 
     def facts(self) -> PodFacts:
         return PodFacts(self.namespace, self.name, dict(self.labels), self.priority)
+
+
+def _gpus_requested(spec: Mapping[str, Any]) -> int:
+    """GPUs the pod's containers ask for. Extended resources must be in limits (requests, if
+    given, equal them); init containers run before and count separately, so the larger."""
+
+    def total(containers: Any) -> int:
+        count = 0
+        for container in containers if isinstance(containers, list) else ():
+            resources = container.get("resources") if isinstance(container, Mapping) else None
+            if not isinstance(resources, Mapping):
+                continue
+            limits: dict[str, Any] = {}
+            for kind in ("requests", "limits"):  # limits win where both are given
+                given = resources.get(kind)
+                limits.update(given if isinstance(given, Mapping) else {})
+            for name, value in limits.items():
+                if is_gpu_resource(str(name)):
+                    with contextlib.suppress(TypeError, ValueError):
+                        count += max(int(value), 0)
+        return count
+
+    return max(total(spec.get("containers")), total(spec.get("initContainers")))
 
 
 def pod_info(obj: Mapping[str, Any]) -> PodInfo:
@@ -67,7 +107,47 @@ def pod_info(obj: Mapping[str, Any]) -> PodInfo:
         priority=int(priority) if isinstance(priority, int) else None,
         phase=str((obj.get("status") or {}).get("phase", "")),
         created=str(meta.get("creationTimestamp", "")),
+        gpus_requested=_gpus_requested(spec),
     )
+
+
+@dataclass(frozen=True)
+class UnreadablePolicy:
+    """A stored PowerPolicy (its latest version) this daemon cannot read."""
+
+    name: str
+    error: str
+    # The nodes it selects, when that much can be read and says something; None: any node.
+    selector: Selector | None = None
+
+    def may_select(self, node_labels: Mapping[str, str]) -> bool:
+        return self.selector is None or self.selector.matches(node_labels)
+
+
+def _describe(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    first_error = f"{where}: {first['msg']}" if where else first["msg"]
+    return f"{exc.error_count()} validation error(s), first {first_error}"
+
+
+def unreadable_policy(name: str, obj: Mapping[str, Any], exc: ValidationError) -> UnreadablePolicy:
+    """What is known of a policy that does not parse: its selector, if it is a usable one.
+
+    An empty, missing or unreadable selector cannot tell which nodes the policy is meant for
+    (safety rule 7: nothing widens a policy by accident, nothing narrows an unknown one), so
+    such a policy may select any node.
+    """
+    raw = (obj.get("spec") or {}).get("nodeSelector")
+    selector: Selector | None = None
+    if isinstance(raw, Mapping):
+        try:
+            selector = LabelSelector.from_stored(raw).to_selector()
+        except ValidationError:
+            selector = None
+    if selector is not None and selector.empty:
+        selector = None
+    return UnreadablePolicy(name, _describe(exc), selector)
 
 
 class ObservedCluster:
@@ -77,7 +157,8 @@ class ObservedCluster:
         self.node_name = node_name
         self.node_labels: dict[str, str] | None = None  # None: our Node is not known (yet)
         self.policies: dict[str, PowerPolicy] = {}
-        self.policy_errors: dict[str, str] = {}  # name → why its latest version was refused
+        # Policies whose latest version cannot be read, by name.
+        self.unreadable: dict[str, UnreadablePolicy] = {}
         self.pods: dict[PodKey, PodInfo] = {}
         self.policies_synced = False
         self.pods_synced = False
@@ -106,16 +187,17 @@ class ObservedCluster:
     # -- PowerPolicies -----------------------------------------------------------------------
 
     def replace_policies(self, items: list[dict[str, Any]]) -> bool:
-        before = dict(self.policies)
+        before = (dict(self.policies), dict(self.unreadable))
         items = [i for i in items if not _being_deleted(i)]
         listed = {str((i.get("metadata") or {}).get("name")) for i in items}
         for name in set(self.policies) - listed:
             del self.policies[name]
-            self.policy_errors.pop(name, None)
+        for name in set(self.unreadable) - listed:
+            del self.unreadable[name]
         for item in items:
             self._store_policy(item)
         self.policies_synced = True
-        return before != self.policies or not before
+        return before != (self.policies, self.unreadable) or not before[0]
 
     def apply_policy(self, event_type: str, obj: Mapping[str, Any]) -> bool:
         name = str((obj.get("metadata") or {}).get("name"))
@@ -123,23 +205,27 @@ class ObservedCluster:
             # A policy being deleted is gone for the node: the operator's finalizer holds the
             # object until every node has restored its GPUs, so waiting for DELETED would
             # deadlock with it.
-            self.policy_errors.pop(name, None)
-            return self.policies.pop(name, None) is not None
-        before = self.policies.get(name)
+            unknown = self.unreadable.pop(name, None)
+            return self.policies.pop(name, None) is not None or unknown is not None
+        before = (self.policies.get(name), self.unreadable.get(name))
         self._store_policy(obj)
-        return self.policies.get(name) != before
+        return (self.policies.get(name), self.unreadable.get(name)) != before
 
     def _store_policy(self, obj: Mapping[str, Any]) -> None:
         name = str((obj.get("metadata") or {}).get("name"))
         try:
-            self.policies[name] = PowerPolicy.model_validate(obj)
-            self.policy_errors.pop(name, None)
+            self.policies[name] = PowerPolicy.from_stored(obj)
+            self.unreadable.pop(name, None)
         except ValidationError as exc:
-            # Safety rule 5: a version we cannot read never undoes what the last good one set.
-            message = f"{exc.error_count()} validation error(s): {exc.errors()[0]['msg']}"
-            if self.policy_errors.get(name) != message:
-                logger.warning("PowerPolicy %s: keeping its last good version: %s", name, message)
-            self.policy_errors[name] = message
+            # Safety rules 5 and 6: a version we cannot read is unknown, not absent; it never
+            # undoes what the last good one set (kept in `policies`).
+            unknown = unreadable_policy(name, obj, exc)
+            if self.unreadable.get(name) != unknown:
+                kept = (
+                    "keeping its last good version" if name in self.policies else "no version read"
+                )
+                logger.warning("PowerPolicy %s cannot be read (%s): %s", name, kept, unknown.error)
+            self.unreadable[name] = unknown
 
     # -- Pods --------------------------------------------------------------------------------
 

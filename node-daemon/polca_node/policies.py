@@ -13,6 +13,11 @@ Rules (issue 4, DESIGN.md safety rules):
   nothing, and while one exists the node only tightens (mode TIGHTEN): the daemon never lifts a
   limit for lack of information. Likewise nothing is written until the node's labels, the
   policies, the pods and the record of what the node had before are all known (mode HOLD);
+- a stored policy the daemon cannot read is *unknown*, never absent (safety rule 6): while one
+  may select the node, the node only tightens (TIGHTEN) or, without a readable enforcing
+  policy, holds (HOLD) — it never restores for it;
+- a GPU whose holder the kubelet and the pod watch disagree about (`owner_conflict`) is only
+  tightened, whatever the mode says for the others (`polca_node.tiering.check_owners`);
 - defaults are restored only when the node was managed and no enforcing policy selects it any
   more (mode RESTORE).
 """
@@ -29,7 +34,8 @@ from polca.api.stages import Stage
 from polca.control.actions import UNLIMITED, most_restrictive
 from polca.control.plan import GpuLimits, ResolvedAction
 from polca.control.tiers import PodFacts
-from polca_node.tiering import GpuTier, gpu_tiers
+from polca_node.observed import UnreadablePolicy
+from polca_node.tiering import GpuTier, OwnerConflict, gpu_tiers
 
 __all__ = [
     "DecisionInputs",
@@ -71,6 +77,11 @@ class DecisionInputs:
     previously_managed: bool | None
     # Per policy name, the local guard's extra action per GPU index.
     guard_actions: Mapping[str, Mapping[int, ResolvedAction]] = field(default_factory=dict)
+    # Stored policies whose latest version cannot be read.
+    unreadable: Sequence[UnreadablePolicy] = ()
+    # GPUs whose holder the kubelet and the pod watch disagree about (`gpu_pods` names the
+    # candidate holders): they may only be tightened.
+    owner_conflict: OwnerConflict | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +127,15 @@ class NodeDecision:
     reason: str
     policies: tuple[PolicyOutcome, ...] = ()
     gpus: Mapping[int, GpuDecision] = field(default_factory=dict)
+    # Unreadable policies that may select the node: the reason it holds or only tightens.
+    unreadable: tuple[UnreadablePolicy, ...] = ()
+    # GPUs whose holder is unknown: in ENFORCE they are only tightened, like all in TIGHTEN.
+    owner_conflict: OwnerConflict | None = None
+
+    @property
+    def unconfirmed_gpus(self) -> frozenset[int]:
+        conflict = self.owner_conflict
+        return conflict.gpus if conflict is not None else frozenset()
 
     @property
     def managed(self) -> bool:
@@ -131,8 +151,8 @@ class NodeDecision:
 def selecting_policies(
     policies: Sequence[PowerPolicy], node_labels: Mapping[str, str]
 ) -> list[PowerPolicy]:
-    """The policies whose nodeSelector matches the node, by name."""
-    chosen = [p for p in policies if p.spec.node_selector.matches(node_labels)]
+    """The policies that select the node (nodeSelector or allNodes), by name."""
+    chosen = [p for p in policies if p.spec.selects(node_labels)]
     return sorted(chosen, key=lambda p: p.metadata.name or "")
 
 
@@ -215,19 +235,31 @@ def _unknown(inputs: DecisionInputs) -> str | None:
     return None
 
 
+def _unreadable_reason(unreadable: Sequence[UnreadablePolicy]) -> str:
+    names = ", ".join(u.name for u in unreadable)
+    return f"cannot read PowerPolicy {names}, which may select this node"
+
+
 def decide_node(inputs: DecisionInputs) -> NodeDecision:
     """The node's decision: a mode, and per GPU the settings to enforce and to report."""
     waiting_for = _unknown(inputs)
     if waiting_for is not None or inputs.policies is None or inputs.node_labels is None:
         return NodeDecision(Mode.HOLD, waiting_for or "")
+    unreadable = tuple(u for u in inputs.unreadable if u.may_select(inputs.node_labels))
     selecting = selecting_policies(inputs.policies, inputs.node_labels)
     if not any(not p.spec.dry_run for p in selecting):
+        if unreadable:
+            # It may be the very policy that managed the node: hold, never restore for it.
+            reason = f"{_unreadable_reason(unreadable)}: holding the last applied limits"
+            return NodeDecision(Mode.HOLD, reason, unreadable=unreadable)
         if inputs.previously_managed:
             return NodeDecision(Mode.RESTORE, "the node left every enforcing policy")
         if not selecting:
             return NodeDecision(Mode.UNMANAGED, "no PowerPolicy selects this node")
     if inputs.gpu_pods is None:
-        return NodeDecision(Mode.HOLD, "which pod holds which GPU is not known yet")
+        return NodeDecision(
+            Mode.HOLD, "which pod holds which GPU is not known yet", unreadable=unreadable
+        )
 
     outcomes = tuple(_outcome(p, inputs, inputs.gpu_pods) for p in selecting)
     enforcing = [o for o in outcomes if o.enforcing]
@@ -235,6 +267,8 @@ def decide_node(inputs: DecisionInputs) -> NodeDecision:
     waiting = [o.name for o in enforcing if o.stage is None]
     if not enforcing:
         mode, reason = Mode.UNMANAGED, "only dry-run policies select this node"
+    elif unreadable:
+        mode, reason = Mode.TIGHTEN, f"{_unreadable_reason(unreadable)}: only tightening"
     elif waiting:
         mode, reason = Mode.TIGHTEN, f"no decision yet from {', '.join(waiting)}: only tightening"
     else:
@@ -242,4 +276,4 @@ def decide_node(inputs: DecisionInputs) -> NodeDecision:
             Mode.ENFORCE,
             "enforcing " + ", ".join(f"{o.name}/{o.stage}" for o in enforcing),
         )
-    return NodeDecision(mode, reason, outcomes, gpus)
+    return NodeDecision(mode, reason, outcomes, gpus, unreadable, inputs.owner_conflict)

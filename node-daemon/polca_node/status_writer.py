@@ -62,6 +62,8 @@ GPU_WRITE_FAILED = "GpuWriteFailed"
 DRY_RUN = "DryRun"
 DEFAULTS_RESTORED = "DefaultsRestored"
 GPU_READ_FAILED = "GpuReadFailed"
+POLICY_UNREADABLE = "PolicyUnreadable"
+GPU_OWNERS_UNKNOWN = "GpuOwnersUnknown"
 
 # Fields that change with every sample: refreshed by the heartbeat, never a reason to write.
 _VOLATILE = ("heartbeatTime", "powerWatts", "nodePowerWatts")
@@ -89,7 +91,7 @@ def previous_record(obj: Mapping[str, Any] | None) -> PreviousRecord:
     policies: list[AppliedPolicy] = []
     for entry in status.get("policies") or ():
         try:
-            policies.append(AppliedPolicy.model_validate(entry))
+            policies.append(AppliedPolicy.from_stored(entry))
         except ValidationError:
             logger.warning("ignoring an unreadable policies entry in our NodePowerState")
     ceilings: dict[int, int | None] = {}
@@ -100,7 +102,7 @@ def previous_record(obj: Mapping[str, Any] | None) -> PreviousRecord:
     conditions: list[Condition] = []
     for entry in status.get("conditions") or ():
         try:
-            conditions.append(Condition.model_validate(entry))
+            conditions.append(Condition.from_stored(entry))
         except ValidationError:
             continue
     uid = str((obj.get("metadata") or {}).get("uid", ""))
@@ -241,6 +243,28 @@ def _conditions(status: NodePowerStateStatus, inputs: StatusInputs) -> NodePower
         status = status.with_condition(
             GPU_READ_FAILED, "True" if errors else "False",
             "GpuUnreadable" if errors else "GpusReadable", message[:MAX_MESSAGE], now=now,
+        )  # fmt: skip
+    unreadable = decision.unreadable
+    if unreadable or status.condition(POLICY_UNREADABLE) is not None:
+        message = (
+            "; ".join(f"{u.name}: {u.error}" for u in unreadable)
+            + ". Holding the last applied limits (never restoring) until it can be read"
+            if unreadable
+            else "every PowerPolicy that may select this node can be read"
+        )
+        status = status.with_condition(
+            POLICY_UNREADABLE, "True" if unreadable else "False",
+            "UnreadablePolicy" if unreadable else "PoliciesReadable", message[:MAX_MESSAGE],
+            now=now,
+        )  # fmt: skip
+    conflict = decision.owner_conflict
+    if conflict is not None or status.condition(GPU_OWNERS_UNKNOWN) is not None:
+        status = status.with_condition(
+            GPU_OWNERS_UNKNOWN, "True" if conflict is not None else "False",
+            "SourcesDisagree" if conflict is not None else "SourcesAgree",
+            conflict.describe()[:MAX_MESSAGE] if conflict is not None
+            else "the kubelet and the pod watch agree on which pod holds each GPU",
+            now=now,
         )  # fmt: skip
     if inputs.restored or status.condition(DEFAULTS_RESTORED) is not None:
         status = status.with_condition(

@@ -8,7 +8,12 @@ Two ways to learn which pod holds a GPU:
   annotation (`polca.dev/fake-gpus: "2"`) and `assign_fake_gpus` gives them GPU indices,
   deterministically and stickily (a pod keeps its GPUs while it exists).
 
-Either way a failed read keeps the last known-good mapping (safety rule 3).
+Either way a failed read keeps the last known-good mapping (safety rule 3). A read that
+succeeds but disagrees with the pod watch is not trusted either (safety rule 6,
+`check_owners`): when the kubelet lists no GPU for a pod the watch shows alive and holding or
+asking for GPUs (an empty answer from a restarting kubelet, say), the GPUs that pod may hold
+are *unconfirmed*: they keep their limits and may only be tightened, never lifted, until the
+two sources agree again.
 
 The tier is per policy (each policy has its own tier rules): `gpu_tiers` resolves it with
 `polca.control.tiers.resolve_tier`; a GPU without a pod is in the `idle` tier. A GPU shared by
@@ -31,8 +36,11 @@ __all__ = [
     "DEFAULT_FAKE_GPU_ANNOTATION",
     "GpuOwners",
     "GpuTier",
+    "OwnerCheck",
+    "OwnerConflict",
     "PodResourcesMapper",
     "assign_fake_gpus",
+    "check_owners",
     "fake_gpu_owners",
     "gpu_pod_facts",
     "gpu_tiers",
@@ -114,6 +122,87 @@ def gpu_pod_facts(
         )
         for index, keys in owners.items()
     }
+
+
+@dataclass(frozen=True)
+class OwnerConflict:
+    """The kubelet and the pod watch disagree: these pods hold or ask for GPUs the kubelet
+    does not give them, so these GPUs' holders are unknown."""
+
+    gpus: frozenset[int]
+    pods: tuple[PodKey, ...]
+
+    def describe(self) -> str:
+        pods = ", ".join(f"{namespace}/{name}" for namespace, name in self.pods)
+        gpus = ", ".join(str(i) for i in sorted(self.gpus))
+        return (
+            f"the kubelet (PodResources) lists no GPU for {pods}, which the pod watch shows "
+            f"holding or asking for GPUs: GPUs {gpus} keep their limits (only tightened) until "
+            "the two agree"
+        )
+
+
+@dataclass(frozen=True)
+class OwnerCheck:
+    """The kubelet's GPU owners checked against the pod watch (`check_owners`)."""
+
+    owners: dict[int, tuple[PodKey, ...]]  # what to decide with
+    conflict: OwnerConflict | None
+    # The GPUs each live pod held when the kubelet last listed it: the next check's memory.
+    remembered: dict[PodKey, tuple[int, ...]]
+
+
+def _alive(pod: PodInfo | None) -> bool:
+    return pod is not None and not pod.finished
+
+
+def check_owners(
+    listed: GpuOwners,
+    pods: Mapping[PodKey, PodInfo],
+    remembered: Mapping[PodKey, tuple[int, ...]],
+    gpu_indices: Iterable[int],
+) -> OwnerCheck:
+    """Check the kubelet's answer (`listed`) against the pod watch (`pods`). Pure.
+
+    A pod the kubelet does not list is *missing* when the watch shows it alive and either it
+    held GPUs in an earlier answer (`remembered`) or it runs asking for GPUs. A GPU the
+    kubelet calls free may then be a missing pod's: one it held before, or any free GPU for
+    a missing pod never listed. Such a GPU gets the missing pods as its candidate holders, so
+    its tier is the one throttled last among them (as for a shared GPU), and is unconfirmed.
+    """
+    listed_pods = {key for keys in listed.values() for key in keys}
+    # What each pod held when the kubelet last listed it; a pod listed now, what it holds now.
+    memory: dict[PodKey, tuple[int, ...]] = {
+        key: held
+        for key, held in remembered.items()
+        if key not in listed_pods and _alive(pods.get(key))
+    }
+    for index, keys in sorted(listed.items()):
+        for key in keys:
+            memory[key] = (*memory.get(key, ()), index)
+    held_before = {key: held for key, held in memory.items() if key not in listed_pods}
+    never_listed = tuple(
+        sorted(
+            key
+            for key, pod in pods.items()
+            if key not in listed_pods
+            and key not in held_before
+            and pod.phase == "Running"
+            and pod.gpus_requested > 0
+        )
+    )
+    candidates: dict[int, tuple[PodKey, ...]] = {}
+    for index in gpu_indices:
+        if index in listed:
+            continue
+        before = tuple(key for key, held in sorted(held_before.items()) if index in held)
+        if before or never_listed:
+            candidates[index] = (*before, *never_listed)
+    owners = {**{index: tuple(keys) for index, keys in listed.items()}, **candidates}
+    if not candidates:
+        return OwnerCheck(owners, None, memory)
+    missing = tuple(sorted({key for keys in candidates.values() for key in keys}))
+    return OwnerCheck(owners, OwnerConflict(frozenset(candidates), missing), memory)
 
 
 @dataclass(frozen=True)

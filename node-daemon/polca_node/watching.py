@@ -12,7 +12,10 @@ Why plain watches in threads and not Kopf (see also `polca_node.kube_client`):
 
 Rules: a successful list is authoritative and replaces the sink's state (`replace`); watch
 events update it (`apply`); a failed list or watch never clears it (`failed`, safety rule 3),
-it is retried with exponential backoff. A `410 Gone` (too old a resource version) lists again.
+it is retried after a capped, fully jittered backoff (`polca_node.backoff`: at most 1 s, so the
+daemon is back within about a second of the API server). A `410 Gone` (too old a resource
+version) forgets that version and lists again; a watch that ends at once without events, and
+a 410 right after a fresh list, back off too, so a misbehaving server never makes us spin.
 Server-side selectors restrict what is listed (`fieldSelector=spec.nodeName=<node>` for pods).
 """
 
@@ -20,10 +23,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from polca_node.backoff import Backoff
 from polca_node.kube_client import ApiError, KubeClient, WatchStream
 
 __all__ = ["WatchSink", "WatchTarget", "Watcher"]
@@ -34,6 +39,11 @@ logger = logging.getLogger(__name__)
 WATCH_TIMEOUT_S = 290
 # A socket that hears nothing (not even a bookmark, sent about every minute) for this long is dead.
 READ_TIMEOUT_S = WATCH_TIMEOUT_S + 30
+# A watch that ends sooner than this without a single event made no progress: back off before
+# the next one, or a server (or proxy) that closes watches at once makes us spin.
+QUICK_END_S = 1.0
+# During an outage, repeat the failure warning at most this often (each retry is logged at debug).
+WARN_EVERY_S = 30.0
 
 
 class WatchSink(Protocol):
@@ -80,18 +90,20 @@ class Watcher:
         target: WatchTarget,
         sink: WatchSink,
         *,
-        min_backoff_s: float = 0.5,
-        max_backoff_s: float = 30.0,
+        backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
         self._target = target
         self._sink = sink
-        self._min_backoff_s = min_backoff_s
-        self._max_backoff_s = max_backoff_s
+        self._backoff = backoff or Backoff()
+        self._clock = clock
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._stream: WatchStream | None = None
         self._resource_version: str | None = None  # of the last list or event seen
+        self._events = 0  # events handled so far: progress, which resets the backoff
+        self._warned_s = float("-inf")  # when a failure was last logged as a warning
         self._thread = threading.Thread(target=self._run, name=f"watch-{target.name}", daemon=True)
 
     def start(self) -> Watcher:
@@ -113,48 +125,71 @@ class Watcher:
         return self._thread.is_alive()
 
     def _run(self) -> None:
-        resource_version: str | None = None
-        backoff_s = self._min_backoff_s
+        gone_in_a_row = 0
         while not self._stopping.is_set():
+            events_before = self._events
             try:
-                if resource_version is None:
-                    resource_version = self._list()
-                self._watch(resource_version)
-                # The stream ended normally (server timeout): watch again from where we are.
-                resource_version = self._resource_version or resource_version
-                backoff_s = self._min_backoff_s
+                if self._resource_version is None:
+                    self._list()
+                    self._backoff.reset()  # the server answered with the complete set
+                started_s = self._clock()
+                self._watch(self._resource_version or "")
+                # The stream ended without an error: the server's timeoutSeconds, or a server
+                # (or proxy) that ends every watch at once. Only the first is progress.
+                if self._events == events_before and self._clock() - started_s < QUICK_END_S:
+                    self._pause("the watch ended at once without events")
+                    continue
+                self._backoff.reset()
+                gone_in_a_row = 0
             except ApiError as exc:
                 if self._stopping.is_set():
                     break
+                if self._events != events_before:
+                    self._backoff.reset()
                 if exc.gone:
+                    # Too old a version: forget it before listing again, so a failing relist
+                    # can never send us back to watching from it.
                     logger.info("%s: resource version expired, listing again", self._target.name)
-                    resource_version = None
+                    self._resource_version = None
+                    gone_in_a_row += 1
+                    if gone_in_a_row > 1:  # a fresh list expired at once: do not spin
+                        self._pause("the resource version expired again")
                     continue
-                resource_version = self._resource_version or resource_version
-                self._fail(exc, backoff_s)
-                backoff_s = min(backoff_s * 2, self._max_backoff_s)
+                self._fail(exc)
             except Exception as exc:
                 # A malformed answer or a bug in a sink must not end the watch for good: list
                 # again after a pause.
                 if self._stopping.is_set():
                     break
                 logger.exception("%s: unexpected failure", self._target.name)
-                resource_version = None
-                self._fail(exc, backoff_s)
-                backoff_s = min(backoff_s * 2, self._max_backoff_s)
+                self._resource_version = None
+                self._fail(exc)
 
-    def _fail(self, exc: Exception, backoff_s: float) -> None:
-        logger.warning("%s: %s; retrying in %.1f s", self._target.name, exc, backoff_s)
+    def _pause(self, why: str) -> None:
+        delay_s = self._backoff.next_s()
+        logger.debug("%s: %s; again in %.2f s", self._target.name, why, delay_s)
+        self._stopping.wait(delay_s)
+
+    def _fail(self, exc: Exception) -> None:
+        first = self._backoff.attempt == 0
+        delay_s = self._backoff.next_s()
+        # Retries come every ~0.5 s during an outage: warn on the first failure and then at most
+        # every WARN_EVERY_S, the others at debug level, so an outage does not flood the log.
+        now_s = self._clock()
+        quiet = not first and now_s - self._warned_s < WARN_EVERY_S
+        if not quiet:
+            self._warned_s = now_s
+        level = logging.DEBUG if quiet else logging.WARNING
+        logger.log(level, "%s: %s; retrying in %.2f s", self._target.name, exc, delay_s)
         self._sink.failed(exc)
-        self._stopping.wait(backoff_s)
+        self._stopping.wait(delay_s)
 
-    def _list(self) -> str:
+    def _list(self) -> None:
         listing = self._client.request("GET", self._target.path, params=self._target.params())
         items: list[dict[str, Any]] = list(listing.get("items") or [])
         version = str(listing["metadata"]["resourceVersion"])
         self._sink.replace(items)
         self._resource_version = version
-        return version
 
     def _watch(self, resource_version: str) -> None:
         params = {
@@ -184,6 +219,7 @@ class Watcher:
             raise ApiError(
                 int(obj.get("code") or 0), str(obj.get("reason", "")), str(obj.get("message", ""))
             )
+        self._events += 1
         version = (obj.get("metadata") or {}).get("resourceVersion")
         if version:
             self._resource_version = str(version)

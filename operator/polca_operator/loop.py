@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from polca.api.powerpolicy import LAST_APPLIED
 from polca.api.semantic import Problem
 from polca.control.controller import ControllerState, Decision, decide
 from polca.control.plan import ControlPlan
@@ -173,8 +174,9 @@ class ControlLoop:
 
     async def cycle(self, body: Mapping[str, Any], view: ClusterView) -> CycleOutcome:
         started_s = self._deps.monotonic()
-        generation = (body.get("metadata") or {}).get("generation")
-        self._update_spec(body.get("spec") or {}, generation)
+        metadata = body.get("metadata") or {}
+        generation = metadata.get("generation")
+        self._update_spec(body.get("spec") or {}, generation, metadata.get("annotations"))
         parsed = self._parsed
         if parsed is None or self._state is None:
             assert self._spec_problem is not None  # no plan without a problem to say why
@@ -245,12 +247,19 @@ class ControlLoop:
         self._deps.health.beat(self.name, self.interval_s)
         return CycleOutcome(decision, reading, wrote, problems)
 
-    def _update_spec(self, raw_spec: Mapping[str, Any], generation: Any) -> None:
+    def _update_spec(
+        self, raw_spec: Mapping[str, Any], generation: Any, annotations: Any = None
+    ) -> None:
         """Parse a new generation; keep the last valid plan when it does not parse."""
-        if generation == self._generation and (self._parsed or self._spec_problem):
+        annotations = annotations if isinstance(annotations, Mapping) else {}
+        # kubectl apply may change only the annotation (no new generation), which matters.
+        version = (generation, annotations.get(LAST_APPLIED))
+        if version == self._generation and (self._parsed or self._spec_problem):
             return
-        self._generation = generation
-        parsed = parse_spec(raw_spec, generation if isinstance(generation, int) else None)
+        self._generation = version
+        parsed = parse_spec(
+            raw_spec, generation if isinstance(generation, int) else None, annotations
+        )
         if isinstance(parsed, Problem):
             log.warning("PowerPolicy %s: %s: %s", self.name, parsed.reason, parsed.message)
             self._spec_problem = parsed

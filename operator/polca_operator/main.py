@@ -17,6 +17,16 @@ from collections.abc import Mapping, Sequence
 
 import kopf
 
+from polca.options import (
+    LOG_LEVELS,
+    OptionParser,
+    count,
+    env_default,
+    log_level,
+    port,
+    seconds,
+    seconds_or_inf,
+)
 from polca_operator.handlers import OperatorConfig, register
 from polca_operator.restore import DEFAULT_RESTORE_WAIT_S
 from polca_operator.telemetry import DEFAULT_TIMEOUT_S
@@ -29,7 +39,6 @@ DEFAULT_DAEMON_METRICS_PORT = 9400  # the chart's node.metricsPort
 # Peers that stop refreshing are considered dead after this long: the standby's takeover time
 # after a crash (a clean exit hands over at once).
 DEFAULT_PEERING_LIFETIME_S = 15
-LOG_LEVELS = ("debug", "info", "warning", "error")
 # Start-time priorities stay below this: 2**53 keeps them exact in JSON consumers.
 PRIORITY_CEILING = 2**53
 
@@ -67,19 +76,18 @@ def default_priority(now_s: float | None = None, jitter: int | None = None) -> i
 
 
 def _daemon_port(text: str) -> frozenset[int] | None:
+    """`any`, or one port by the shared rules (`polca.options.port`), 0 excluded: a daemon's
+    published endpoint always names its real port."""
     if text.strip().lower() == "any":
         return None
-    try:
-        port = int(text)
-    except ValueError:
-        port = 0
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535) or 'any'")
-    return frozenset({port})
+    value = port(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a port number, 1-65535, or 'any'")
+    return frozenset({value})
 
 
 def parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = OptionParser(
         prog="polca-operator",
         description=DESCRIPTION,
         epilog=EPILOG,
@@ -87,9 +95,9 @@ def parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> argparse.N
     )
     parser.add_argument(
         "--metrics-port",
-        type=int,
-        default=int(env.get("POLCA_METRICS_PORT") or DEFAULT_METRICS_PORT),
-        help="port of /metrics and /healthz (default %(default)s)",
+        type=port,
+        default=env_default(env, "POLCA_METRICS_PORT", DEFAULT_METRICS_PORT),
+        help="port of /metrics and /healthz, 1-65535; 0 picks a free one (default %(default)s)",
     )
     parser.add_argument(
         "--metrics-host",
@@ -114,7 +122,7 @@ def parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> argparse.N
     )
     parser.add_argument(
         "--peering-lifetime",
-        type=int,
+        type=count,
         default=DEFAULT_PEERING_LIFETIME_S,
         metavar="SECONDS",
         help="after this long without a keep-alive a peer counts as dead (default %(default)s)",
@@ -128,14 +136,14 @@ def parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> argparse.N
     )
     parser.add_argument(
         "--telemetry-timeout",
-        type=float,
+        type=seconds,
         default=DEFAULT_TIMEOUT_S,
         metavar="SECONDS",
         help="timeout of each Prometheus query and metrics scrape (default %(default)s)",
     )
     parser.add_argument(
         "--restore-wait",
-        type=float,
+        type=seconds_or_inf,
         default=DEFAULT_RESTORE_WAIT_S,
         metavar="SECONDS",
         help="how long a deleted policy waits for its nodes to restore defaults before it "
@@ -144,20 +152,21 @@ def parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> argparse.N
     parser.add_argument(
         "--daemon-metrics-port",
         type=_daemon_port,
-        default=env.get("POLCA_DAEMON_METRICS_PORT") or str(DEFAULT_DAEMON_METRICS_PORT),
+        default=env_default(env, "POLCA_DAEMON_METRICS_PORT", str(DEFAULT_DAEMON_METRICS_PORT)),
         metavar="PORT|any",
         help="the only port a daemon's published metrics endpoint may use; 'any' for test "
         "rigs with one daemon per port (env POLCA_DAEMON_METRICS_PORT, default %(default)s)",
     )
     parser.add_argument(
         "--log-level",
-        choices=LOG_LEVELS,
-        default=(env.get("POLCA_LOG_LEVEL") or "info").lower(),
-        help="default %(default)s",
+        type=log_level,
+        metavar="{" + ",".join(LOG_LEVELS) + "}",
+        default=env_default(env, "POLCA_LOG_LEVEL", "INFO"),
+        help="log level, any case (default %(default)s)",
     )
     args = parser.parse_args(argv)
-    if args.log_level not in LOG_LEVELS:
-        parser.error(f"POLCA_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+    # Kopf and this module speak lower case (`kopf.configure(debug=...)`).
+    args.log_level = args.log_level.lower()
     return args
 
 
@@ -189,6 +198,7 @@ def credentials_problem() -> str | None:
     """Why no Kubernetes credentials can be found (None when they can), checked before Kopf
     starts: Kopf would log the failure and keep running without doing anything."""
     import kubernetes.config
+    import yaml
 
     try:
         kubernetes.config.load_incluster_config()
@@ -199,6 +209,13 @@ def credentials_problem() -> str | None:
             return (
                 f"no Kubernetes credentials ({exc}); set KUBECONFIG or run in a pod with a "
                 "service account"
+            )
+        except (ValueError, yaml.YAMLError, TypeError, KeyError, AttributeError) as exc:
+            # A file that is not a kubeconfig (binary, bad YAML, missing parts): one line,
+            # never a traceback. UnicodeDecodeError is a ValueError.
+            return (
+                f"the kubeconfig is not usable ({type(exc).__name__}: {str(exc)[:200]}); set "
+                "KUBECONFIG to a kubeconfig file or run in a pod with a service account"
             )
     return None
 

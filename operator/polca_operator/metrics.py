@@ -165,6 +165,10 @@ class Health:
     def forget(self, policy: str) -> None:
         self._loops.pop(policy, None)
 
+    def loops(self) -> list[str]:
+        """Policies whose control loop runs in this replica."""
+        return sorted(self._loops)
+
     def problems(self) -> list[str]:
         now = self.monotonic()
         return [
@@ -175,7 +179,7 @@ class Health:
 
 
 class MetricsServer:
-    """`/metrics` and `/healthz` on aiohttp, in the operator's event loop."""
+    """`/metrics`, `/healthz` and `/readyz` on aiohttp, in the operator's event loop."""
 
     def __init__(self, metrics: OperatorMetrics, health: Health, *, host: str, port: int):
         self._metrics = metrics
@@ -188,6 +192,7 @@ class MetricsServer:
         app = web.Application()
         app.router.add_get("/metrics", self._serve_metrics)
         app.router.add_get("/healthz", self._serve_health)
+        app.router.add_get("/readyz", self._serve_ready)
         return app
 
     async def start(self) -> None:
@@ -209,3 +214,13 @@ class MetricsServer:
         if problems:
             return web.Response(status=503, text="unhealthy: " + "; ".join(problems) + "\n")
         return web.Response(text="ok\n")
+
+    async def _serve_ready(self, _: web.Request) -> web.Response:
+        """Ready once start-up ran (this server starts last in it) and every control loop this
+        replica runs is fresh. An active replica and a standby (paused by peering, no loops)
+        are both ready: either may serve, and Kopf's peering decides which one acts."""
+        problems = self._health.problems()
+        if problems:
+            return web.Response(status=503, text="not ready: " + "; ".join(problems) + "\n")
+        role = "active" if self._health.loops() else "standby or no policies"
+        return web.Response(text=f"ready ({role})\n")

@@ -160,7 +160,7 @@ def _parse_conditions(raw: Any) -> list[Condition]:
     out: list[Condition] = []
     for item in raw if isinstance(raw, list) else ():
         try:
-            out.append(Condition.model_validate(item))
+            out.append(Condition.from_stored(item))
         except ValidationError:
             continue  # a condition we cannot read is rewritten, not fatal
     return out

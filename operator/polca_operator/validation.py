@@ -1,8 +1,10 @@
 """Spec checks beyond the CRD schema: parse the spec into a plan, and check it against the cluster.
 
-The schema and CEL catch nearly every mistake at `kubectl apply` time. What is left is caught
-here: a spec the models reject (schema drift, an old CRD), and rules that depend on the
-cluster (`polca.api.semantic`). Any problem sets `Ready=False` with its reason.
+The schema and CEL catch nearly every mistake at `kubectl apply` time. The spec is read as
+stored (`from_stored`: unknown fields of a newer CRD ignored, near-integers taken as the server
+takes them), so only what the models really refuse is left to catch here (schema drift, an
+old CRD), with the rules that depend on the cluster (`polca.api.semantic`). Any problem sets
+`Ready=False` with its reason.
 
 A spec that does not parse is not used: the operator keeps enforcing the last valid plan.
 A spec with cluster-dependent problems is used, because each of them can only make it
@@ -20,7 +22,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from polca.api.convert import plan_from_spec
-from polca.api.powerpolicy import PowerPolicySpec
+from polca.api.powerpolicy import (
+    PowerPolicySpec,
+    dropped_labels_message,
+    labels_dropped_by_kubectl,
+)
 from polca.api.semantic import NO_NODES_SELECTED, Problem, semantic_problems
 from polca.control.plan import ControlPlan
 from polca.control.selectors import Selector
@@ -57,16 +63,27 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
-def parse_spec(raw: Mapping[str, Any], generation: int | None) -> ParsedSpec | Problem:
-    """The spec as a plan, or the problem that keeps it from being one."""
+def parse_spec(
+    raw: Mapping[str, Any],
+    generation: int | None,
+    annotations: Mapping[str, str] | None = None,
+) -> ParsedSpec | Problem:
+    """The spec as a plan, or the problem that keeps it from being one. `annotations` (the
+    object's) tell whether kubectl dropped a null label value of the selector."""
     try:
-        spec = PowerPolicySpec.model_validate(dict(raw))
+        spec = PowerPolicySpec.from_stored(dict(raw))
         plan = plan_from_spec(spec)
     except ValidationError as exc:
         return Problem(INVALID_SPEC, _describe(exc))
     except ValueError as exc:  # the plan's own invariants
         return Problem(INVALID_SPEC, str(exc))
-    return ParsedSpec(spec, plan, spec.node_selector.to_selector(), generation)
+    selector = spec.node_selector
+    dropped = labels_dropped_by_kubectl(
+        annotations, selector.match_labels if selector is not None else None
+    )
+    if dropped:
+        return Problem(INVALID_SPEC, dropped_labels_message(dropped))
+    return ParsedSpec(spec, plan, spec.selector(), generation)
 
 
 def is_invalid(problem: Problem) -> bool:

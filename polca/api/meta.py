@@ -90,14 +90,28 @@ class LabelSelectorRequirement(ApiModel):
         return Requirement(self.key, self.operator, frozenset(self.values or ()))
 
 
-class LabelSelector(ApiModel):
-    """A Kubernetes label selector; an empty selector matches every object."""
+# `matchLabels: {key: }` in YAML is a null. The API server would prune it before validation
+# (leaving a selector that selects more nodes than written, or `{}`: every node), so the schema
+# declares the values nullable, which keeps the null for this rule to refuse (safety rule 7).
+LABEL_VALUES_ARE_STRINGS = CelRule(
+    rule="self.all(k, type(self[k]) == string)",
+    message="every label value must be a string: 'key: ' with nothing after it is a null, "
+    'which would drop the label and widen the selector; write key: "" for the empty value',
+)
+# Nullable only in the CRD: the models themselves refuse a null label value.
+MatchLabelValue = Annotated[LabelValue, Field(json_schema_extra={"nullable": True})]
 
-    match_labels: Annotated[dict[LabelKey, LabelValue], Field(max_length=MAX_LABELS)] | None = (
-        Field(
-            default=None,
-            description="Label key/value pairs that must all be present.",
-        )
+
+class LabelSelector(ApiModel):
+    """A Kubernetes label selector; an empty selector matches every object (which is why a
+    PowerPolicy refuses one, and says `allNodes: true` instead)."""
+
+    match_labels: (
+        Annotated[dict[LabelKey, MatchLabelValue], Field(max_length=MAX_LABELS)] | None
+    ) = Field(
+        default=None,
+        description="Label key/value pairs that must all be present.",
+        json_schema_extra=cel_rules(LABEL_VALUES_ARE_STRINGS),
     )
     match_expressions: (
         Annotated[list[LabelSelectorRequirement], Field(max_length=MAX_EXPRESSIONS)] | None

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Final, Literal
 
@@ -15,6 +16,7 @@ from polca.api.conditions import ConditionedStatus
 from polca.api.meta import DnsLabel, LabelSelector, ObjectMeta
 from polca.api.stages import MAX_PERCENT_OF_BUDGET, MAX_STAGES, Stage
 from polca.api.tiers import MAX_TIERS, Tier
+from polca.control.selectors import Selector
 from polca.control.tiers import IDLE_TIER
 
 GROUP = "polca.dev"
@@ -222,6 +224,27 @@ GUARD_STAGE_EXISTS = CelRule(
     message="guard.reactionStage must name a stage in spec.stages",
     field_path=".guard.reactionStage",
 )
+# Safety rule 7: a domain selects every node only when it says so. An empty selector is
+# refused, however it came to be empty (a null label value is refused on its own: see
+# polca.api.meta.LABEL_VALUES_ARE_STRINGS).
+_SELECTS_BY_LABEL = (
+    "has(self.nodeSelector) && ("
+    "(has(self.nodeSelector.matchLabels) && size(self.nodeSelector.matchLabels) > 0) || "
+    "(has(self.nodeSelector.matchExpressions) && size(self.nodeSelector.matchExpressions) > 0))"
+)
+_ALL_NODES = "has(self.allNodes) && self.allNodes"
+SELECTOR_NOT_EMPTY = CelRule(
+    rule=f"{_ALL_NODES} || ({_SELECTS_BY_LABEL})",
+    message="nodeSelector must name nodes by at least one label (matchLabels or "
+    "matchExpressions): an empty selector would select every node. To select every node, "
+    "set allNodes: true instead",
+    field_path=".nodeSelector",
+)
+ALL_NODES_WITHOUT_SELECTOR = CelRule(
+    rule=f"!({_ALL_NODES}) || !({_SELECTS_BY_LABEL})",
+    message="allNodes: true selects every node: leave nodeSelector out, or drop allNodes",
+    field_path=".allNodes",
+)
 PROMQL_NEEDS_PROMETHEUS = CelRule(
     rule="self.nodePower.source != 'promql' || self.telemetry.source == 'prometheus'",
     message="nodePower.source promql needs telemetry.source prometheus",
@@ -239,6 +262,8 @@ class PowerPolicySpec(ApiModel):
     """A power domain (the nodes that share a budget) and how POLCA keeps it in budget."""
 
     SPEC_RULES: ClassVar[tuple[CelRule, ...]] = (
+        SELECTOR_NOT_EMPTY,
+        ALL_NODES_WITHOUT_SELECTOR,
         DEFAULT_TIER_DECLARED,
         ACTIONS_NAME_TIERS,
         FAILSAFE_EXISTS,
@@ -248,10 +273,17 @@ class PowerPolicySpec(ApiModel):
     )
     model_config = ConfigDict(json_schema_extra=cel_rules(*SPEC_RULES))
 
-    node_selector: LabelSelector = Field(
-        description="The nodes of the power domain (a label selector; {} selects every "
-        "node). A node may be in several domains (a row inside a hall): each GPU then gets, "
-        "knob by knob, the most restrictive action of the policies that select its node.",
+    node_selector: LabelSelector | None = Field(
+        default=None,
+        description="The nodes of the power domain: a label selector with at least one "
+        "label (an empty one is refused; see allNodes). A node may be in several domains (a "
+        "row inside a hall): each GPU then gets, knob by knob, the most restrictive action of "
+        "the policies that select its node.",
+    )
+    all_nodes: bool = Field(
+        default=False,
+        description="true: the domain is every node of the cluster, and nodeSelector is left "
+        "out. Selecting every node is never implied by an empty or missing nodeSelector.",
     )
     budget_watts: float = Field(
         gt=0,
@@ -324,7 +356,7 @@ class PowerPolicySpec(ApiModel):
 
     def rule_violations(self) -> list[str]:
         """The cross-field rules the CRD checks with CEL, checked here with the same messages."""
-        out: list[str] = []
+        out = self._selection_violations()
         stage_names = [s.name for s in self.stages]
         tier_names = {t.name for t in self.tiers}
         for field, names in (("stages", stage_names), ("tiers", [t.name for t in self.tiers])):
@@ -358,6 +390,23 @@ class PowerPolicySpec(ApiModel):
         if self.node_power.source == "promql" and self.telemetry.source != "prometheus":
             out.append(f"spec.nodePower.source: {PROMQL_NEEDS_PROMETHEUS.message}")
         return out
+
+    def _selection_violations(self) -> list[str]:
+        selects = self.node_selector is not None and not self.node_selector.to_selector().empty
+        if not self.all_nodes and not selects:
+            return [f"spec.nodeSelector: {SELECTOR_NOT_EMPTY.message}"]
+        if self.all_nodes and selects:
+            return [f"spec.allNodes: {ALL_NODES_WITHOUT_SELECTOR.message}"]
+        return []
+
+    def selector(self) -> Selector:
+        """The domain's nodes as a selector: every node only with allNodes (then empty)."""
+        if self.all_nodes or self.node_selector is None:
+            return Selector()
+        return self.node_selector.to_selector()
+
+    def selects(self, node_labels: Mapping[str, str]) -> bool:
+        return self.selector().matches(node_labels)
 
     def stage_index(self, name: str) -> int:
         """The position of the stage called `name`."""
@@ -409,6 +458,45 @@ class PowerPolicyStatus(ConditionedStatus):
     )
 
 
+# What client-side `kubectl apply` last sent, kept by kubectl on the object.
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def labels_dropped_by_kubectl(
+    annotations: Mapping[str, str] | None, stored_labels: Mapping[str, str] | None
+) -> list[str]:
+    """Keys of spec.nodeSelector.matchLabels the manifest gave no value (`key: `, a null) and
+    the stored selector lacks.
+
+    Client-side `kubectl apply` drops such a null before it sends the object (a null means
+    "delete" to it), so the API server never sees it and cannot refuse it; the selector it
+    stores selects more nodes than the manifest says. Its last-applied annotation keeps the
+    null, which is how the operator and the daemons still notice (safety rule 7).
+    """
+    raw = (annotations or {}).get(LAST_APPLIED)
+    if not raw:
+        return []
+    try:
+        written = json.loads(raw)
+    except ValueError:
+        return []
+    labels: Any = written
+    for key in ("spec", "nodeSelector", "matchLabels"):
+        labels = labels.get(key) if isinstance(labels, dict) else None
+    if not isinstance(labels, dict):
+        return []
+    return sorted(k for k, v in labels.items() if v is None and k not in (stored_labels or {}))
+
+
+def dropped_labels_message(dropped: Iterable[str]) -> str:
+    keys = ", ".join(dropped)
+    return (
+        f"spec.nodeSelector.matchLabels: kubectl apply dropped {keys}, written with no value (a "
+        'null), so the stored selector selects more nodes than the manifest; write key: "" '
+        "for the empty value, or remove the key, and apply again"
+    )
+
+
 class PowerPolicy(ApiModel):
     """A power domain: nodes sharing a power budget, kept under it by throttling GPUs."""
 
@@ -417,3 +505,12 @@ class PowerPolicy(ApiModel):
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: PowerPolicySpec
     status: PowerPolicyStatus | None = None
+
+    @model_validator(mode="after")
+    def _no_label_dropped_by_kubectl(self) -> PowerPolicy:
+        selector = self.spec.node_selector
+        stored = selector.match_labels if selector is not None else None
+        dropped = labels_dropped_by_kubectl(self.metadata.annotations, stored)
+        if dropped:
+            raise ValueError(dropped_labels_message(dropped))
+        return self

@@ -163,14 +163,14 @@ def _map_key_rules(node: JsonDict, out: JsonDict, defs: Mapping[str, JsonDict], 
         checks.append(f"k.matches({_cel_string(names['pattern'])})")
     if not checks:
         return
-    out.setdefault("x-kubernetes-validations", []).append(
-        {
-            "rule": f"self.all(k, {' && '.join(checks)})",
-            "message": f"every key must be {names['description']}"
-            if "description" in names
-            else "every key must satisfy " + " && ".join(checks),
-        }
-    )
+    rule = {
+        "rule": f"self.all(k, {' && '.join(checks)})",
+        "message": f"every key must be {names['description']}"
+        if "description" in names
+        else "every key must satisfy " + " && ".join(checks),
+    }
+    # A new list: the field's own rules may be a list its model shares (json_schema_extra).
+    out["x-kubernetes-validations"] = [*out.get("x-kubernetes-validations", ()), rule]
 
 
 def _cel_string(text: str) -> str:

@@ -27,7 +27,7 @@ def semantic_problems(
     spec: PowerPolicySpec, node_labels: Sequence[Mapping[str, str]]
 ) -> list[Problem]:
     """Problems of `spec` in a cluster whose nodes carry `node_labels` (one mapping per node)."""
-    selected = sum(1 for labels in node_labels if spec.node_selector.matches(labels))
+    selected = sum(1 for labels in node_labels if spec.selects(labels))
     if selected == 0:
         return [
             Problem(

@@ -15,11 +15,14 @@ from typing import Any
 import numpy as np
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from polca.control.plan import ControlPlan, plan_from_dict
+from polca.options import count, positive_number, seconds
 from polca.power.profiles import PROFILES, get_profile
 from polca.sim.domain import DomainConfig, Mix
+from polca.sim.engine import check_steps
 from polca.sim.metrics import Criteria
 from polca.sim.policies import NAMED_PLANS, POLICY_NAMES, GuardSettings, PolicyConfig, make_policy
 from polca.sim.runner import Progress as ProgressFn
@@ -67,14 +70,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     work.add_argument(
         "--duration",
-        type=float,
+        type=seconds,
         default=None,
         metavar="S",
         help="simulated seconds (default: the trace's span, or 3600 for synthetic requests)",
     )
     work.add_argument(
         "--load-scale",
-        type=float,
+        type=positive_number,
         default=None,
         metavar="X",
         help="request rate of the base row as a multiple of the trace's (default: calibrated so "
@@ -82,7 +85,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     work.add_argument(
         "--target-peak-pct",
-        type=float,
+        type=positive_number,
         default=79.0,
         metavar="PCT",
         help="uncapped peak of the base row, %% of budget, for load calibration (default 79, "
@@ -108,13 +111,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     dom.add_argument(
         "--servers",
-        type=int,
+        type=count,
         metavar="N",
         default=40,
         help="servers the budget is provisioned for (default %(default)s)",
     )
     dom.add_argument(
-        "--gpus-per-server", type=int, default=8, metavar="N", help="default %(default)s"
+        "--gpus-per-server", type=count, default=8, metavar="N", help="default %(default)s"
     )
     dom.add_argument(
         "--server-overhead-w",
@@ -170,14 +173,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     pol.add_argument(
         "--telemetry-period",
-        type=float,
+        type=seconds,
         default=1.0,
         metavar="S",
         help="telemetry sampling period (default %(default)s s)",
     )
     pol.add_argument(
         "--control-interval",
-        type=float,
+        type=seconds,
         default=1.0,
         metavar="S",
         help="controller interval (default %(default)s s)",
@@ -217,11 +220,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     sim = p.add_argument_group("simulation")
     sim.add_argument(
-        "--dt", type=float, default=0.1, metavar="S", help="time step (default %(default)s s)"
+        "--dt", type=seconds, default=0.1, metavar="S", help="time step (default %(default)s s)"
     )
     sim.add_argument(
         "--meter-window",
-        type=float,
+        type=seconds,
         default=1.0,
         metavar="S",
         help="averaging window of the metered power (default %(default)s s)",
@@ -275,16 +278,24 @@ def run(args: argparse.Namespace) -> int:
     try:
         return _run(args, err)
     except (TraceError, ValueError, OSError, yaml.YAMLError, ManifestError) as exc:
-        err.print(f"[red]polca simulate: {exc}[/red]")
+        # One line whatever the width, and the message verbatim (it may hold brackets).
+        err.print(f"[red]polca simulate: {escape(str(exc))}[/red]", soft_wrap=True)
         return 2
 
 
 def _load_trace(args: argparse.Namespace) -> tuple[Trace, float, str]:
     if args.trace is not None:
         trace = read_trace(args.trace)
+        if len(trace) > 1 and trace.duration_s <= 0:
+            raise TraceError(
+                f"{args.trace}: all {len(trace)} requests share one timestamp; the simulator "
+                "replays a trace's request rate, so it needs requests spread over time"
+            )
         duration = args.duration if args.duration is not None else max(trace.duration_s, 1.0)
+        check_steps(duration, args.dt)
         return trace, duration, str(args.trace)
     duration = args.duration if args.duration is not None else 3600.0
+    check_steps(duration, args.dt)  # before generating requests for that long
     rng = np.random.default_rng([args.seed, 7])
     return generate(CONV_PARAMS, duration, rng), duration, "synthetic (conv fit)"
 

@@ -43,7 +43,7 @@ from polca.sim.domain import TIER_HIGH, TIER_LOW, TIER_TRAIN, DomainConfig, gpu_
 from polca.sim.policies import PolicyConfig
 from polca.sim.workload import Requests
 
-__all__ = ["BRAKE_CLOCK_PCT", "SimConfig", "SimResult", "simulate"]
+__all__ = ["BRAKE_CLOCK_PCT", "MAX_STEPS", "SimConfig", "SimResult", "check_steps", "simulate"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -52,6 +52,21 @@ BRAKE_CLOCK_PCT = 100.0 * 288 / 1410
 # Plan tier of each server tier: training is throttled like low-priority inference.
 PLAN_TIER = MappingProxyType({TIER_HIGH: "high", TIER_LOW: "low", TIER_TRAIN: "low"})
 INFERENCE_TIERS = (TIER_HIGH, TIER_LOW)
+
+
+# The most time steps one run may take: its per-step records (power, stage, ...) are arrays of
+# this length, ~10 bytes a step. 10 M steps is 11.6 simulated days at 100 ms.
+MAX_STEPS = 10_000_000
+
+
+def check_steps(duration_s: float, dt_s: float) -> None:
+    """Refuse a run whose per-step arrays would not fit in memory (or never end)."""
+    steps = duration_s / dt_s
+    if not steps <= MAX_STEPS:  # also refuses inf and nan
+        raise ValueError(
+            f"{duration_s:g} s in steps of {dt_s:g} s is {steps:.3g} steps, more than the "
+            f"simulator's limit of {MAX_STEPS:,}: shorten --duration or raise --dt"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +83,7 @@ class SimConfig:
     def __post_init__(self) -> None:
         if self.duration_s <= 0 or self.dt_s <= 0:
             raise ValueError("duration_s and dt_s must be positive")
+        check_steps(self.duration_s + self.drain_s, self.dt_s)
         if self.meter_window_s < self.dt_s:
             raise ValueError("meter_window_s must be at least one step")
         if self.brake_hold_s < 0 or self.drain_s < 0:

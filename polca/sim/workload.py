@@ -22,7 +22,11 @@ import numpy.typing as npt
 
 from polca.sim.trace import Trace
 
-__all__ = ["Requests", "build_requests"]
+__all__ = ["MAX_REQUESTS", "Requests", "build_requests"]
+
+# The most requests one run may hold (~100 bytes each through the engine: about 1 GB). A larger
+# run is a typo (`--load-scale 1e9` asked for 283 GiB), so it is refused before any allocation.
+MAX_REQUESTS = 10_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +56,15 @@ def build_requests(
         raise ValueError("rate_factor, inference_servers and duration_s must be positive")
     if len(trace) == 0:
         raise ValueError("empty trace")
+    if not math.isfinite(rate_factor) or not math.isfinite(duration_s):
+        raise ValueError("rate_factor and duration_s must be finite")
     base = _repeat_to_cover(trace.arrival_s, duration_s)
+    expected = base.size * rate_factor
+    if expected > MAX_REQUESTS:
+        raise ValueError(
+            f"this run would hold about {expected:.3g} requests, more than the simulator's "
+            f"limit of {MAX_REQUESTS:,}: lower --load-scale, --duration or --servers"
+        )
     whole = math.floor(rate_factor)
     copies = np.full(base.size, whole, dtype=np.int64)
     copies += rng.random(base.size) < rate_factor - whole
@@ -72,8 +84,19 @@ def _repeat_to_cover(
 ) -> npt.NDArray[np.float64]:
     if arrival_s.size < 2:
         period = max(duration_s, 1.0)
+    elif float(arrival_s[-1]) <= 0.0:
+        # Requests that all arrive at one instant have no rate to repeat (and a period of 0).
+        raise ValueError(
+            f"the trace's {arrival_s.size} requests all share one timestamp: it has no request "
+            "rate to replay"
+        )
     else:
         period = float(arrival_s[-1]) + float(np.mean(np.diff(arrival_s)))
     repeats = max(1, math.ceil(duration_s / period))
+    if repeats * arrival_s.size > MAX_REQUESTS:
+        raise ValueError(
+            f"replaying the trace for {duration_s:g} s takes {repeats * arrival_s.size:.3g} "
+            f"requests, more than the simulator's limit of {MAX_REQUESTS:,}: lower --duration"
+        )
     out = np.concatenate([arrival_s + r * period for r in range(repeats)])
     return out[out < duration_s]

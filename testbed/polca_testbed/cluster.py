@@ -135,6 +135,28 @@ class Cluster:
         except (urllib.error.URLError, OSError):
             return False
 
+    def stop_apiserver(self) -> None:
+        """Stop the API server alone (etcd keeps the data): an API outage for the tests."""
+        pid = self.pids.pop("kube-apiserver", None)
+        if pid is not None:
+            stop_group(pid)
+        self._save_state()
+
+    def start_apiserver(self, *, tie_to_parent: bool = True, wait: bool = True) -> None:
+        """Start the API server on its port again (after `stop_apiserver`); with `wait`, return
+        once /readyz says ok (without, at once: a test can time the first answer itself). Its
+        log is appended to the same file."""
+        if "kube-apiserver" in self.pids and group_alive(self.pids["kube-apiserver"]):
+            raise RuntimeError("the API server is already running")
+        log_path = self.state_dir / "logs" / "kube-apiserver.log"
+        api = start_process(_apiserver_argv(self), log_path=log_path, tie_to_parent=tie_to_parent)
+        self.pids["kube-apiserver"] = api.pid
+        self._save_state()
+        if not wait:
+            return
+        wait_until(self.ready, timeout_s=START_TIMEOUT_S, what="kube-apiserver",
+                   alive=lambda: api.poll() is None, log_path=log_path)  # fmt: skip
+
     def stop(self) -> None:
         """Stop the API server first (it holds etcd connections), then etcd."""
         for name in ("kube-apiserver", "etcd"):
@@ -231,12 +253,8 @@ def start_cluster(
         cluster.pids["etcd"] = etcd.pid
         wait_until(lambda: _etcd_healthy(cluster.etcd_port), timeout_s=START_TIMEOUT_S,
                    what="etcd", alive=lambda: etcd.poll() is None, log_path=etcd_log)  # fmt: skip
-        api_log = logs / "kube-apiserver.log"
-        api = start_process(_apiserver_argv(cluster), log_path=api_log, tie_to_parent=tie_to_parent)
-        cluster.pids["kube-apiserver"] = api.pid
         _write_kubeconfig(cluster)
-        wait_until(cluster.ready, timeout_s=START_TIMEOUT_S, what="kube-apiserver",
-                   alive=lambda: api.poll() is None, log_path=api_log)  # fmt: skip
+        cluster.start_apiserver(tie_to_parent=tie_to_parent)
     except BaseException:
         cluster.stop()
         raise

@@ -6,6 +6,7 @@ Used by the integration tests and the demo. Each node gets a short private direc
   load.json                    the fake GPUs' load (re-read by the daemon when it changes)
   gpus.json                    the fake GPUs' knobs, kept across daemon restarts (and readable
                                from here: what the "hardware" has)
+  state/checkpoint.json        the daemon's node-local checkpoint (--state-dir)
   kubelet.log, daemon.log
 
     with SimNodes(cluster.kubeconfig) as nodes:
@@ -42,6 +43,7 @@ from polca_testbed.processes import (
     stop_group,
     wait_until,
 )
+from polca_testbed.sampling import metric_value
 
 __all__ = ["SimNode", "SimNodes"]
 
@@ -68,6 +70,7 @@ class SimNode:
     guard_period_s: float = 0.5
     extra_env: Mapping[str, str] = field(default_factory=dict)
     pods: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    kubelet_forgets_pods: bool = False  # the fake kubelet answers as if no pod held a GPU
     kubelet_pid: int | None = None
     daemon_pid: int | None = None
 
@@ -86,6 +89,11 @@ class SimNode:
     @property
     def gpu_state_file(self) -> Path:
         return self.directory / "gpus.json"
+
+    @property
+    def state_dir(self) -> Path:
+        """The daemon's node-local state (its checkpoint), kept across restarts like a hostPath."""
+        return self.directory / "state"
 
     @property
     def daemon_log(self) -> Path:
@@ -107,6 +115,10 @@ class SimNode:
         by_index = {g["index"]: g.get("clock_ceiling_mhz") for g in gpus}
         return [by_index.get(i) for i in range(len(self.gpu_uuids))]
 
+    def metric(self, name: str, **labels: str) -> float | None:
+        """One sample of the daemon's /metrics (None when absent or the daemon is down)."""
+        return metric_value(self.metrics_url, name, **labels)
+
     def set_load(
         self, default: Mapping[str, float], gpus: Mapping[int, Mapping[str, float]] | None = None
     ) -> None:
@@ -125,14 +137,21 @@ class SimNode:
             self.pods.pop((namespace, name), None)
         self._write_kubelet_state()
 
+    def set_kubelet_forgets_pods(self, forgets: bool) -> None:
+        """Make the fake kubelet list no pod (as a restarting kubelet may), or list them again;
+        the pods and their GPUs stay as they are."""
+        self.kubelet_forgets_pods = forgets
+        self._write_kubelet_state()
+
     def _write_kubelet_state(self) -> None:
+        listed = {} if self.kubelet_forgets_pods else self.pods
         pods = [
             {
                 "namespace": namespace,
                 "name": name,
                 "containers": {"main": {GPU_RESOURCE: [self.gpu_uuids[i] for i in indices]}},
             }
-            for (namespace, name), indices in sorted(self.pods.items())
+            for (namespace, name), indices in sorted(listed.items())
         ]
         _write_atomically(
             self.kubelet_state, {"pods": pods, "allocatable": {GPU_RESOURCE: self.gpu_uuids}}
@@ -166,6 +185,7 @@ class SimNode:
             "--fake-load", str(self.load_file),
             "--fake-state", str(self.gpu_state_file),
             "--podresources-socket", str(self.kubelet_socket),
+            "--state-dir", str(self.state_dir),
             "--metrics-host", "127.0.0.1",
             "--metrics-port", str(self.metrics_port),
             "--guard-period-s", str(self.guard_period_s),

@@ -10,7 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from polca_node.kube_client import KubeClient, kubeconfig_credentials
 from polca_testbed.cluster import Cluster, start_cluster
+from polca_testbed.nodes import SimNodes
+
+REPO = Path(__file__).resolve().parents[2]
 
 _counter = itertools.count()
 
@@ -70,3 +74,28 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="module")
+def node_crds(cluster: Cluster) -> None:
+    """The CRDs installed (server-side) and Established, for tests that run node daemons."""
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s",
+        "crd/powerpolicies.polca.dev", "crd/nodepowerstates.polca.dev",
+    )  # fmt: skip
+
+
+@pytest.fixture
+def api(cluster: Cluster) -> Iterator[KubeClient]:
+    """The daemon's own API client, as the admin."""
+    client = KubeClient(kubeconfig_credentials(cluster.kubeconfig))
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def sim(cluster: Cluster, node_crds: None) -> Iterator[SimNodes]:
+    """Simulated nodes (fake kubelet + real polca-node over fake GPUs), stopped afterwards."""
+    with SimNodes(cluster.kubeconfig) as nodes:
+        yield nodes

@@ -249,8 +249,11 @@ def release_objects(namespace: str, release: str) -> list[tuple[str, ...]]:
         ("serviceaccount", f"{full}-node"),
         ("service", f"{full}-operator-metrics"),
         ("service", f"{full}-node-metrics"),
-        ("role", f"{full}-operator-events"),
-        ("rolebinding", f"{full}-node-events"),
+    ]
+    # Events about cluster-scoped objects are accepted only in `default`: so are the Roles.
+    in_default: list[tuple[str, ...]] = [
+        ("role", f"{full}-operator-events", "-n", "default"),
+        ("rolebinding", f"{full}-node-events", "-n", "default"),
     ]
     cluster_scoped: list[tuple[str, ...]] = [
         ("clusterrole", f"{full}-operator"),
@@ -259,10 +262,12 @@ def release_objects(namespace: str, release: str) -> list[tuple[str, ...]]:
         ("clusterrolebinding", f"{full}-node"),
         ("validatingadmissionpolicy", f"{full}-node-own-nodepowerstate"),
         ("validatingadmissionpolicybinding", f"{full}-node-own-nodepowerstate"),
+        ("validatingadmissionpolicy", f"{full}-operator-no-spec-writes"),
+        ("validatingadmissionpolicybinding", f"{full}-operator-no-spec-writes"),
         ("clusterkopfpeering", full),
     ]
     with_namespace: list[tuple[str, ...]] = [(k, n, "-n", namespace) for k, n in namespaced]
-    return with_namespace + cluster_scoped
+    return with_namespace + in_default + cluster_scoped
 
 
 class HookKubelet:

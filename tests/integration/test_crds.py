@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from polca.api.crdgen import KINDS
 from polca.api.nodepowerstate import NodePowerState, NodePowerStateStatus
@@ -111,7 +112,7 @@ def test_get_pp_shows_the_printer_columns(
 ) -> None:
     name = unique_name("columns")
     cleanup(f"powerpolicy/{name}")
-    result = apply(json.dumps(policy(name, {"nodeSelector": {}, "budgetWatts": 40000})))
+    result = apply(json.dumps(policy(name, {"allNodes": True, "budgetWatts": 40000})))
     assert result.returncode == 0, result.stderr
     status = PowerPolicyStatus(
         stage="stage1",
@@ -141,9 +142,7 @@ def test_status_keeps_kopf_fields_and_prunes_unknown_ones(
 ) -> None:
     name = unique_name("kopf")
     cleanup(f"powerpolicy/{name}")
-    assert (
-        apply(json.dumps(policy(name, {"nodeSelector": {}, "budgetWatts": 1000}))).returncode == 0
-    )
+    assert apply(json.dumps(policy(name, {"allNodes": True, "budgetWatts": 1000}))).returncode == 0
     kopf = {"progress": {"on_update": {"started": "2026-03-01T12:00:00Z", "retries": 1}}}
     # What Kopf sends: a merge patch of the status without field validation.
     patched = cluster.kubectl(
@@ -161,9 +160,7 @@ def test_strict_clients_get_an_error_for_unknown_status_fields(
 ) -> None:
     name = unique_name("strict")
     cleanup(f"powerpolicy/{name}")
-    assert (
-        apply(json.dumps(policy(name, {"nodeSelector": {}, "budgetWatts": 1000}))).returncode == 0
-    )
+    assert apply(json.dumps(policy(name, {"allNodes": True, "budgetWatts": 1000}))).returncode == 0
     stored = get_json(cluster, "powerpolicy", name)
     result = cluster.kubectl(
         "replace", "--subresource=status", "--validate=strict", "-f", "-",
@@ -216,8 +213,54 @@ def test_the_polca_category_lists_both_kinds(
 ) -> None:
     name = unique_name("category")
     cleanup(f"powerpolicy/{name}")
-    assert (
-        apply(json.dumps(policy(name, {"nodeSelector": {}, "budgetWatts": 1000}))).returncode == 0
-    )
+    assert apply(json.dumps(policy(name, {"allNodes": True, "budgetWatts": 1000}))).returncode == 0
     listed = cluster.kubectl("get", "polca", "-o", "name").stdout.split()
     assert f"powerpolicy.polca.dev/{name}" in listed
+
+
+def null_label_manifest(name: str, *, beside: str | None) -> str:
+    """A manifest whose selector has `polca.dev/row:` with no value (a null) in YAML."""
+    other = f"      rack: {beside}\n" if beside else ""
+    return (
+        "apiVersion: polca.dev/v1alpha1\nkind: PowerPolicy\n"
+        f"metadata: {{name: {name}}}\nspec:\n  nodeSelector:\n    matchLabels:\n"
+        f"{other}      polca.dev/row:\n  budgetWatts: 1000\n"
+    )
+
+
+WRITE_PATHS = [("create",), ("apply",), ("apply", "--server-side")]
+
+
+def test_a_null_label_value_never_widens_the_domain(
+    cluster: Cluster, apply: Apply, unique_name: Names, cleanup: Cleanup
+) -> None:
+    """Safety rule 7 (issue 12, finding 5): `key: ` never makes a wider domain, on any path."""
+    # Alone, whatever drops the null leaves an empty selector: refused on every write path.
+    for verb in WRITE_PATHS:
+        name = unique_name("lone-null")
+        cleanup(f"powerpolicy/{name}")
+        lone = null_label_manifest(name, beside=None)
+        result = cluster.kubectl(*verb, "-f", "-", input=lone, check=False)
+        assert result.returncode != 0, f"{verb} accepted an empty selector"
+        assert "spec.nodeSelector" in result.stderr
+
+    # Beside another label: where the null reaches the server, the CRD keeps it and refuses it.
+    for verb in (("create",), ("apply", "--server-side")):
+        name = unique_name("null")
+        cleanup(f"powerpolicy/{name}")
+        result = cluster.kubectl(
+            *verb, "-f", "-", input=null_label_manifest(name, beside="r1"), check=False
+        )
+        assert result.returncode != 0, f"{verb} accepted a null label value"
+        assert "every label value must be a string" in result.stderr
+
+    # Client-side `kubectl apply` drops the null itself: the server stores a wider selector...
+    name = unique_name("null")
+    cleanup(f"powerpolicy/{name}")
+    assert apply(null_label_manifest(name, beside="r1")).returncode == 0
+    stored = get_json(cluster, "powerpolicy", name)
+    assert stored["spec"]["nodeSelector"] == {"matchLabels": {"rack": "r1"}}
+    # ... which the operator and the daemons refuse to read as such (kubectl's annotation
+    # keeps the null): the policy is unknown, so nothing is widened.
+    with pytest.raises(ValidationError, match=r"kubectl apply dropped polca\.dev/row"):
+        PowerPolicy.from_stored(stored)

@@ -2,7 +2,11 @@
 
 - two daemons apply a PowerPolicy status change to their GPUs within one second (issue 4);
 - a restarted daemon keeps the clock ceilings (it never resets them on the way);
-- a node that leaves the policy gets its defaults back, recorded in status and as an Event.
+- a node that leaves the policy gets its defaults back, recorded in status and as an Event;
+- a restarted daemon reads what the server stored (near-integers, a newer CRD's fields) and
+  holds for a policy it cannot read, never lifting a cap on the way (safety rule 6);
+- an empty kubelet answer while the pod watch shows a running GPU pod lifts no cap, even
+  across a daemon restart (safety rule 6).
 
 The operator is not running: the tests write the policy's status themselves, as it would.
 """
@@ -17,10 +21,12 @@ from typing import Any
 
 import pytest
 
-from polca_node.kube_client import ApiError, KubeClient, kubeconfig_credentials
+from polca_node.kube_client import ApiError, KubeClient
 from polca_testbed.cluster import Cluster
 from polca_testbed.nodes import SimNode, SimNodes
 from polca_testbed.polling import eventually
+from polca_testbed.sampling import BackgroundSampler
+from polca_testbed.skew import FUTURE_FIELD, SKEWED_BUDGET_W, newer_powerpolicy_crd
 
 pytestmark = pytest.mark.slow
 
@@ -31,28 +37,6 @@ STATES = "/apis/polca.dev/v1alpha1/nodepowerstates"
 REACTION_BOUND_S = 1.0  # issue 4: daemons react to a PowerPolicy status change within 1 s
 WAIT_S = 30.0
 TRAINING = {"training.kubeflow.org/job-name": "pretrain"}
-
-
-@pytest.fixture(scope="module")
-def crds(cluster: Cluster) -> None:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s",
-        "crd/powerpolicies.polca.dev", "crd/nodepowerstates.polca.dev",
-    )  # fmt: skip
-
-
-@pytest.fixture
-def api(cluster: Cluster) -> Iterator[KubeClient]:
-    client = KubeClient(kubeconfig_credentials(cluster.kubeconfig))
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def sim(cluster: Cluster, crds: None) -> Iterator[SimNodes]:
-    with SimNodes(cluster.kubeconfig) as nodes:
-        yield nodes
 
 
 @pytest.fixture
@@ -111,15 +95,24 @@ def set_stage(api: KubeClient, name: str, stage: str, index: int, nodes: int) ->
 
 def create_pod(
     cluster: Cluster, node: SimNode, namespace: str, name: str, gpus: list[int],
-    labels: dict[str, str],
+    labels: dict[str, str], *, running: bool = False,
 ) -> None:  # fmt: skip
     """A pod bound to the node, and the fake kubelet giving it these GPUs (first, as a kubelet
-    assigns devices before the pod's containers start)."""
+    assigns devices before the pod's containers start). With `running`, the pod asks for its
+    GPUs as a device-plugin pod does and its status says Running (there is no real kubelet)."""
     node.assign_pod(namespace, name, gpus)
+    container: dict[str, Any] = {"name": "main", "image": "none"}
+    if running:
+        container["resources"] = {"limits": {"nvidia.com/gpu": str(len(gpus))}}
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps({
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
-        "spec": {"nodeName": node.name, "containers": [{"name": "main", "image": "none"}]},
+        "spec": {"nodeName": node.name, "containers": [container]},
     }))  # fmt: skip
+    if running:
+        cluster.kubectl(
+            "patch", "pod", name, "-n", namespace, "--subresource=status", "--type=merge",
+            "-p", json.dumps({"status": {"phase": "Running"}}),
+        )  # fmt: skip
 
 
 def ready_reason(api: KubeClient, node: str) -> str:
@@ -247,3 +240,184 @@ def test_leaving_the_policy_restores_defaults_with_an_event(
     described = cluster.kubectl("describe", "nodepowerstate", leaves.name).stdout
     assert "DefaultsRestored" in described, described  # where `kubectl describe` looks
     assert stays.clock_ceilings_mhz() == [345, 345]  # the other node is still braked
+
+
+# -- stored data the daemon's models refuse (issue 12, finding 1; safety rule 6) -------------
+
+CAP: list[dict[str, Any]] = [
+    {"name": "normal"},
+    {"name": "cap", "triggerPercent": 80, "releasePercent": 75,
+     "actions": {"idle": {"clockCeilingMHz": 1275}}},
+]  # fmt: skip
+
+
+@pytest.fixture
+def newer_crd(cluster: Cluster, node_crds: None) -> Iterator[None]:
+    with newer_powerpolicy_crd(cluster, REPO / "crds" / "powerpolicies.polca.dev.yaml"):
+        yield
+
+
+def create_capping_policy(
+    api: KubeClient, name: str, domain: str, stages: list[dict[str, Any]] = CAP
+) -> None:
+    """A policy whose one stage "cap" (default: idle GPUs at 1275 MHz) is decided at once, as
+    the operator would."""
+    api.request("POST", POLICIES, body={
+        "apiVersion": "polca.dev/v1alpha1", "kind": "PowerPolicy", "metadata": {"name": name},
+        "spec": {"nodeSelector": {"matchLabels": {DOMAIN_LABEL: domain}}, "budgetWatts": 100000,
+                 "stages": stages, "failsafeStage": "cap"},
+    })  # fmt: skip
+    set_stage(api, name, "cap", 1, nodes=1)
+
+
+def capped_node(
+    api: KubeClient, sim: SimNodes, unique_name: Callable[[str], str],
+    cleanup: Callable[..., None],
+) -> tuple[SimNode, str]:  # fmt: skip
+    """A two-GPU node under a capping policy (its name returned too), both GPUs capped."""
+    domain, policy = unique_name("dom"), unique_name("policy")
+    cleanup(f"powerpolicy/{policy}")
+    node = sim.add(unique_name("gpu"), labels={DOMAIN_LABEL: domain}, profile="H100-SXM:2")
+    create_capping_policy(api, policy, domain)
+    wait_for("the cap on the GPUs", lambda: node.clock_ceilings_mhz() == [1275, 1275])
+    return node, policy
+
+
+def patch_spec(cluster: Cluster, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """`kubectl patch --type=merge` of the spec, as a user would; the stored object back."""
+    cluster.kubectl("patch", "powerpolicy", name, "--type=merge", "-p", json.dumps({"spec": spec}))
+    stored: dict[str, Any] = json.loads(
+        cluster.kubectl("get", "powerpolicy", name, "-o", "json").stdout
+    )
+    return stored
+
+
+def restart_and_sample(api: KubeClient, node: SimNode, ready: str) -> list[list[int | None]]:
+    """Restart the node's daemon while sampling its GPUs' ceilings every 20 ms; return the
+    samples once the new daemon has written a status with Ready reason `ready`."""
+    before = node_state(api, node.name)["status"]["heartbeatTime"]
+    with BackgroundSampler(node.clock_ceilings_mhz, interval_s=0.02) as sampler:
+        node.restart_daemon()
+        wait_for(
+            f"the restarted daemon to report {ready}",
+            lambda: (
+                node_state(api, node.name)["status"]["heartbeatTime"] != before
+                and ready_reason(api, node.name) == ready
+            ),
+        )
+    return sampler.values
+
+
+def test_restarted_daemon_reads_what_the_server_stored_and_never_uncaps(
+    cluster: Cluster, api: KubeClient, sim: SimNodes, newer_crd: None,
+    unique_name: Callable[[str], str], cleanup: Callable[..., None],
+) -> None:  # fmt: skip
+    node, policy = capped_node(api, sim, unique_name, cleanup)
+
+    # What the server keeps and this version's strict models refuse: a near-integer in an
+    # integer field (the server's integer check tolerates it) and a newer CRD's field.
+    stages = json.loads(json.dumps(CAP))
+    stages[1]["actions"]["idle"]["clockCeilingMHz"] = 1110.000001
+    stored = patch_spec(cluster, policy, {"stages": stages, FUTURE_FIELD: "on"})
+    assert stored["spec"][FUTURE_FIELD] == "on"
+    assert stored["spec"]["stages"][1]["actions"] == {"idle": {"clockCeilingMHz": 1110.000001}}
+    wait_for("the new cap on the GPUs", lambda: node.clock_ceilings_mhz() == [1110, 1110])
+
+    ceilings = restart_and_sample(api, node, "Enforce")
+    assert ceilings, "no samples"
+    lifted = [c for c in ceilings if c != [1110, 1110]]
+    assert not lifted, f"a cap was lifted during the restart: {lifted[:5]}"
+    assert condition(node_state(api, node.name), "PolicyUnreadable") == {}
+    assert node.fake_state()["setter_calls"].get("nvmlDeviceResetGpuLockedClocks", 0) == 0
+
+
+def test_restarted_daemon_holds_for_a_policy_it_cannot_read(
+    cluster: Cluster, api: KubeClient, sim: SimNodes, newer_crd: None,
+    unique_name: Callable[[str], str], cleanup: Callable[..., None],
+) -> None:  # fmt: skip
+    node, policy = capped_node(api, sim, unique_name, cleanup)
+
+    # The newer CRD allows a budget this version refuses: the policy is unknown, not gone.
+    stored = patch_spec(cluster, policy, {"budgetWatts": SKEWED_BUDGET_W})
+    assert stored["spec"]["budgetWatts"] == SKEWED_BUDGET_W
+    wait_for(
+        "PolicyUnreadable on the running daemon",
+        lambda: condition(node_state(api, node.name), "PolicyUnreadable").get("status") == "True",
+    )
+    assert ready_reason(api, node.name) == "TightenOnly"  # its last good version still counts
+
+    ceilings = restart_and_sample(api, node, "Hold")
+    lifted = [c for c in ceilings if c != [1275, 1275]]
+    assert not lifted, f"a cap was lifted during the restart: {lifted[:5]}"
+    unreadable = condition(node_state(api, node.name), "PolicyUnreadable")
+    assert (unreadable["status"], unreadable["reason"]) == ("True", "UnreadablePolicy")
+    assert policy in unreadable["message"]
+    assert "spec.budgetWatts" in unreadable["message"]
+    assert wait_for(
+        "the unreadable-policy gauge", lambda: node.metric("polca_unreadable_policies") == 1.0
+    )
+    events = wait_for("the PolicyUnreadable event", lambda: json.loads(cluster.kubectl(
+        "get", "events", "-n", "default", "-o", "json",
+        "--field-selector", f"involvedObject.name={node.name},reason=PolicyUnreadable",
+    ).stdout)["items"])  # fmt: skip
+    assert events[0]["type"] == "Warning"
+    assert node.fake_state()["setter_calls"].get("nvmlDeviceResetGpuLockedClocks", 0) == 0
+
+    # Readable again: the daemon enforces and clears the condition.
+    patch_spec(cluster, policy, {"budgetWatts": 100000})
+    wait_for("Enforce again", lambda: ready_reason(api, node.name) == "Enforce")
+    cleared = condition(node_state(api, node.name), "PolicyUnreadable")
+    assert (cleared["status"], cleared["reason"]) == ("False", "PoliciesReadable")
+    assert node.metric("polca_unreadable_policies") == 0.0
+    assert node.clock_ceilings_mhz() == [1275, 1275]
+
+
+# -- the kubelet and the pod watch disagree (issue 12, finding 4; safety rule 6) -------------
+
+CAP_LOW_ONLY: list[dict[str, Any]] = [
+    {"name": "normal"},
+    {"name": "cap", "triggerPercent": 80, "releasePercent": 75,
+     "actions": {"low": {"clockCeilingMHz": 1110}}},
+]  # fmt: skip
+
+
+def owners_unknown(api: KubeClient, node: str) -> str:
+    return str(condition(node_state(api, node), "GpuOwnersUnknown").get("status", ""))
+
+
+def test_an_empty_kubelet_answer_never_uncaps_the_gpus_of_running_pods(
+    cluster: Cluster, api: KubeClient, sim: SimNodes, namespace: str,
+    unique_name: Callable[[str], str], cleanup: Callable[..., None],
+) -> None:  # fmt: skip
+    domain, policy = unique_name("dom"), unique_name("policy")
+    cleanup(f"powerpolicy/{policy}")
+    node = sim.add(unique_name("gpu"), labels={DOMAIN_LABEL: domain}, profile="H100-SXM:4")
+    create_pod(cluster, node, namespace, "train-0", [0, 1], TRAINING, running=True)
+    create_capping_policy(api, policy, domain, CAP_LOW_ONLY)  # caps low, never idle
+    capped = [1110, 1110, None, None]
+    wait_for("the training pod's GPUs capped", lambda: node.clock_ceilings_mhz() == capped)
+
+    with BackgroundSampler(node.clock_ceilings_mhz, interval_s=0.02) as sampler:
+        # The kubelet answers that no pod holds a GPU; the watch still shows train-0 running.
+        node.set_kubelet_forgets_pods(True)
+        wait_for("GpuOwnersUnknown", lambda: owners_unknown(api, node.name) == "True")
+        assert wait_for(
+            "the unconfirmed-GPU gauge", lambda: node.metric("polca_unconfirmed_gpus") == 2.0
+        )
+        # Worse: a daemon restarted meanwhile remembers nothing; the pod's request says it
+        # holds GPUs, so every GPU the kubelet calls free is unconfirmed.
+        restart_and_sample(api, node, "Enforce")
+        wait_for("GpuOwnersUnknown after the restart",
+                 lambda: owners_unknown(api, node.name) == "True")  # fmt: skip
+        node.set_kubelet_forgets_pods(False)
+        wait_for("the sources to agree", lambda: owners_unknown(api, node.name) == "False")
+        wait_for("the idle GPUs back to no cap", lambda: node.clock_ceilings_mhz() == capped)
+
+    lifted = [c for c in sampler.values if c[:2] != [1110, 1110]]
+    assert not lifted, f"a running pod's GPU was uncapped: {lifted[:5]}"
+    assert node.metric("polca_unconfirmed_gpus") == 0.0
+    events = wait_for("the GpuOwnersUnknown event", lambda: json.loads(cluster.kubectl(
+        "get", "events", "-n", "default", "-o", "json",
+        "--field-selector", f"involvedObject.name={node.name},reason=GpuOwnersUnknown",
+    ).stdout)["items"])  # fmt: skip
+    assert f"{namespace}/train-0" in events[0]["message"]

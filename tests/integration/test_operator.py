@@ -11,8 +11,6 @@ import json
 import os
 import signal
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,7 +19,6 @@ from typing import Any
 
 import kubernetes.client
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from polca.api.defaults import DEFAULT_STAGES
 from polca_testbed.cluster import Cluster
@@ -31,6 +28,8 @@ from polca_testbed.operators import start_operator as start_operator_process
 from polca_testbed.polling import eventually
 from polca_testbed.processes import group_alive
 from polca_testbed.prometheus import Prometheus, start_prometheus
+from polca_testbed.sampling import BackgroundSampler, metric_value
+from polca_testbed.skew import FUTURE_FIELD, SKEWED_BUDGET_W, newer_powerpolicy_crd
 
 pytestmark = pytest.mark.slow
 
@@ -209,19 +208,7 @@ class OperatorProcess(OperatorHandle):
         eventually("the killed operator is gone", lambda: not group_alive(self.pid), 10)
 
     def metric(self, name: str, **labels: str) -> float | None:
-        try:
-            url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-            with urllib.request.urlopen(url, timeout=2) as response:
-                text = response.read().decode()
-        except (urllib.error.URLError, OSError):
-            return None
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(
-                    sample.labels.get(k) == v for k, v in labels.items()
-                ):
-                    return float(sample.value)
-        return None
+        return metric_value(f"http://127.0.0.1:{self.metrics_port}/metrics", name, **labels)
 
     def decisions(self, policy: str) -> float:
         """Control cycles run for `policy`, whatever they changed (0 before the first)."""
@@ -417,15 +404,20 @@ def test_prometheus_lost_falls_back_to_direct_then_failsafe(
     eventually("released step by step to normal", lambda: env.stage(policy) == "normal", 40)
 
 
-def test_operator_restart_mid_stage_never_uncaps(
-    env: Env, domain: str, policy: str, start_operator: Callable[..., OperatorProcess]
-) -> None:
-    first = start_operator(name="first")
+def hold_stage1(env: Env, policy: str, domain: str) -> None:
+    """The policy at stage 1 with its ceilings applied, held there by a long hold alone."""
     apply_policy(env, policy, domain, holdSeconds=600)
     env.set_load(BUSY_LOAD)
     eventually("stage1", lambda: env.stage(policy) == "stage1", 30)
     eventually("ceilings applied", lambda: env.ceilings() == stage1_ceilings())
     env.set_load(IDLE_LOAD)  # power falls far below release: only the hold keeps stage1
+
+
+def test_operator_restart_mid_stage_never_uncaps(
+    env: Env, domain: str, policy: str, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    first = start_operator(name="first")
+    hold_stage1(env, policy, domain)
 
     with Sampler(env, policy) as sampler:
         first.stop()
@@ -486,6 +478,65 @@ def test_invalid_update_keeps_the_stage(
     )
     assert env.stage(policy) in ("stage1", "stage2", "stage3", "brake")
     assert env.ceilings()[1] != [None] * 8
+
+
+@pytest.fixture
+def newer_crd(env: Env) -> Iterator[None]:
+    with newer_powerpolicy_crd(env.cluster, REPO / "crds" / "powerpolicies.polca.dev.yaml"):
+        yield
+
+
+def patch_spec(env: Env, policy: str, spec: dict[str, Any]) -> None:
+    env.cluster.kubectl(
+        "patch", "powerpolicy", policy, "--type=merge", "-p", json.dumps({"spec": spec})
+    )
+
+
+def test_restarted_operator_reads_stored_data_and_never_drops_the_stage(
+    env: Env,
+    domain: str,
+    policy: str,
+    start_operator: Callable[..., OperatorProcess],
+    newer_crd: None,
+) -> None:
+    """Safety rule 6 (issue 12, finding 1): what the server stores is read; what cannot be read
+    is not a deleted policy: the stage stays, no GPU is uncapped, Ready=False says why."""
+    first = start_operator(name="first")
+    hold_stage1(env, policy, domain)
+    near = stages()
+    near[1]["actions"]["idle"]["clockCeilingMHz"] = STAGE1_MHZ + 0.000001  # kubectl patch keeps it
+    patch_spec(env, policy, {"stages": near, FUTURE_FIELD: "on"})
+    eventually("generation 2 read", lambda: env.status(policy).get("observedGeneration") == 2)
+
+    with BackgroundSampler(lambda: (env.stage(policy), env.ceilings())) as sampler:
+        first.stop()
+        second = start_operator(name="second")
+        eventually(
+            "the restarted operator runs the loop on the stored spec",
+            lambda: second.metric("polca_domain_stage", policy=policy) == 1,
+            30,
+        )
+        assert env.condition(policy, "Ready") == ("True", "Enforcing")
+
+        # A value this version refuses (the newer CRD allows it): unknown, not deleted.
+        patch_spec(env, policy, {"budgetWatts": SKEWED_BUDGET_W})
+        eventually(
+            "Ready=False", lambda: env.condition(policy, "Ready") == ("False", "InvalidSpec")
+        )
+        second.stop()
+        third = start_operator(name="third")
+        eventually(
+            "the third operator refuses the spec",
+            lambda: "InvalidSpec" in third.log_path.read_text(),
+        )
+        assert env.condition(policy, "Ready") == ("False", "InvalidSpec")
+        assert third.metric("polca_domain_stage", policy=policy) is None  # no plan, no decision
+    patch_spec(env, policy, {"budgetWatts": BUDGET_W})  # valid again under the checked-in CRD
+
+    assert {stage for stage, _ in sampler.values} == {"stage1"}
+    assert all(ceilings == stage1_ceilings() for _, ceilings in sampler.values)
+    reasons = {reason for reason, _ in env.events(policy)}
+    assert "DefaultsRestored" not in reasons
 
 
 def test_selector_matching_no_node_is_not_ready(

@@ -70,6 +70,7 @@ def demo_policy(
     policy["metadata"] = {"name": name}
     spec = policy.setdefault("spec", {})
     spec["nodeSelector"] = {"matchLabels": {DOMAIN_LABEL[0]: DOMAIN_LABEL[1]}}
+    spec.pop("allNodes", None)  # the demo's nodes, never every node of the cluster
     spec["budgetWatts"] = round(budget_watts, 1)
     wanted: dict[str, Any] = {**spec.get("telemetry", {}), "source": telemetry}
     if telemetry == "prometheus":

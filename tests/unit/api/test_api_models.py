@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import yaml
 from pydantic import ValidationError
 
+from polca.api.base import server_integer
 from polca.api.conditions import PolicyConditionType, find_condition, set_condition
 from polca.api.convert import plan_from_spec, tier_set_from_spec
 from polca.api.defaults import clock_percent_of_a100
 from polca.api.nodepowerstate import NodePowerState, NodePowerStateStatus
-from polca.api.powerpolicy import PowerPolicy, PowerPolicySpec, PowerPolicyStatus
+from polca.api.powerpolicy import (
+    LAST_APPLIED,
+    PowerPolicy,
+    PowerPolicySpec,
+    PowerPolicyStatus,
+    labels_dropped_by_kubectl,
+)
 from polca.control.actions import GpuLimits, resolve_for_gpu
 
 REPO = Path(__file__).resolve().parents[3]
@@ -32,7 +40,8 @@ def example_documents() -> list[tuple[str, dict[str, Any]]]:
 
 
 def minimal_spec(**extra: Any) -> PowerPolicySpec:
-    return PowerPolicySpec.model_validate({"nodeSelector": {}, "budgetWatts": 1000, **extra})
+    selection = {} if "nodeSelector" in extra else {"allNodes": True}
+    return PowerPolicySpec.model_validate({**selection, "budgetWatts": 1000, **extra})
 
 
 def test_defaults_are_polcas_table() -> None:
@@ -129,7 +138,7 @@ def test_wire_form_is_camel_case_without_nulls() -> None:
 
 
 def test_snake_case_names_work_in_python() -> None:
-    spec = PowerPolicySpec(node_selector={}, budget_watts=500)
+    spec = PowerPolicySpec(all_nodes=True, budget_watts=500)
     assert spec.budget_watts == 500
 
 
@@ -149,7 +158,7 @@ def test_metadata_keeps_fields_it_does_not_model() -> None:
         "apiVersion": "polca.dev/v1alpha1",
         "kind": "PowerPolicy",
         "metadata": {"name": "p", "generation": 3, "managedFields": [{"manager": "kubectl"}]},
-        "spec": {"nodeSelector": {}, "budgetWatts": 1},
+        "spec": {"allNodes": True, "budgetWatts": 1},
     }
     policy = PowerPolicy.model_validate(doc)
     assert policy.metadata.generation == 3
@@ -166,6 +175,132 @@ def test_status_accepts_what_kopf_writes() -> None:
 def test_unknown_status_fields_are_rejected() -> None:
     with pytest.raises(ValidationError, match="stagee"):
         PowerPolicyStatus.model_validate({"stagee": "stage1"})
+
+
+class TestDomainSelection:
+    """Safety rule 7: a domain selects every node only when it says so (allNodes)."""
+
+    def test_all_nodes_selects_every_node(self) -> None:
+        spec = minimal_spec()
+        assert spec.all_nodes
+        assert spec.selects({})
+        assert spec.selects({"any": "label"})
+
+    def test_a_selector_selects_its_nodes_only(self) -> None:
+        spec = minimal_spec(nodeSelector={"matchLabels": {"row": "a"}})
+        assert spec.selects({"row": "a"})
+        assert not spec.selects({"row": "b"})
+        assert not spec.selects({})
+
+    @pytest.mark.parametrize(
+        "spec",
+        [
+            {"nodeSelector": {}},
+            {"nodeSelector": {"matchLabels": {}, "matchExpressions": []}},
+            {"nodeSelector": {"matchLabels": {"row": None}}},
+            {},
+            {"allNodes": False},
+        ],
+        ids=["empty", "empty-parts", "null-value", "missing", "all-nodes-false"],
+    )
+    def test_nothing_else_selects_every_node(self, spec: dict[str, Any]) -> None:
+        with pytest.raises(ValidationError, match="nodeSelector"):
+            PowerPolicySpec.model_validate({**spec, "budgetWatts": 1000})
+
+    @pytest.mark.parametrize(
+        "labels", [{"row": None}, {"row": "a", "rack": None}], ids=["only", "beside-another"]
+    )
+    def test_a_stored_null_label_value_is_never_dropped(self, labels: dict[str, Any]) -> None:
+        # Dropping it, as the server would without the nullable schema, widens the domain.
+        with pytest.raises(ValidationError, match=r"nodeSelector\.matchLabels"):
+            PowerPolicySpec.from_stored({"nodeSelector": {"matchLabels": labels}, "budgetWatts": 1})
+
+    def test_a_label_kubectl_dropped_makes_the_policy_unreadable(self) -> None:
+        written = {"spec": {"nodeSelector": {"matchLabels": {"rack": "r1", "row": None}}}}
+        stored: dict[str, Any] = {
+            "metadata": {"name": "a", "annotations": {LAST_APPLIED: json.dumps(written)}},
+            "spec": {"nodeSelector": {"matchLabels": {"rack": "r1"}}, "budgetWatts": 1000},
+        }
+        with pytest.raises(ValidationError, match="kubectl apply dropped row"):
+            PowerPolicy.from_stored(stored)
+        # Once the label is there (patched in, say), the policy is what it says.
+        stored["spec"]["nodeSelector"]["matchLabels"]["row"] = ""
+        assert PowerPolicy.from_stored(stored).spec.selects({"rack": "r1", "row": ""})
+
+    @pytest.mark.parametrize(
+        "annotation",
+        [None, "not json", json.dumps({"spec": {"nodeSelector": None}}), json.dumps([1])],
+    )
+    def test_no_usable_annotation_drops_nothing(self, annotation: str | None) -> None:
+        annotations = None if annotation is None else {LAST_APPLIED: annotation}
+        assert labels_dropped_by_kubectl(annotations, {"rack": "r1"}) == []
+
+    def test_an_old_stored_empty_selector_is_unreadable_not_cluster_wide(self) -> None:
+        with pytest.raises(ValidationError, match="allNodes"):
+            PowerPolicySpec.from_stored({"nodeSelector": {}, "budgetWatts": 1000})
+
+    def test_all_nodes_excludes_a_selector(self) -> None:
+        with pytest.raises(ValidationError, match="leave nodeSelector out"):
+            minimal_spec(allNodes=True, nodeSelector={"matchLabels": {"row": "a"}})
+
+
+class TestStoredObjects:
+    """Safety rule 6: strict where users write (`model_validate`), tolerant where the daemons
+    and the operator read what the server stored (`from_stored`)."""
+
+    STORED: ClassVar[dict[str, Any]] = {
+        "nodeSelector": {"matchLabels": {"row": "a"}, "matchExpressions": None},
+        "budgetWatts": 1000,
+        "newerCrdField": {"anything": 1},
+        "guard": None,
+        "stages": [
+            {"name": "normal"},
+            {
+                "name": "s1",
+                "triggerPercent": 80,
+                "releasePercent": 75,
+                "newKnob": 1,
+                "actions": {"low": {"clockCeilingMHz": 1110.000001}},
+            },
+        ],
+        "failsafeStage": "s1",
+    }
+
+    def test_what_the_server_stores_is_read(self) -> None:
+        spec = PowerPolicySpec.from_stored(self.STORED)
+        assert spec.stages[1].actions["low"].clock_ceiling_mhz == 1110
+        assert spec.guard.enabled  # a null is an absent field: the default applies
+
+    def test_users_writing_it_are_still_refused(self) -> None:
+        with pytest.raises(ValidationError) as refused:
+            PowerPolicySpec.model_validate(self.STORED)
+        text = str(refused.value)
+        for problem in ("newerCrdField", "newKnob", "fractional part", "guard"):
+            assert problem in text
+
+    def test_every_other_rule_still_holds(self) -> None:
+        with pytest.raises(ValidationError, match="budgetWatts"):
+            PowerPolicySpec.from_stored({**self.STORED, "budgetWatts": -1})
+        with pytest.raises(ValidationError, match="fractional part"):
+            PowerPolicySpec.from_stored(
+                {**self.STORED, "stages": [{"name": "normal"}, {"name": "s1",
+                 "triggerPercent": 80, "releasePercent": 75,
+                 "actions": {"low": {"clockCeilingMHz": 1110.5}}}]}
+            )  # fmt: skip
+
+    @pytest.mark.parametrize(
+        ("value", "expected"),
+        [(1110.0, 1110), (1110.000001, 1110), (100000.00001, 100000), (0.0, 0),
+         (1110.5, None), (1110.001, None), (float("nan"), None), (float("inf"), None)],
+    )  # fmt: skip
+    def test_integers_as_the_server_takes_them(self, value: float, expected: int | None) -> None:
+        assert server_integer(value) == expected
+
+    def test_metadata_keeps_its_unknown_fields(self) -> None:
+        stored = {"metadata": {"name": "a", "managedFields": [{"manager": "kubectl"}]},
+                  "spec": self.STORED}  # fmt: skip
+        policy = PowerPolicy.from_stored(stored)
+        assert policy.metadata.model_extra == {"managedFields": [{"manager": "kubectl"}]}
 
 
 class TestConditions:

@@ -12,7 +12,7 @@ from polca.control.tiers import KUBEFLOW_JOB_LABEL, PodFacts, resolve_tier
 
 
 def spec(**extra: Any) -> PowerPolicySpec:
-    return PowerPolicySpec.model_validate({"nodeSelector": {}, "budgetWatts": 1000, **extra})
+    return PowerPolicySpec.model_validate({"allNodes": True, "budgetWatts": 1000, **extra})
 
 
 def renamed(plan: ControlPlan, names: list[str]) -> ControlPlan:

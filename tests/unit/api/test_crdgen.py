@@ -160,7 +160,7 @@ def test_printer_columns_point_at_fields(kind: str) -> None:
 
 def test_crd_defaults_equal_model_defaults() -> None:
     spec_schema = schema_of("PowerPolicy")["properties"]["spec"]
-    minimal = {"nodeSelector": {}, "budgetWatts": 1000}
+    minimal = {"allNodes": True, "budgetWatts": 1000}
     assert apply_defaults(spec_schema, minimal) == PowerPolicySpec.model_validate(minimal).to_wire()
 
 

@@ -188,3 +188,39 @@ def test_heartbeat_missing_keeps_firing_after_the_daemon_is_gone(
             }
         ],
     )
+
+
+@pytest.mark.parametrize(
+    ("alert", "gauge"),
+    [
+        ("PolcaPolicyUnreadable", "polca_unreadable_policies"),
+        ("PolcaGpuOwnersUnknown", "polca_unconfirmed_gpus"),
+    ],
+)
+def test_held_for_unknown_inputs_fires_after_a_minute(
+    rules: dict[str, Manifest], tmp_path: Path, alert: str, gauge: str
+) -> None:
+    rule = rules[alert]
+    promtool_test(
+        tmp_path,
+        {alert: rule},
+        [
+            {
+                "interval": "15s",
+                "input_series": [
+                    # n1 holds from 2 min on; n2 only for a 30 s blip; n3 never.
+                    {"series": f'{gauge}{{node="n1"}}', "values": "0x7 1x20"},
+                    {"series": f'{gauge}{{node="n2"}}', "values": "0x7 2x1 0x18"},
+                    {"series": f'{gauge}{{node="n3"}}', "values": "0x27"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "2m30s", "alertname": alert, "exp_alerts": []},
+                    {
+                        "eval_time": "4m",
+                        "alertname": alert,
+                        "exp_alerts": [expected(rule, node="n1")],
+                    },
+                ],
+            }
+        ],
+    )

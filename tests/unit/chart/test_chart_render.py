@@ -160,6 +160,22 @@ class TestNodeDaemon:
         volumes = {v["name"]: v for v in daemonset["spec"]["template"]["spec"]["volumes"]}
         assert volumes["pod-resources"]["hostPath"]["path"] == "/var/lib/kubelet/pod-resources"
 
+    def test_checkpoint_in_a_node_directory(self, default: list[Manifest], render: Render) -> None:
+        # Safety rule 8: the checkpoint outlives the pod, so a restart during an API outage
+        # resumes the guard from it.
+        daemonset = one(default, "DaemonSet", "-node")
+        assert env_of(daemonset)["POLCA_STATE_DIR"] == "/var/lib/polca/node"
+        mounts = {m["name"]: m for m in the_container(daemonset)["volumeMounts"]}
+        assert mounts["state"] == {"name": "state", "mountPath": "/var/lib/polca/node"}
+        volumes = {v["name"]: v for v in daemonset["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["state"]["hostPath"] == {
+            "path": "/var/lib/polca/node",
+            "type": "DirectoryOrCreate",
+        }
+        off = one(render(set_values={"node.stateDir": ""}), "DaemonSet")
+        assert "POLCA_STATE_DIR" not in env_of(off)
+        assert "state" not in {v["name"] for v in off["spec"]["template"]["spec"]["volumes"]}
+
     def test_environment_is_the_documented_contract(self, default: list[Manifest]) -> None:
         env = env_of(one(default, "DaemonSet", "-node"))
         documented = doc_table_first_column("Node daemon (`polca-node`):")
@@ -198,8 +214,10 @@ class TestNodeDaemon:
         # restarts in a node directory, written as root without any capability.
         volumes = daemonset["spec"]["template"]["spec"]["volumes"]
         assert [v["hostPath"]["path"] for v in volumes if "hostPath" in v] == [
-            "/var/lib/polca/fake-gpus"
+            "/var/lib/polca/fake-gpus",
+            "/var/lib/polca/node",  # the daemon's checkpoint, as on real GPU nodes
         ]
+        assert env["POLCA_STATE_DIR"] == "/var/lib/polca/node"
         security = the_container(daemonset)["securityContext"]
         assert security["runAsUser"] == 0
         assert security["capabilities"] == {"drop": ["ALL"]}
@@ -250,6 +268,8 @@ class TestOptionalParts:
             "PolcaNodeHeartbeatMissing",
             "PolcaGpuWriteFailures",
             "PolcaFailsafeEngaged",
+            "PolcaPolicyUnreadable",
+            "PolcaGpuOwnersUnknown",
         }
         for rule in rules:
             assert "{{ $labels." in rule["annotations"]["summary"], rule["alert"]

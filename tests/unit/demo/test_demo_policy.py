@@ -82,6 +82,13 @@ def test_the_input_document_is_not_changed() -> None:
     assert repr(document) == before
 
 
+def test_a_cluster_wide_file_is_aimed_at_the_demo_nodes_only() -> None:
+    document = {"kind": "PowerPolicy", "spec": {"allNodes": True, "budgetWatts": 1}}
+    spec = sized(document)["spec"]
+    assert "allNodes" not in spec
+    assert spec["nodeSelector"] == {"matchLabels": {DOMAIN_LABEL[0]: DOMAIN_LABEL[1]}}
+
+
 def test_invalid_results_are_refused() -> None:
     document = {"kind": "PowerPolicy", "spec": {"stages": [{"name": "only"}]}}
     with pytest.raises(ValidationError):

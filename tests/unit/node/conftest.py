@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from polca.api.powerpolicy import PowerPolicy
+from polca_node.daemon import DaemonConfig, NodeDaemon
+from polca_node.exporter import NodeMetrics
 from polca_node.gpu.fake_nvml import FakeNvml, ManualClock
 from polca_node.gpu.nvml_backend import NvmlBackend
+from polca_node.kube_client import KubeClient
+from polca_testbed.stub_kube import StubKube
 
 ROW_LABEL = "polca.dev/row"
+DAEMON_NODE = "node-a"
+DAEMON_NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 PolicyFactory = Callable[..., PowerPolicy]
 
 
@@ -80,3 +88,37 @@ def h100_backend(h100_fake: FakeNvml) -> Iterator[NvmlBackend]:
     backend.open()
     yield backend
     backend.close()
+
+
+@pytest.fixture
+def kube() -> StubKube:
+    return StubKube()
+
+
+DaemonFactory = Callable[..., NodeDaemon]
+
+
+@pytest.fixture
+def started(
+    h100_fake: FakeNvml, fake_clock: ManualClock, kube: StubKube
+) -> Iterator[DaemonFactory]:
+    """`started(state_dir=None)`: a daemon process over the (persistent) fake GPUs, node-a,
+    fake GPUs by annotation; call twice for a restart."""
+    backends: list[NvmlBackend] = []
+
+    def start(state_dir: Path | None = None) -> NodeDaemon:
+        backend = NvmlBackend(h100_fake)
+        backends.append(backend)
+        config = DaemonConfig(
+            DAEMON_NODE, fake_gpu_annotation="polca.dev/fake-gpus", state_dir=state_dir
+        )
+        daemon = NodeDaemon(
+            config, backend, cast(KubeClient, kube), NodeMetrics(DAEMON_NODE),
+            clock=fake_clock.now, wall_clock=lambda: DAEMON_NOW,
+        )  # fmt: skip
+        daemon.adopt(backend.open())
+        return daemon
+
+    yield start
+    for backend in backends:
+        backend.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 import pytest
 
@@ -18,6 +19,7 @@ from polca_node.actuator import (
 from polca_node.gpu.fake_nvml import SETTER_FUNCTIONS, FakeHandle, FakeNvml
 from polca_node.gpu.nvml_backend import NvmlBackend
 from polca_node.policies import GpuDecision, Mode, NodeDecision
+from polca_node.tiering import OwnerConflict
 
 
 class RecordingObserver:
@@ -135,6 +137,19 @@ class TestTightenOnly:
         actuator.apply(decision(Mode.TIGHTEN, {0: ResolvedAction(1110), 1: ResolvedAction(1500)}))
         assert h100_fake.gpus[0].clock_ceiling_mhz == 1110
         assert h100_fake.gpus[1].clock_ceiling_mhz == 1500
+
+    def test_unconfirmed_gpus_are_only_tightened_under_enforce(
+        self, actuator: Actuator, h100_fake: FakeNvml
+    ) -> None:
+        # The kubelet and the pod watch disagree about GPUs 0 and 1 (issue 12, finding 4).
+        actuator.apply(decision(Mode.ENFORCE, everywhere(ResolvedAction(1110, 500.0))))
+        lifted = replace(
+            decision(Mode.ENFORCE, {**everywhere(ResolvedAction()), 1: ResolvedAction(900)}),
+            owner_conflict=OwnerConflict(frozenset({0, 1}), (("ns", "train-0"),)),
+        )
+        actuator.apply(lifted)
+        assert [g.clock_ceiling_mhz for g in h100_fake.gpus] == [1110, 900, None, None]
+        assert [g.power_limit_mw for g in h100_fake.gpus] == [500_000, 500_000, 700_000, 700_000]
 
     def test_plan_targets_is_pure(self) -> None:
         applied = {0: GpuApplied(1305, ClockSource.SET, 500.0, 500.0, 700.0)}

@@ -4,7 +4,7 @@ writes, the guard, dry run."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -21,6 +21,7 @@ from polca_node.gpu.nvml_backend import NvmlBackend
 from polca_node.kube_client import KubeClient
 from polca_node.policies import Mode
 from polca_node.status_writer import PreviousRecord, build_status, previous_record
+from polca_testbed.stub_kube import StubKube
 
 PolicyFactory = Callable[..., PowerPolicy]
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -33,55 +34,6 @@ TRAINING_POD = {
     },
     "spec": {"nodeName": NODE},
 }  # fmt: skip
-
-
-class StubKube:
-    """Records API requests (Events) and answers them with an empty object."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, str, Any]] = []
-
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        self.requests.append((method, path, kwargs.get("body")))
-        return {}
-
-    def close(self) -> None:
-        pass
-
-    def events(self) -> list[tuple[str, str]]:
-        return [
-            (body["reason"], body["type"])
-            for method, path, body in self.requests
-            if method == "POST" and path.endswith("/events")
-        ]
-
-
-@pytest.fixture
-def kube() -> StubKube:
-    return StubKube()
-
-
-@pytest.fixture
-def started(
-    h100_fake: FakeNvml, fake_clock: ManualClock, kube: StubKube
-) -> Iterator[Callable[[], NodeDaemon]]:
-    backends: list[NvmlBackend] = []
-
-    def start() -> NodeDaemon:
-        """A daemon process over the (persistent) fake GPUs: call twice for a restart."""
-        backend = NvmlBackend(h100_fake)
-        backends.append(backend)
-        config = DaemonConfig(NODE, fake_gpu_annotation="polca.dev/fake-gpus")
-        daemon = NodeDaemon(
-            config, backend, cast(KubeClient, kube), NodeMetrics(NODE),
-            clock=fake_clock.now, wall_clock=lambda: NOW,
-        )  # fmt: skip
-        daemon.adopt(backend.open())
-        return daemon
-
-    yield start
-    for backend in backends:
-        backend.close()
 
 
 def observe(daemon: NodeDaemon, *policies: PowerPolicy, row: str = "a") -> None:
@@ -238,17 +190,25 @@ async def test_rejected_write_is_a_condition_a_metric_and_one_event(
     assert kube.events() == [("GpuWriteFailed", "Warning")]
 
 
+# A guard that acts at 1200 W and lets go below 1100 W.
+GUARD = {"nodeBudgetWatts": 1000, "triggerPercent": 120, "releasePercent": 110}
+
+
+async def running(daemon: NodeDaemon, policy: PowerPolicy) -> NodeDaemon:
+    """`daemon` (with no previous record) after its first reconcile under `policy`."""
+    observe(daemon, policy)
+    daemon.recall(PreviousRecord())
+    await daemon.reconcile()
+    return daemon
+
+
 async def test_guard_throttles_in_tier_order_and_lets_go_with_hysteresis(
     started: Callable[[], NodeDaemon],
     h100_fake: FakeNvml,
     fake_clock: ManualClock,
     make_policy: PolicyFactory,
 ) -> None:
-    daemon = started()
-    guard = {"nodeBudgetWatts": 1000, "triggerPercent": 120, "releasePercent": 110}
-    observe(daemon, make_policy(stage="normal", guard=guard))
-    daemon.recall(PreviousRecord())
-    await daemon.reconcile()
+    daemon = await running(started(), make_policy(stage="normal", guard=GUARD))
     assert ceilings(h100_fake) == [None] * 4
 
     # Prefill: 4 x 700 W; with the idle-tier GPUs at 1110 MHz still 700 + 3 x 242 W > 1200 W.
@@ -272,6 +232,53 @@ async def test_guard_throttles_in_tier_order_and_lets_go_with_hysteresis(
     assert levels[:4] == [2, 2, 2, 2]  # held for the hysteresis period
     assert levels[-1] == 0
     assert ceilings(h100_fake) == [None] * 4
+
+
+def unreadable(policy: PowerPolicy) -> dict[str, Any]:
+    """`policy` as a newer CRD may store it: a budget beyond this version's bound."""
+    wire = policy.to_wire()
+    wire["spec"]["budgetWatts"] = 5e12
+    return wire
+
+
+async def test_an_unreadable_version_keeps_the_guard_and_a_restart_holds(
+    started: Callable[[], NodeDaemon],
+    h100_fake: FakeNvml,
+    make_policy: PolicyFactory,
+    kube: StubKube,
+) -> None:
+    # Safety rule 6 (issue 12, finding 1): unknown, never absent.
+    good = make_policy(stage="normal", guard=GUARD)
+    daemon = await running(started(), good)
+    daemon.observed.apply_policy("MODIFIED", unreadable(good))
+    await daemon.reconcile()
+    assert mode(daemon) is Mode.TIGHTEN  # its last good version still counts
+    assert counter(daemon, "polca_unreadable_policies") == 1.0
+
+    # The guard of the last good version keeps working.
+    h100_fake.load = ConstantLoad(PhaseDemand(prefill_frac=1.0))
+    await daemon.sample()
+    await daemon.reconcile()
+    assert ceilings(h100_fake) == [None, 1110, 1110, 1110]
+    record = record_of(daemon)
+
+    # A restart with only the unreadable version: hold everything, never restore.
+    before = setter_calls(h100_fake)
+    second = started()
+    second.observed.replace_nodes([{"metadata": {"name": NODE, "labels": {"polca.dev/row": "a"}}}])
+    second.observed.replace_policies([unreadable(good)])
+    second.observed.replace_pods([TRAINING_POD])
+    second.recall(record)
+    await second.reconcile()
+    await second.flush_background()
+    assert mode(second) is Mode.HOLD
+    assert setter_calls(h100_fake) == before
+    assert ceilings(h100_fake) == [None, 1110, 1110, 1110]
+    assert ("PolicyUnreadable", "Warning") in kube.events()
+    assert record_of(second).managed  # the record survives for a later restore
+    condition = build_status(second.build_status_inputs()).condition("PolicyUnreadable")
+    assert condition is not None
+    assert condition.status == "True"
 
 
 async def test_dry_run_counts_what_it_would_do_and_writes_nothing(

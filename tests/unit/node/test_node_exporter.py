@@ -30,6 +30,8 @@ CONTRACT = {
     "polca_nvml_call_seconds": "histogram",
     "polca_node_heartbeat_timestamp_seconds": "gauge",
     "polca_throttled_gpus": "gauge",
+    "polca_unreadable_policies": "gauge",
+    "polca_unconfirmed_gpus": "gauge",
 }
 
 
@@ -109,6 +111,11 @@ def test_node_gauges_and_counters(metrics: NodeMetrics) -> None:
     for _ in range(3):
         metrics.on_nvml_call("nvmlDeviceGetPowerUsage", 0.0004, False)
     assert samples(metrics, "polca_throttled_gpus") == [({"node": "node-a"}, 1.0)]
+    assert samples(metrics, "polca_unreadable_policies") == [({"node": "node-a"}, 0.0)]
+    metrics.set_unreadable_policies(2)
+    assert samples(metrics, "polca_unreadable_policies") == [({"node": "node-a"}, 2.0)]
+    metrics.set_unconfirmed_gpus(3)
+    assert samples(metrics, "polca_unconfirmed_gpus") == [({"node": "node-a"}, 3.0)]
     assert samples(metrics, "polca_node_heartbeat_timestamp_seconds")[0][1] == 1_700_000_000.0
     actions = {
         (labels["gpu"], labels["knob"], labels["dry_run"]): v

@@ -11,6 +11,7 @@ import yaml
 
 from polca_node.kube_client import (
     ApiError,
+    CredentialsError,
     in_cluster_credentials,
     kubeconfig_credentials,
     load_credentials,
@@ -64,7 +65,8 @@ def test_bad_client_certificate_data_fails_loudly(tmp_path: Path) -> None:
     path = write_kubeconfig(
         tmp_path / "kc", {"client-certificate-data": junk, "client-key-data": junk}
     )
-    with pytest.raises(ssl.SSLError):
+    # Loudly, but as one line naming the file (CredentialsError), not an ssl traceback.
+    with pytest.raises(CredentialsError, match=r"kubeconfig .*kc is not usable: .*PEM"):
         kubeconfig_credentials(path)
 
 

@@ -4,8 +4,12 @@ is not a Node without labels, and every update says whether it changed something
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
+import pytest
+
+from polca.api.powerpolicy import LAST_APPLIED
 from polca_node.observed import LoopSink, ObservedCluster, pod_info
 
 
@@ -14,7 +18,7 @@ def policy(name: str, stage: str | None = None, budget: Any = 1000) -> dict[str,
         "apiVersion": "polca.dev/v1alpha1",
         "kind": "PowerPolicy",
         "metadata": {"name": name, "resourceVersion": "1", "managedFields": [{"manager": "x"}]},
-        "spec": {"nodeSelector": {}, "budgetWatts": budget},
+        "spec": {"allNodes": True, "budgetWatts": budget},
     }
     if stage:
         body["status"] = {"stage": stage}
@@ -61,13 +65,81 @@ class TestPolicies:
     def test_refused_version_keeps_the_last_good_one(self) -> None:
         seen = ObservedCluster("n1")
         seen.replace_policies([policy("a", stage="stage2")])
-        assert not seen.apply_policy("MODIFIED", policy("a", stage="stage3", budget=-5))
+        # A change: the policy is now unknown, and the daemon must reconsider (hold).
+        assert seen.apply_policy("MODIFIED", policy("a", stage="stage3", budget=-5))
         status = seen.policies["a"].status
         assert status is not None
         assert status.stage == "stage2"
-        assert "a" in seen.policy_errors
+        assert "spec.budgetWatts" in seen.unreadable["a"].error
+        assert not seen.apply_policy("MODIFIED", policy("a", stage="stage3", budget=-5))
         assert seen.apply_policy("MODIFIED", policy("a", stage="stage3"))
-        assert "a" not in seen.policy_errors
+        assert "a" not in seen.unreadable
+
+
+class TestStoredPolicies:
+    """Safety rule 6: read what the server stored tolerantly; what still fails is unknown."""
+
+    def test_values_the_server_stores_are_read(self) -> None:
+        stored = policy("a", stage="s1")
+        stored["spec"]["stages"] = [
+            {"name": "normal"},
+            # `kubectl patch` stores a near-integer in an integer field; a newer CRD adds fields.
+            {"name": "s1", "triggerPercent": 80, "releasePercent": 75, "futureKnob": True,
+             "actions": {"low": {"clockCeilingMHz": 1110.000001, "minClockMHz": 900}}},
+        ]  # fmt: skip
+        stored["spec"]["failsafeStage"] = "s1"
+        stored["spec"]["futureSection"] = {"x": 1}
+        stored["spec"]["guard"] = None
+        stored["status"]["futureStatus"] = "y"
+        seen = ObservedCluster("n1")
+        seen.replace_policies([stored])
+        assert seen.unreadable == {}
+        action = seen.policies["a"].spec.stages[1].actions["low"]
+        assert action.clock_ceiling_mhz == 1110
+        assert isinstance(action.clock_ceiling_mhz, int)
+
+    def test_an_unreadable_policy_is_unknown_with_the_nodes_it_may_select(self) -> None:
+        bad = policy("a", stage="stage1", budget=5e12)  # a newer CRD's bound
+        bad["spec"]["nodeSelector"] = {"matchLabels": {"row": "a"}}
+        seen = ObservedCluster("n1")
+        assert seen.replace_policies([bad])
+        assert seen.policies == {}
+        unknown = seen.unreadable["a"]
+        assert unknown.may_select({"row": "a"})
+        assert not unknown.may_select({"row": "b"})
+        assert seen.replace_policies([])
+        assert seen.unreadable == {}
+
+    @pytest.mark.parametrize(
+        "selector",
+        [None, {}, {"matchLabels": {}}, {"matchLabels": {"bad key!": "x"}}, "garbage"],
+        ids=["missing", "empty", "empty-labels", "unreadable", "not-a-map"],
+    )
+    def test_a_selector_that_says_nothing_may_select_any_node(self, selector: Any) -> None:
+        bad = policy("a", budget=-1)
+        bad["spec"]["nodeSelector"] = selector
+        seen = ObservedCluster("n1")
+        seen.replace_policies([bad])
+        assert seen.unreadable["a"].may_select({"any": "node"})
+
+    def test_a_label_kubectl_dropped_holds_the_nodes_of_the_wider_selector(self) -> None:
+        # Written {row: a, rack: } (a null kubectl apply drops), stored {row: a}.
+        stored = policy("a", stage="stage1")
+        stored["spec"] = {"nodeSelector": {"matchLabels": {"row": "a"}}, "budgetWatts": 1000}
+        written = {"spec": {"nodeSelector": {"matchLabels": {"row": "a", "rack": None}}}}
+        stored["metadata"]["annotations"] = {LAST_APPLIED: json.dumps(written)}
+        seen = ObservedCluster("n1")
+        seen.replace_policies([stored])
+        assert seen.policies == {}
+        assert "kubectl apply dropped rack" in seen.unreadable["a"].error
+        assert seen.unreadable["a"].may_select({"row": "a"})
+        assert not seen.unreadable["a"].may_select({"row": "b"})
+
+    def test_deleting_an_unreadable_policy_forgets_it(self) -> None:
+        seen = ObservedCluster("n1")
+        seen.replace_policies([policy("a", budget=-1)])
+        assert seen.apply_policy("DELETED", policy("a", budget=-1))
+        assert seen.unreadable == {}
 
 
 class TestNode:
@@ -100,6 +172,23 @@ class TestPods:
         assert info.finished
         assert info.facts().priority == -3
         assert info.facts().labels == {"a": "b"}
+
+    def test_gpu_requests_count_device_plugin_resources(self) -> None:
+        gpu = "nvidia.com/gpu"
+        info = pod_info({
+            "metadata": {"namespace": "ns", "name": "p"},
+            "spec": {
+                "containers": [
+                    {"resources": {"limits": {gpu: "2", "cpu": "4"}}},
+                    {"resources": {"requests": {"nvidia.com/mig-3g.20gb": 1}}},
+                    {"resources": {"limits": {gpu: "lots"}}},
+                    {},
+                ],
+                "initContainers": [{"resources": {"limits": {gpu: 1}}}],
+            },
+        })  # fmt: skip
+        assert info.gpus_requested == 3
+        assert pod_info({"metadata": {"name": "q"}}).gpus_requested == 0
 
     def test_replace_and_events(self) -> None:
         seen = ObservedCluster("n1")

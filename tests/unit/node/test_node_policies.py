@@ -9,7 +9,9 @@ import pytest
 
 from polca.api.powerpolicy import PowerPolicy
 from polca.control.plan import GpuLimits, ResolvedAction
+from polca.control.selectors import Selector
 from polca.control.tiers import TIER_LABEL, PodFacts
+from polca_node.observed import UnreadablePolicy
 from polca_node.policies import DecisionInputs, Mode, decide_node
 
 PolicyFactory = Callable[..., PowerPolicy]
@@ -41,6 +43,7 @@ def inputs(
     pods: Mapping[int, Sequence[PodFacts]] | None = PODS,
     previously_managed: bool | None = False,
     guard: Mapping[str, Mapping[int, ResolvedAction]] | None = None,
+    unreadable: Sequence[UnreadablePolicy] = (),
 ) -> DecisionInputs:
     return DecisionInputs(
         node_labels=labels,
@@ -49,6 +52,7 @@ def inputs(
         gpu_pods=pods,
         previously_managed=previously_managed,
         guard_actions=guard or {},
+        unreadable=unreadable,
     )
 
 
@@ -205,6 +209,47 @@ class TestNeverUncapForLackOfInformation:
         decision = decide_node(inputs([make_policy(stage="renamed-stage")]))
         assert decision.mode is Mode.TIGHTEN
         assert clocks(decision) == [None] * 4
+
+
+class TestUnreadablePolicyIsUnknownNotAbsent:
+    """Safety rule 6: a stored policy the daemon cannot read never makes it restore."""
+
+    ANY_NODE = UnreadablePolicy("row-a", "1 validation error(s)", None)
+    OTHER_ROW = UnreadablePolicy("row-b", "1 validation error(s)", Selector({ROW_LABEL: "b"}))
+
+    def test_restarted_daemon_holds_instead_of_restoring(self) -> None:
+        decision = decide_node(inputs([], previously_managed=True, unreadable=[self.ANY_NODE]))
+        assert decision.mode is Mode.HOLD
+        assert not decision.mode.writes
+        assert decision.unreadable == (self.ANY_NODE,)
+        assert "cannot read PowerPolicy row-a" in decision.reason
+
+    def test_holds_even_before_the_pods_are_known(self) -> None:
+        decision = decide_node(
+            inputs([], pods=None, previously_managed=True, unreadable=[self.ANY_NODE])
+        )
+        assert decision.mode is Mode.HOLD
+
+    def test_beside_a_readable_policy_the_node_only_tightens(
+        self, make_policy: PolicyFactory
+    ) -> None:
+        readable = make_policy("row-c", stage="stage1")
+        decision = decide_node(inputs([readable], unreadable=[self.ANY_NODE]))
+        assert decision.mode is Mode.TIGHTEN
+        assert clocks(decision) == [1275, None, 1275, 1275]
+
+    def test_last_good_version_keeps_enforcing_but_only_tightens(
+        self, make_policy: PolicyFactory
+    ) -> None:
+        last_good = make_policy("row-a", stage="normal")  # the latest version says more
+        decision = decide_node(inputs([last_good], unreadable=[self.ANY_NODE]))
+        assert decision.mode is Mode.TIGHTEN
+        assert [p.name for p in decision.policies] == ["row-a"]
+
+    def test_a_policy_for_other_nodes_does_not_hold_this_one(self) -> None:
+        decision = decide_node(inputs([], previously_managed=True, unreadable=[self.OTHER_ROW]))
+        assert decision.mode is Mode.RESTORE
+        assert decision.unreadable == ()
 
 
 class TestRestore:

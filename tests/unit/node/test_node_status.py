@@ -16,6 +16,7 @@ from polca_node.actuator import ClockSource, GpuApplied, WriteFailure
 from polca_node.gpu.backend import GpuInfo
 from polca_node.gpu.nvml_backend import NvmlBackend
 from polca_node.kube_client import ApiError, KubeClient
+from polca_node.observed import UnreadablePolicy
 from polca_node.policies import DecisionInputs, Mode, NodeDecision, decide_node
 from polca_node.status_writer import (
     HEARTBEAT_S,
@@ -27,6 +28,7 @@ from polca_node.status_writer import (
     previous_record,
     status_fingerprint,
 )
+from polca_node.tiering import OwnerConflict
 
 PolicyFactory = Callable[..., PowerPolicy]
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -195,6 +197,32 @@ class TestBuildStatus:
         assert condition is not None
         assert (condition.status, condition.reason) == ("True", "GpuUnreadable")
         assert "GpuLost" in condition.message
+
+    def test_unreadable_policy_is_a_condition(self, h100_backend: NvmlBackend) -> None:
+        unknown = UnreadablePolicy("row-a", "1 validation error(s), first spec.x: bad")
+        hold = NodeDecision(Mode.HOLD, "cannot read PowerPolicy row-a", unreadable=(unknown,))
+        status = build_status(inputs(h100_backend, hold, applied={}))
+        condition = status.condition("PolicyUnreadable")
+        assert condition is not None
+        assert (condition.status, condition.reason) == ("True", "UnreadablePolicy")
+        assert "row-a: 1 validation error(s), first spec.x: bad" in condition.message
+        readable = NodeDecision(Mode.UNMANAGED, "no PowerPolicy selects this node")
+        later = build_status(
+            inputs(h100_backend, readable, applied={}, previous_conditions=status.conditions)
+        )
+        cleared = later.condition("PolicyUnreadable")
+        assert cleared is not None
+        assert (cleared.status, cleared.reason) == ("False", "PoliciesReadable")
+
+    def test_disagreeing_gpu_owners_are_a_condition(self, h100_backend: NvmlBackend) -> None:
+        conflict = OwnerConflict(frozenset({0, 1}), (("ml", "train-0"),))
+        held = NodeDecision(Mode.ENFORCE, "enforcing row-a/stage1", owner_conflict=conflict)
+        status = build_status(inputs(h100_backend, held, applied={}))
+        condition = status.condition("GpuOwnersUnknown")
+        assert condition is not None
+        assert (condition.status, condition.reason) == ("True", "SourcesDisagree")
+        assert "ml/train-0" in condition.message
+        assert "GPUs 0, 1" in condition.message
 
     def test_restored_defaults_are_recorded(self, h100_backend: NvmlBackend) -> None:
         unmanaged = NodeDecision(Mode.UNMANAGED, "no PowerPolicy selects this node")

@@ -18,8 +18,10 @@ from polca_node.tiering import (
     DEFAULT_FAKE_GPU_ANNOTATION as FAKE_GPUS,
 )
 from polca_node.tiering import (
+    OwnerConflict,
     PodResourcesMapper,
     assign_fake_gpus,
+    check_owners,
     fake_gpu_owners,
     gpu_pod_facts,
     gpu_tiers,
@@ -108,6 +110,70 @@ def kubelet() -> Iterator[FakeKubelet]:
     with FakeKubelet(directory / "kubelet.sock") as server:
         yield server
     shutil.rmtree(directory, ignore_errors=True)
+
+
+def running(name: str, gpus_requested: int = 1, phase: str = "Running") -> PodInfo:
+    return PodInfo("ns", name, phase=phase, gpus_requested=gpus_requested)
+
+
+GPUS4 = range(4)
+
+
+class TestOwnerCheck:
+    """Issue 12, finding 4: the kubelet's answer is checked against the pod watch."""
+
+    def test_agreeing_sources_are_taken_as_they_are(self) -> None:
+        pods = {("ns", "a"): running("a"), ("ns", "web"): running("web", 0)}
+        check = check_owners({0: (("ns", "a"),)}, pods, {}, GPUS4)
+        assert check.owners == {0: (("ns", "a"),)}
+        assert check.conflict is None
+        assert check.remembered == {("ns", "a"): (0,)}
+
+    def test_an_empty_answer_while_a_pod_still_runs_keeps_its_gpus(self) -> None:
+        pods = {("ns", "a"): running("a", 2), ("ns", "b"): running("b", 1)}
+        first = check_owners(
+            {0: (("ns", "a"),), 1: (("ns", "a"),), 2: (("ns", "b"),)}, pods, {}, GPUS4
+        )
+        empty = check_owners({}, pods, first.remembered, GPUS4)
+        assert empty.conflict == OwnerConflict(frozenset({0, 1, 2}), (("ns", "a"), ("ns", "b")))
+        # Each GPU keeps the pod that held it, so its tier stays what it was.
+        assert empty.owners == {0: (("ns", "a"),), 1: (("ns", "a"),), 2: (("ns", "b"),)}
+        assert empty.remembered == first.remembered  # still remembered while they run
+        # They agree again: the conflict is gone.
+        again = check_owners({0: (("ns", "a"),), 1: (("ns", "a"),), 2: (("ns", "b"),)}, pods,
+                             empty.remembered, GPUS4)  # fmt: skip
+        assert again.conflict is None
+
+    def test_a_running_pod_asking_for_gpus_never_listed_may_hold_any_free_gpu(self) -> None:
+        # After a daemon restart nothing is remembered: the pod's request is the evidence.
+        pods = {("ns", "a"): running("a", 1), ("ns", "b"): running("b", 1)}
+        check = check_owners({0: (("ns", "b"),)}, pods, {}, GPUS4)
+        assert check.conflict is not None
+        assert check.conflict.gpus == frozenset({1, 2, 3})
+        assert check.conflict.pods == (("ns", "a"),)
+        assert check.owners[3] == (("ns", "a"),)
+        assert check.owners[0] == (("ns", "b"),)
+
+    @pytest.mark.parametrize(
+        "pod",
+        [running("a", 1, phase="Pending"), running("a", 1, phase="Succeeded"), running("a", 0)],
+        ids=["pending-not-admitted-yet", "finished", "asks-for-no-gpu"],
+    )
+    def test_pods_that_hold_no_gpu_are_no_conflict(self, pod: PodInfo) -> None:
+        assert check_owners({}, {pod.key: pod}, {}, GPUS4).conflict is None
+
+    def test_finished_or_deleted_pods_are_forgotten(self) -> None:
+        remembered = {("ns", "a"): (0,), ("ns", "gone"): (1,)}
+        pods = {("ns", "a"): running("a", phase="Succeeded")}
+        check = check_owners({}, pods, remembered, GPUS4)
+        assert check.conflict is None
+        assert check.remembered == {}
+
+    def test_a_gpu_the_kubelet_gives_to_another_pod_is_not_held(self) -> None:
+        pods = {("ns", "a"): running("a"), ("ns", "b"): running("b")}
+        check = check_owners({0: (("ns", "b"),)}, pods, {("ns", "a"): (0,)}, GPUS4)
+        assert check.owners[0] == (("ns", "b"),)
+        assert check.conflict is None or 0 not in check.conflict.gpus
 
 
 class TestPodResourcesMapper:

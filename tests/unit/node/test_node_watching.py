@@ -1,14 +1,19 @@
-"""List-then-watch: authoritative lists, events, bookmarks, 410 Gone, failures keep state."""
+"""List-then-watch: authoritative lists, events, bookmarks, 410 Gone, failures keep state, and
+the backoff rules (issue 12, finding 7): a watch that ends at once backs off, a 410 forgets the
+resource version before the relist, any failure is contained and retried."""
 
 from __future__ import annotations
 
 import queue
+import random
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
 import pytest
 
+from polca_node.backoff import Backoff
 from polca_node.kube_client import ApiError, KubeClient
 from polca_node.watching import Watcher, WatchTarget
 
@@ -113,7 +118,8 @@ def run_watcher() -> Iterator[Any]:
     started: list[Watcher] = []
 
     def start(api: FakeApi, sink: RecordingSink) -> Watcher:
-        watcher = Watcher(cast(KubeClient, api), TARGET, sink, min_backoff_s=0.01)
+        backoff = Backoff(base_s=0.001, cap_s=0.01, rng=random.Random(1))
+        watcher = Watcher(cast(KubeClient, api), TARGET, sink, backoff=backoff)
         started.append(watcher.start())
         return watcher
 
@@ -184,3 +190,129 @@ def test_stop_closes_an_open_watch(run_watcher: Any) -> None:
     watcher.stop(timeout_s=5)
     assert not watcher.alive
     assert api.idle.closed.is_set()
+
+
+class RecordingBackoff(Backoff):
+    """A Backoff that records the ceilings asked for and waits almost nothing."""
+
+    def __init__(self) -> None:
+        super().__init__(base_s=0.001, cap_s=0.004, rng=random.Random(0))
+        self.ceilings: list[float] = []
+        self.resets = 0
+
+    def next_s(self) -> float:
+        self.ceilings.append(self.ceiling_s())
+        return super().next_s()
+
+    def reset(self) -> None:
+        self.resets += 1
+        super().reset()
+
+
+def start_watcher(api: FakeApi, sink: RecordingSink, backoff: Backoff) -> Watcher:
+    return Watcher(cast(KubeClient, api), TARGET, sink, backoff=backoff).start()
+
+
+def test_a_watch_that_ends_at_once_backs_off_growing_to_the_cap() -> None:
+    # A server (or proxy) that ends every watch at once with no event: 30 such watches.
+    api = FakeApi([listing("10", "a")], [FakeStream([], end=True) for _ in range(30)])
+    sink = RecordingSink()
+    backoff = RecordingBackoff()
+    watcher = start_watcher(api, sink, backoff)
+    try:
+        assert sink.wait_for(1) == [("replace", ["a"])]
+        deadline = time.monotonic() + WAIT_S
+        while len(backoff.ceilings) < 30 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        watcher.stop()
+    # Each empty watch paused for the next backoff step: 1, 2, 4 ms, then the 4 ms cap.
+    assert backoff.ceilings[:5] == [0.001, 0.002, 0.004, 0.004, 0.004]
+    assert api.list_calls == 1  # a quick end is not a reason to list again
+    assert sink.calls == [("replace", ["a"])]  # and not a failure the daemon is told about
+
+
+def test_an_event_resets_the_backoff() -> None:
+    streams: list[FakeStream | Exception] = [FakeStream([], end=True) for _ in range(3)]
+    streams.append(FakeStream([event("ADDED", "b", "11")], end=True))
+    streams += [FakeStream([], end=True) for _ in range(3)]
+    api = FakeApi([listing("10")], streams)
+    sink = RecordingSink()
+    backoff = RecordingBackoff()
+    watcher = start_watcher(api, sink, backoff)
+    try:
+        sink.wait_for(2)
+        deadline = time.monotonic() + WAIT_S
+        while api.streams and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        watcher.stop()
+    assert backoff.ceilings[:3] == [0.001, 0.002, 0.004]
+    # After the watch that carried an event, the schedule starts again from the base.
+    assert backoff.ceilings[3:5] == [0.001, 0.002]
+
+
+def test_gone_forgets_the_version_even_when_the_relist_fails() -> None:
+    expired = FakeStream(
+        [{"type": "ERROR", "object": {"code": 410, "reason": "Expired"}}], end=False
+    )
+    api = FakeApi(
+        [listing("10", "a"), ApiError(0, "ConnectionRefusedError", "down"), listing("20", "a")],
+        [expired],
+    )
+    sink = RecordingSink()
+    watcher = start_watcher(api, sink, RecordingBackoff())
+    try:
+        calls = sink.wait_for(3)
+    finally:
+        watcher.stop()
+    assert calls == [("replace", ["a"]), ("failed", "ApiError"), ("replace", ["a"])]
+    # Never a watch from the expired version 10 after the 410: the next one starts at 20.
+    assert [p["resourceVersion"] for p in api.watch_params][:2] == ["10", "20"]
+
+
+def test_a_gone_right_after_a_fresh_list_backs_off() -> None:
+    def expired() -> FakeStream:
+        return FakeStream([{"type": "ERROR", "object": {"code": 410}}], end=False)
+
+    api = FakeApi([listing("10")], [expired(), expired(), expired()])
+    sink = RecordingSink()
+    backoff = RecordingBackoff()
+    watcher = start_watcher(api, sink, backoff)
+    try:
+        sink.wait_for(4)
+    finally:
+        watcher.stop()
+    # The first 410 relists at once; the next ones, each right after a fresh list, pause.
+    assert len(backoff.ceilings) >= 2
+
+
+@pytest.mark.parametrize(
+    "error",
+    [OSError("connection reset by a proxy"), ValueError("not JSON"), KeyError("metadata")],
+)
+def test_any_failure_is_contained_and_retried_with_a_relist(error: Exception) -> None:
+    api = FakeApi([error, listing("5", "a")], [])
+    sink = RecordingSink()
+    watcher = start_watcher(api, sink, RecordingBackoff())
+    try:
+        calls = sink.wait_for(2)
+        assert watcher.alive
+    finally:
+        watcher.stop()
+    assert calls == [("failed", type(error).__name__), ("replace", ["a"])]
+
+
+def test_an_outage_warns_once_then_retries_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    down = ApiError(0, "ConnectionRefusedError", "down")
+    api = FakeApi([down] * 20 + [listing("5", "a")], [])
+    sink = RecordingSink()
+    with caplog.at_level("DEBUG", logger="polca_node.watching"):
+        watcher = start_watcher(api, sink, RecordingBackoff())
+        try:
+            assert sink.wait_for(21)[-1] == ("replace", ["a"])
+        finally:
+            watcher.stop()
+    retries = [r for r in caplog.records if "retrying in" in r.getMessage()]
+    assert len(retries) == 20  # every retry is logged...
+    assert [r.levelname for r in retries].count("WARNING") == 1  # ...one of them as a warning

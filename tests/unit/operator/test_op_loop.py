@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from polca.api.defaults import STAGE_NAMES
+from polca.api.powerpolicy import LAST_APPLIED
 from polca.control.plan import POLCA_PLAN
 from polca_operator.endpoints import NodeAddresses
 from polca_operator.fakes import (
@@ -245,6 +247,37 @@ async def test_spec_that_never_parsed_leaves_the_stage_alone(harness: Harness) -
         "Invalid": ("True", "InvalidSpec"),
     }
     assert not (await loop.cycle(broken, domain_view(1))).wrote_status  # no repeated writes
+
+
+async def test_restart_reads_what_the_server_stored_and_keeps_its_stage(
+    harness: Harness,
+) -> None:
+    # Safety rule 6: a near-integer (`kubectl patch`) and a newer CRD's field are read, not
+    # taken for a broken or deleted policy: the loop continues from the stored stage.
+    stages = _stages((80, 75))
+    stages[1]["actions"]["low"] = {"clockCeilingMHz": 1275.000001, "minClockMHz": 900}
+    stored = policy_body(stages=stages, failsafeStage="stage1", futureKnob={"on": True})
+    loop = harness.loop(status={"stage": "stage2", "stageIndex": 2})
+    outcome = await loop.cycle(stored, domain_view(1))
+    assert outcome.decision is not None
+    assert loop.stage == 2
+    assert conditions(harness.sink.last)["Ready"] == ("True", "Enforcing")
+
+
+async def test_an_annotation_only_fix_is_seen_without_a_new_generation(
+    harness: Harness,
+) -> None:
+    loop = harness.loop(status={"stage": "stage1", "stageIndex": 1})
+    written = {"spec": {"nodeSelector": {"matchLabels": {DOMAIN_LABEL: "row-a", "row": None}}}}
+    body = policy_body()
+    body["metadata"]["annotations"] = {LAST_APPLIED: json.dumps(written)}
+    assert (await loop.cycle(body, domain_view(1))).decision is None
+    assert "kubectl apply dropped row" in json.dumps(harness.sink.last)
+    # `kubectl apply` of the manifest without the key: only the annotation changes.
+    body["metadata"]["annotations"] = {LAST_APPLIED: json.dumps(policy_body())}
+    assert (await loop.cycle(body, domain_view(1))).decision is not None
+    assert loop.stage is not None
+    assert loop.stage >= 1  # continued from the stored stage, never from 0
 
 
 async def test_no_nodes_selected_is_not_ready_but_valid(harness: Harness) -> None:

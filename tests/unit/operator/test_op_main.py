@@ -63,7 +63,12 @@ def test_daemon_metrics_port_is_one_port_or_any(capsys: pytest.CaptureFixture[st
         with pytest.raises(SystemExit) as exit_info:
             parse_args(["--daemon-metrics-port", bad], {})
         assert exit_info.value.code == 2
-        assert "is not a port (1-65535) or 'any'" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert err.startswith(f"polca-operator: error: argument --daemon-metrics-port: '{bad}'")
+        assert "port" in err
+    with pytest.raises(SystemExit):
+        parse_args([], {"POLCA_DAEMON_METRICS_PORT": "abc"})
+    assert "POLCA_DAEMON_METRICS_PORT='abc': not a port number" in capsys.readouterr().err
 
 
 def test_help_documents_the_environment(capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+from polca.api.powerpolicy import LAST_APPLIED
 from polca.api.semantic import NO_NODES_SELECTED, OVERHEAD_EXCEEDS_BUDGET, Problem
 from polca_operator.fakes import DOMAIN_LABEL, policy_body
 from polca_operator.validation import (
@@ -54,3 +57,14 @@ def test_semantic_problems_are_cached_until_the_domain_changes() -> None:
     assert cache.problems(parsed, 1, labels[:1]) == ()
     (problem,) = cache.problems(parsed, 2, labels)
     assert problem.reason == OVERHEAD_EXCEEDS_BUDGET
+
+
+def test_a_label_kubectl_dropped_is_a_problem() -> None:
+    # `kubectl apply` sent {rack: r1} for {rack: r1, row: }: the stored domain is wider.
+    body = policy_body()
+    written = {"spec": {"nodeSelector": {"matchLabels": {DOMAIN_LABEL: "row-a", "row": None}}}}
+    problem = parse_spec(body["spec"], 1, {LAST_APPLIED: json.dumps(written)})
+    assert isinstance(problem, Problem)
+    assert problem.reason == INVALID_SPEC
+    assert "kubectl apply dropped row" in problem.message
+    assert isinstance(parse_spec(body["spec"], 1, {LAST_APPLIED: json.dumps(body)}), ParsedSpec)

@@ -51,7 +51,7 @@ def test_file_round_trip(tmp_path: Path) -> None:
     [
         ("yesterday,1,2", "bad TIMESTAMP"),
         ("2023-11-16 18:15:52.1,abc,2", "ContextTokens must be an integer"),
-        ("2023-11-16 18:15:52.1,5,0", "GeneratedTokens must be ≥ 1"),
+        ("2023-11-16 18:15:52.1,5,0", "GeneratedTokens must be within 1-"),
         ("2023-11-16 18:15:52.1,5", "expected 3 fields"),
     ],
 )

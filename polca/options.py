@@ -1,0 +1,135 @@
+"""Command-line options that may also come from the environment, with one set of rules.
+
+Every entry point (`polca-node`, `polca-operator`, `polca simulate`) parses its numbers, ports,
+intervals and log levels with these types, so the same value means the same thing everywhere:
+
+- an interval or duration (`seconds`) is a finite number > 0: 0 or a negative interval would make
+  a loop spin (issue 12: `--podresources-interval-s 0` wrote ≈140 statuses a second); `inf` only
+  where an option says "wait forever" (`seconds_or_inf`);
+- a port is 1-65535, or 0 where the option documents "0 picks a free one" (`port`);
+- a log level is DEBUG, INFO, WARNING or ERROR in any letter case (`log_level`, upper-case out);
+- an environment variable is a default, applied only when the flag is absent, and a bad value
+  names the variable, not just the flag (`env_default`);
+- a bad value ends the program with one line, `PROG: error: …`, and exit status 2
+  (`OptionParser`), never a traceback.
+
+Pure: no Kubernetes or network code (the `polca` package's layer rule).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Mapping
+from typing import NoReturn
+
+__all__ = [
+    "LOG_LEVELS",
+    "EnvValue",
+    "OptionParser",
+    "count",
+    "env_default",
+    "log_level",
+    "port",
+    "positive_number",
+    "seconds",
+    "seconds_or_inf",
+]
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+MAX_PORT = 65535
+
+
+class EnvValue(str):
+    """A default taken from an environment variable: argparse hands it to the option's type
+    like a command-line value, and the type names the variable when it refuses it."""
+
+    __slots__ = ("variable",)
+
+    variable: str
+
+    def __new__(cls, value: str, variable: str) -> EnvValue:
+        made = super().__new__(cls, value)
+        made.variable = variable
+        return made
+
+
+def _refuse(text: str, why: str) -> NoReturn:
+    where = f"{text.variable}={str(text)!r}" if isinstance(text, EnvValue) else repr(text)
+    raise argparse.ArgumentTypeError(f"{where}: {why}")
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        _refuse(text, "not a number")
+
+
+def positive_number(text: str) -> float:
+    """A finite number > 0 (a scale, a share)."""
+    value = _number(text)
+    if not math.isfinite(value) or value <= 0:
+        _refuse(text, "must be a finite number > 0")
+    return value
+
+
+def seconds(text: str) -> float:
+    """An interval or duration in seconds: finite and > 0."""
+    value = _number(text)
+    if not math.isfinite(value) or value <= 0:
+        _refuse(text, "must be a finite number of seconds > 0")
+    return value
+
+
+def seconds_or_inf(text: str) -> float:
+    """Seconds > 0, or `inf` for "no limit"."""
+    value = _number(text)
+    if math.isnan(value) or value <= 0:
+        _refuse(text, "must be a number of seconds > 0 (or inf)")
+    return value
+
+
+def count(text: str) -> int:
+    """A whole number ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        _refuse(text, "not a whole number")
+    if value < 1:
+        _refuse(text, "must be ≥ 1")
+    return value
+
+
+def port(text: str) -> int:
+    """A TCP port, 1-65535; 0 asks the system for a free one (tests)."""
+    try:
+        value = int(text)
+    except ValueError:
+        _refuse(text, "not a port number")
+    if not 0 <= value <= MAX_PORT:
+        _refuse(text, f"must be a port number, 1-{MAX_PORT} (0: any free port)")
+    return value
+
+
+def log_level(text: str) -> str:
+    """A log level in any letter case, returned upper-case (logging's spelling)."""
+    level = text.strip().upper()
+    if level not in LOG_LEVELS:
+        _refuse(text, f"must be one of {', '.join(LOG_LEVELS)} (any case)")
+    return level
+
+
+def env_default(environ: Mapping[str, str], variable: str, default: object = None) -> object:
+    """The default of an option backed by `variable`: its value when set and not blank (checked
+    by the option's type at parse time, only if the flag is absent), else `default`."""
+    value = environ.get(variable, "").strip()
+    return EnvValue(value, variable) if value else default
+
+
+class OptionParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line and exit status 2, without the usage block
+    (which for our daemons is a screenful that hides the one line that matters)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
