@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ KINDS: Mapping[str, type[BaseModel]] = {
     "NodePowerState": NodePowerState,
 }
 _VALUE_ERROR = "Value error, "
+_SPEC_RULES = re.compile(r"; (?=spec\.)")
 
 # A rule's message → the field its CRD rule names (fieldPath), to point at the field as the
 # API server does rather than at the object holding it.
@@ -85,18 +87,16 @@ def _path(loc: Sequence[int | str]) -> str:
     return out
 
 
-def _finding(error: Mapping[str, Any]) -> Finding:
+def _findings(error: Mapping[str, Any]) -> list[Finding]:
     where = _path(error["loc"])
     message = str(error["msg"]).removeprefix(_VALUE_ERROR)
-    if error["type"] == "value_error":
-        # Cross-field rules of the spec name their field first: "spec.x: message; spec.y: …".
-        head, sep, rest = message.partition(": ")
-        if sep and head.startswith("spec.") and ";" not in message:
-            return Finding(head, rest)
-        suffix = _RULE_FIELDS.get(message)
-        if suffix:
-            where += suffix
-    return Finding(where or "(document)", message)
+    if error["type"] != "value_error":
+        return [Finding(where or "(document)", message)]
+    # Cross-field rules of the spec name their field first: "spec.x: message; spec.y: …".
+    parts = _SPEC_RULES.split(message)
+    if all(p.startswith("spec.") and ": " in p for p in parts):
+        return [Finding(*p.split(": ", 1)) for p in parts]
+    return [Finding((where + _RULE_FIELDS.get(message, "")) or "(document)", message)]
 
 
 def _node_labels(nodes: Sequence[Document]) -> list[dict[str, str]]:
@@ -136,7 +136,7 @@ class _Validator:
             # for a boolean), while timestamps may be strings as they are on the wire.
             parsed = model.model_validate_json(json.dumps(data), strict=True)
         except ValidationError as exc:
-            errors.extend(_finding(e) for e in exc.errors())
+            errors.extend(f for e in exc.errors() for f in _findings(e))
             return DocumentReport(doc.where, kind, name, tuple(errors))
         if isinstance(parsed, PowerPolicy) and self.node_labels is not None:
             errors.extend(

@@ -221,7 +221,7 @@ def test_bad_input_gets_a_clear_message_and_exit_code(
     counter = tmp_path / "counter.yaml"
     counter.write_text(
         "apiVersion: polca.dev/v1alpha1\nkind: PowerPolicy\nmetadata: {name: c}\nspec:\n"
-        "  nodeSelector: {}\n  budgetWatts: 50000\n"
+        "  allNodes: true\n  budgetWatts: 50000\n"
         f"  telemetry: {{source: prometheus, prometheusURL: '{prometheus.url}'}}\n"
         "  nodePower: {source: promql, query: node_energy_joules_total}\n"
     )
@@ -244,7 +244,7 @@ def test_promql_node_power_from_a_counter_survives_its_reset(
     policy = tmp_path / "promql.yaml"
     policy.write_text(
         "apiVersion: polca.dev/v1alpha1\nkind: PowerPolicy\nmetadata: {name: promql}\nspec:\n"
-        f"  nodeSelector: {{}}\n  budgetWatts: {budget_w:.0f}\n  failsafeStage: stage2\n"
+        f"  allNodes: true\n  budgetWatts: {budget_w:.0f}\n  failsafeStage: stage2\n"
         f"  telemetry: {{source: prometheus, prometheusURL: '{prometheus.url}'}}\n"
         "  nodePower: {source: promql, query: 'rate(node_gpu_energy_joules_total[1m])'}\n"
     )

@@ -89,7 +89,7 @@ def test_a_quoted_number_is_rejected_by_both(cluster: Cluster, tmp_path: Path) -
     path = tmp_path / "quoted.yaml"
     path.write_text(
         "apiVersion: polca.dev/v1alpha1\nkind: PowerPolicy\nmetadata: {name: quoted}\n"
-        "spec: {nodeSelector: {}, budgetWatts: '1000'}\n"
+        "spec: {allNodes: true, budgetWatts: '1000'}\n"
     )
     accepted, _ = server_accepts(cluster, path)
     code, report = polca_validate(path)

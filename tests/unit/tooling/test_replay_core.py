@@ -44,7 +44,7 @@ def flat_history(power_pct: list[float], nodes: int = 2, *, gpus: int = 8) -> Hi
 
 
 def spec(**extra: Any) -> PowerPolicySpec:
-    return PowerPolicySpec.model_validate({"nodeSelector": {}, "budgetWatts": BUDGET_W, **extra})
+    return PowerPolicySpec.model_validate({"allNodes": True, "budgetWatts": BUDGET_W, **extra})
 
 
 def test_expressions_count_each_gpu_once_and_only_fresh_samples() -> None:

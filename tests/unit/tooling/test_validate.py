@@ -26,7 +26,7 @@ apiVersion: polca.dev/v1alpha1
 kind: PowerPolicy
 metadata: {name: bad}
 spec:
-  nodeSelector: {}
+  allNodes: true
   budgetWatts: 1000
   failsafeStage: s1
   stages:
@@ -96,11 +96,11 @@ def test_stdin(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[st
 @pytest.mark.parametrize(
     ("text", "field"),
     [
-        ("metadata: {}\nspec: {nodeSelector: {}, budgetWatts: 1000}", "metadata.name"),
-        ("metadata: {name: x}\nspec: {nodeSelector: {}, budgetWatts: '1000'}", "spec.budgetWatts"),
-        ("metadata: {name: x}\nspec: {nodeSelector: {}, budgetWatts: 1, dryRun: 'y'}",
+        ("metadata: {}\nspec: {allNodes: true, budgetWatts: 1000}", "metadata.name"),
+        ("metadata: {name: x}\nspec: {allNodes: true, budgetWatts: '1000'}", "spec.budgetWatts"),
+        ("metadata: {name: x}\nspec: {allNodes: true, budgetWatts: 1, dryRun: 'y'}",
          "spec.dryRun"),
-        ("metadata: {name: x}\nspec: {nodeSelector: {}, budgetWatts: 1, failsafeStage: x}",
+        ("metadata: {name: x}\nspec: {allNodes: true, budgetWatts: 1, failsafeStage: x}",
          "spec.failsafeStage"),
     ],
 )  # fmt: skip
@@ -113,6 +113,20 @@ def test_strict_like_the_api_server(
     assert code == 1
     fields = [e["field"] for e in report["documents"][0]["errors"]]
     assert field in fields
+
+
+def test_each_cross_field_rule_names_its_own_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "apiVersion: polca.dev/v1alpha1\nkind: PowerPolicy\nmetadata: {name: x}\n"
+        "spec: {nodeSelector: {}, budgetWatts: 1, failsafeStage: x}\n"
+    )
+    code, report = run_json(capsys, "-f", str(path))
+    assert code == 1
+    fields = [e["field"] for e in report["documents"][0]["errors"]]
+    assert fields == ["spec.nodeSelector", "spec.failsafeStage"]
 
 
 def test_semantic_checks_with_nodes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
