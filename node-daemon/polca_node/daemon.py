@@ -47,6 +47,7 @@ from polca_node.checkpoint import (
     to_document,
     write_checkpoint,
 )
+from polca_node.energy_cadence import EnergyCadence
 from polca_node.exporter import GpuSample, NodeMetrics, NodeSnapshot
 from polca_node.gpu.backend import GpuBackend, GpuInfo, GpuReading, Inventory
 from polca_node.gpu.errors import GpuError
@@ -143,6 +144,7 @@ class NodeDaemon:
         self._guards = GuardBank()
         self._guard_since: datetime | None = None
         self._readings: dict[int, GpuReading] = {}
+        self._energy = EnergyCadence(config.heartbeat_s)
         self._read_errors: dict[int, str] = {}
         self._inventory_errors: dict[int, str] = {}  # GPUs NVML could not even describe
         self._last_sample_s: float | None = None
@@ -613,11 +615,16 @@ class NodeDaemon:
     def _read_all(self) -> tuple[dict[int, GpuReading], dict[int, str]]:
         readings: dict[int, GpuReading] = {}
         errors: dict[int, str] = {}
+        now_s = self._clock()
+        energy = self._energy.due(now_s)  # 3.9 ms a GPU: once per heartbeat, not every tick
         for index in self._gpus:
             try:
-                readings[index] = self.backend.read(index)
+                reading = self.backend.read(index, energy=energy)
+                readings[index] = self._energy.carried(reading, self._readings.get(index))
             except GpuError as exc:
                 errors[index] = str(exc)
+        if energy:
+            self._energy.done(now_s)
         if self.actuator is not None:
             self.actuator.observe(readings)
         return readings, errors
@@ -643,7 +650,8 @@ class NodeDaemon:
             if p.name in self._decided_policies
         }
         tiers = {p.name: {i: g.tier for i, g in p.gpus.items()} for p in self.decision.policies}
-        power_w = sum(r.power_w for r in readings.values()) if readings else None
+        # The instant field where the driver has it: the 1 s average would let the guard act late.
+        power_w = sum(r.fresh_power_w for r in readings.values()) if readings else None
         was_active = any(o.active for o in self._guards.outcomes.values())
         outcomes = self._guards.tick(
             now_s=self._clock(),

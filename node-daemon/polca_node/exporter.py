@@ -4,8 +4,11 @@ Metric names are a contract (the Helm chart's alerts and the operator's `direct`
 them); they follow Prometheus' naming rules: base units in the name, `_total` for counters.
 
 Per GPU, labelled node, gpu (index), uuid, model, pod, namespace, tier (empty when none):
-  polca_gpu_power_watts                  board power
-  polca_gpu_energy_joules_total          energy since the driver loaded (counter)
+  polca_gpu_power_watts                  board power; label source: "instant" (the last 100 ms,
+                                         NVML_FI_DEV_POWER_INSTANT) where the driver offers it,
+                                         else "average" (nvmlDeviceGetPowerUsage, the last ~1 s)
+  polca_gpu_energy_joules_total          energy since the driver loaded (counter; read once
+                                         per status heartbeat, as each read costs ~4 ms)
   polca_gpu_sm_clock_mhz                 SM clock now
   polca_gpu_clock_ceiling_mhz            the SM clock ceiling in force: the locked ceiling, or
                                          the GPU's maximum SM clock when none is set; absent
@@ -115,7 +118,12 @@ class _SnapshotCollector(Collector):
         def gauge(name: str, doc: str, extra: tuple[str, ...] = ()) -> GaugeMetricFamily:
             return GaugeMetricFamily(name, doc, labels=[*GPU_LABELS, *extra])
 
-        power = gauge("polca_gpu_power_watts", "GPU board power in watts.")
+        power = gauge(
+            "polca_gpu_power_watts",
+            "GPU board power in watts: the instant field where offered (source=instant), "
+            "else the ~1 s average of nvmlDeviceGetPowerUsage (source=average).",
+            ("source",),
+        )
         energy = CounterMetricFamily(
             "polca_gpu_energy_joules",
             "GPU energy in joules since the driver loaded.",
@@ -143,7 +151,7 @@ class _SnapshotCollector(Collector):
             reading = sample.reading
             if reading is None:
                 continue
-            power.add_metric(labels, reading.power_w)
+            power.add_metric([*labels, reading.power_source], reading.fresh_power_w)
             if reading.energy_j is not None:
                 energy.add_metric(labels, reading.energy_j)
             clock.add_metric(labels, reading.sm_clock_mhz)

@@ -25,12 +25,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from polca_node.gpu.fake_nvml import SETTER_FUNCTIONS, FakeHandle, FakeNvml
+from polca_node.gpu.fake_nvml import (
+    MEASURED_ENERGY_READ_S,
+    SETTER_FUNCTIONS,
+    FakeHandle,
+    FakeNvml,
+)
 from polca_node.gpu.load import LoadSource, parse_load_spec
 
 __all__ = [
     "PersistentFakeNvml",
     "build_fake_nvml",
+    "energy_read_s",
     "fake_gpu_uuids",
     "load_source",
     "read_fake_state",
@@ -101,6 +107,7 @@ class PersistentFakeNvml:
                     fake.nvmlDeviceSetPowerManagementLimit(handle, round(float(limit_w) * 1000))
         finally:
             fake.nvmlShutdown()
+        fake.settle()  # real GPUs kept these knobs while the daemon was away: no transient
         logger.info("fake GPUs: restored knobs from %s", self.state_path)
 
     def _save(self) -> None:
@@ -135,11 +142,31 @@ def load_source(spec: str | None) -> LoadSource | None:
     return parse_load_spec(f"file:{spec}")
 
 
+# What one energy-counter read costs the daemon's fake GPUs, in seconds; the measured 3.9 ms by
+# default, so the daemon's read path costs what it costs on a real node. 0 for a fake that never
+# waits.
+ENERGY_READ_ENV = "POLCA_FAKE_ENERGY_READ_S"
+
+
+def energy_read_s(environ: dict[str, str] | None = None) -> float:
+    """The energy read cost from `POLCA_FAKE_ENERGY_READ_S` (seconds, >= 0), else measured."""
+    text = (os.environ if environ is None else environ).get(ENERGY_READ_ENV, "").strip()
+    if not text:
+        return MEASURED_ENERGY_READ_S
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{ENERGY_READ_ENV}={text!r} is not a number of seconds") from None
+    if not 0 <= value < 1:
+        raise ValueError(f"{ENERGY_READ_ENV}={text!r} must be within [0, 1) seconds")
+    return value
+
+
 def build_fake_nvml(
     profile: str, *, node_name: str, load: str | None = None, state_path: Path | None = None
 ) -> FakeNvml | PersistentFakeNvml:
     """The fake NVML module for `--gpu-backend fake` (UUIDs seeded by the node name)."""
-    fake = FakeNvml(profile, load=load_source(load), seed=node_name)
+    fake = FakeNvml(profile, load=load_source(load), seed=node_name, energy_read_s=energy_read_s())
     return fake if state_path is None else PersistentFakeNvml(fake, state_path)
 
 

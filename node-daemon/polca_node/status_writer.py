@@ -175,7 +175,7 @@ def _gpu_status(index: int, inputs: StatusInputs) -> GpuStatus:
         stage=decided.stage if decided is not None else None,
         clock_ceiling_mhz=applied.clock_ceiling_mhz if applied.clock_known else None,
         power_limit_watts=applied.enforced_limit_w,
-        power_watts=reading.power_w if reading is not None else None,
+        power_watts=reading.fresh_power_w if reading is not None else None,
         last_error=None
         if error is None
         else GpuWriteError(knob=error.knob, message=error.message[:MAX_MESSAGE], time=error.time),
@@ -185,7 +185,7 @@ def _gpu_status(index: int, inputs: StatusInputs) -> GpuStatus:
 def _guard_state(inputs: StatusInputs) -> GuardState | None:
     if not inputs.guards:
         return None
-    power = [r.power_w for r in inputs.readings.values()]
+    power = [r.fresh_power_w for r in inputs.readings.values()]
     return GuardState(
         active=any(o.active for o in inputs.guards.values()),
         since=inputs.guard_since,
@@ -280,7 +280,7 @@ def _conditions(status: NodePowerStateStatus, inputs: StatusInputs) -> NodePower
 def build_status(inputs: StatusInputs) -> NodePowerStateStatus:
     """The NodePowerState status for what the daemon knows now."""
     gpus = [_gpu_status(index, inputs) for index in sorted(inputs.gpus)]
-    readings = [r.power_w for r in inputs.readings.values()]
+    readings = [r.fresh_power_w for r in inputs.readings.values()]
     status = NodePowerStateStatus(
         conditions=list(inputs.previous_conditions) or None,
         policies=list(inputs.policies),

@@ -29,16 +29,32 @@ Every number has its source next to it. Sources:
 [SPLITWISE] Patel et al., "Splitwise: Efficient generative LLM inference using phase splitting"
            (ISCA 2024), simulator power model, as quoted in DESIGN.md: A100 idle 63 W / prompt
            400 W / token 250 W; H100 idle 75 W / prompt 700 W / token 380 W.
+[H200-M1]  Our read-only measurement of one H200, docs/measurements/h200-2026-11-30 (and
+           ../shared/measurements/h200-2026-11-29): idle without a CUDA context 76-81 W; idle
+           with one 116-124 W (the model takes 120 W); a Llama-3-70B-shaped shard decoding at
+           395-419 W (median of five points 406 W) at 1980 MHz, prefilling at 594-639 W (p50 of
+           the three sizes: 594, 639, 615 W; we take the middle one, 615 W) at 1920-1980 MHz; a
+           bf16 GEMM held by the board's limiter at the 700 W limit at 1470-1515 MHz (1485 MHz
+           p50, reason "SW power cap").
+
+Phases (see polca/power/model.py): ``prefill_w``, ``decode_w`` and ``train_w`` are each phase's
+power at the maximum SM clock *without* the power limiter, i.e. what the board would draw if
+nothing held it back. ``train_w`` stands for compute-bound GEMM work (training; the probe's
+GEMM): it exceeds the limit, so the limiter always holds it there. It is not measured directly
+(nothing in a read-only measurement runs above the limit for more than ~100 ms); it is derived
+from the measured limiter clock: with the model's clock shape (alpha 2.5, traffic share 0.1),
+power at 1485/1980 = 75% of the max clock is 0.513 of the active power at full clock, so
+``train_w = idle_context_w + (700 - idle_context_w) / 0.513`` = 1250 W for the H200. A100 and
+H100 keep the same ratio (the limiter holds a GEMM at 75% of the max clock at the default
+limit): an assumption, as neither was measured here.
 
 Hopper's supported graphics clocks are the 15 MHz grid from 1980 MHz down to 345 MHz (the H200's
 idle clock in [H200-SMI]); we assume the H100 SXM shares it, as both are GH100 dies.
 
-H200 phase power is our documented choice, because Splitwise did not model the H200: the same
-GH100 compute die and TDP as the H100 ([H200-DS]), so idle 75 W and prompt 700 W (compute-bound
-prefill reaches the TDP); token (decode) 400 W, i.e. about 5% above the H100's 380 W, because
-decode is memory-bound and the H200 streams 1.4x the bandwidth per second through a larger HBM3e
-stack, which keeps the SMs and memory busier per unit time. Replace with measurements when
-available.
+Idle with a context (an inference server always holds one; a GPU with any work does) is the
+no-context idle plus what the measured H200 adds with a context, 40 W ([H200-M1]: 120 - 80 W).
+Splitwise's idle figures are taken as the no-context idle. The H100 gets the same +40 W (same
+GH100 die); the A100 the same increment scaled by TDP, 40 x 400/700 = 23 W (an assumption).
 """
 
 from __future__ import annotations
@@ -64,9 +80,11 @@ class GpuProfile:
     min_sm_clock_mhz: int
     supported_sm_clocks_mhz: tuple[int, ...]  # descending, as NVML returns them
     memory_clock_mhz: int
-    idle_w: float
-    prefill_w: float
-    decode_w: float
+    idle_w: float  # idle, no CUDA context (the GPU parks at its lowest clock)
+    idle_context_w: float  # idle with a CUDA context held (clock stays up), no kernels
+    prefill_w: float  # LLM prefill at the max SM clock, limiter aside
+    decode_w: float  # LLM decode at the max SM clock
+    train_w: float  # compute-bound GEMM (training) at the max SM clock, limiter aside
 
     def __post_init__(self) -> None:
         if not self.min_limit_w <= self.default_limit_w <= self.max_limit_w:
@@ -82,8 +100,13 @@ class GpuProfile:
             raise ValueError(f"{self.name}: supported clocks must be unique and descending")
         if clocks[0] != self.max_sm_clock_mhz or clocks[-1] != self.min_sm_clock_mhz:
             raise ValueError(f"{self.name}: supported clocks must span min..max SM clock")
-        if not 0 <= self.idle_w < self.decode_w <= self.prefill_w:
-            raise ValueError(f"{self.name}: need idle_w < decode_w <= prefill_w")
+        powers = (self.idle_w, self.idle_context_w, self.decode_w, self.prefill_w, self.train_w)
+        if not 0 <= powers[0] <= powers[1] < powers[2] <= powers[3] <= powers[4]:
+            raise ValueError(
+                f"{self.name}: need idle_w <= idle_context_w < decode_w <= prefill_w <= train_w"
+            )
+        if self.train_w <= self.default_limit_w:
+            raise ValueError(f"{self.name}: train_w must exceed the default limit (GEMM work)")
 
 
 def _clock_grid(max_mhz: int, min_mhz: int, step_mhz: int = 15) -> tuple[int, ...]:
@@ -103,8 +126,10 @@ A100_80GB = GpuProfile(
     supported_sm_clocks_mhz=_clock_grid(1410, 210),  # [A100-CLK]
     memory_clock_mhz=1593,  # [A100-SMI], [AWS-CLK]
     idle_w=63.0,  # [SPLITWISE]
-    prefill_w=400.0,  # [SPLITWISE]
+    idle_context_w=86.0,  # 63 + 23 W, see module docstring
+    prefill_w=400.0,  # [SPLITWISE]: at TDP
     decode_w=250.0,  # [SPLITWISE]
+    train_w=698.0,  # 86 + (400 - 86) / 0.513, see module docstring
 )
 
 H100_SXM = GpuProfile(
@@ -119,8 +144,10 @@ H100_SXM = GpuProfile(
     supported_sm_clocks_mhz=_clock_grid(1980, 345),
     memory_clock_mhz=2619,  # [AWS-CLK]
     idle_w=75.0,  # [SPLITWISE]
-    prefill_w=700.0,  # [SPLITWISE]
+    idle_context_w=115.0,  # 75 + 40 W, see module docstring
+    prefill_w=700.0,  # [SPLITWISE]: at TDP
     decode_w=380.0,  # [SPLITWISE]
+    train_w=1255.0,  # 115 + (700 - 115) / 0.513, see module docstring
 )
 
 H200 = GpuProfile(
@@ -134,9 +161,11 @@ H200 = GpuProfile(
     min_sm_clock_mhz=345,  # [H200-SMI] idle clock
     supported_sm_clocks_mhz=_clock_grid(1980, 345),
     memory_clock_mhz=3201,  # [H200-SMI], [AWS-CLK]
-    idle_w=75.0,  # our choice, see module docstring
-    prefill_w=700.0,  # our choice (TDP), see module docstring
-    decode_w=400.0,  # our choice, see module docstring
+    idle_w=80.0,  # [H200-M1] 76-81 W
+    idle_context_w=120.0,  # [H200-M1] 116-124 W
+    prefill_w=615.0,  # [H200-M1] 594-639 W at 1920-1980 MHz
+    decode_w=406.0,  # [H200-M1] 395-419 W at 1980 MHz
+    train_w=1250.0,  # 120 + (700 - 120) / 0.513: the limiter's measured 1485 MHz at 700 W
 )
 
 PROFILES: Mapping[str, GpuProfile] = MappingProxyType(

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from polca.power.model import Phase, PhaseDemand, phase_power_w
+from polca.power.model import Phase, PhaseDemand, capped_clock_mhz, phase_power_w
 from polca.power.profiles import GpuProfile
 from polca.sim.domain import TIER_TRAIN, ServiceModel
 from polca.sim.trace import Trace
@@ -144,14 +144,21 @@ def _scaled(demand: PhaseDemand, share: float) -> PhaseDemand:
 def gpu_power_w(
     profile: GpuProfile, prefill: FloatArray, decode: FloatArray, train: FloatArray | float = 0.0
 ) -> FloatArray:
-    """Uncapped mean power of one GPU for the given phase shares (the rest idle)."""
-    top = float(profile.max_sm_clock_mhz)
+    """Mean power of one GPU at its default settings for the given phase shares; the rest is
+    idle with a CUDA context (serving and training processes hold one)."""
+
+    def at_default(phase: Phase) -> float:
+        # No ceiling, the default limit: the board's limiter holds GEMM work at the limit.
+        top = float(profile.max_sm_clock_mhz)
+        clock = capped_clock_mhz(profile, phase, profile.default_limit_w, top)
+        return float(phase_power_w(profile, phase, clock))
+
     idle = 1.0 - prefill - decode - np.asarray(train)
     return np.asarray(
-        prefill * phase_power_w(profile, Phase.PREFILL, top)
-        + decode * phase_power_w(profile, Phase.DECODE, top)
-        + np.asarray(train) * phase_power_w(profile, Phase.TRAIN, top)
-        + idle * profile.idle_w,
+        prefill * at_default(Phase.PREFILL)
+        + decode * at_default(Phase.DECODE)
+        + np.asarray(train) * at_default(Phase.TRAIN)
+        + idle * profile.idle_context_w,
         dtype=np.float64,
     )
 

@@ -9,13 +9,20 @@ Every step (``dt_s``, 100 ms by default), vectorised over servers:
    ``(tbt_base + tbt_per_request × batch) / decode_speed``; a training server alternates
    compute (at training speed, the slowest server's, as the job is synchronous) and
    clock-independent communication;
-4. server power = GPUs × time-weighted phase power (:mod:`polca.power.model`) + overhead;
-5. the metered domain power is the mean over ``meter_window_s`` (NVML and PDU meters average
-   over about a second); above the budget it triggers the hardware brake (every GPU near halt
-   for ``brake_hold_s``), counted as a brake event;
+4. server power = GPUs × time-weighted phase power (:mod:`polca.power.model`) + overhead; the
+   idle rest of a step draws idle-with-context power (a serving process holds a context). A
+   phase the board's limiter holds down (compute-bound prefill or training above the limit)
+   draws its unlimited demand, at most 1.39× the limit, in the step where it starts: the limiter
+   lags one 100 ms refresh (:mod:`polca.power.sensor`, measured on the H200);
+5. the metered domain power is the mean over ``meter_window_s`` (1 s: what NVML's
+   ``GetPowerUsage`` reports, measured, and what PDU meters average over); above the budget it
+   triggers the hardware brake (every GPU near halt for ``brake_hold_s``), counted as a brake
+   event. Transients reach the meter only through that average (docs/simulator.md explains why
+   a breaker does not see them either);
 6. the controller (:func:`polca.control.controller.decide`) runs every control interval on the
    latest telemetry sample; the local guard (:func:`polca.control.guard.decide_guard`) runs
-   on each node every guard interval.
+   on each node every guard interval on the node's power in the last step, as the daemon's
+   guard reads the GPUs' instant power field (the last 100 ms).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from polca.power.model import (
     phase_power_w,
     phase_speed,
 )
+from polca.power.sensor import AVERAGE_WINDOW_S, OVERSHOOT_RATIO
 from polca.sim.domain import TIER_HIGH, TIER_LOW, TIER_TRAIN, DomainConfig, gpu_limits
 from polca.sim.policies import PolicyConfig
 from polca.sim.workload import Requests
@@ -75,7 +83,7 @@ class SimConfig:
     policy: PolicyConfig
     duration_s: float = 3600.0
     dt_s: float = 0.1
-    meter_window_s: float = 1.0
+    meter_window_s: float = AVERAGE_WINDOW_S
     brake_enabled: bool = True
     brake_hold_s: float = 10.0
     drain_s: float = 120.0  # keep simulating (no arrivals) so in-flight requests finish
@@ -207,6 +215,20 @@ class _Run:
         self.brake_events = 0
         self.above_steps = 0
         self.dirty = True
+        # Speeds at the default settings (service times are measured there).
+        default_lim = float(self.prof.default_limit_w)
+        self.base_speed_p, self.base_speed_t = (
+            float(
+                phase_speed(
+                    phase,
+                    capped_clock_mhz(self.prof, phase, default_lim, self.max_clock)
+                    / self.max_clock,
+                )
+            )
+            for phase in (Phase.PREFILL, Phase.TRAIN)
+        )
+        self.prefilling = np.zeros(self.inf.size, dtype=bool)  # prefilled in the last step
+        self.train_computing = False  # the training job computed in the last step
 
     def _init_control(self, plan: ControlPlan | None) -> None:
         config = self.cfg
@@ -234,7 +256,7 @@ class _Run:
             )
             self.guard_steps = max(1, round(g.interval_s / self.dt))
         self.guard_states = [GuardState() for _ in range(self.n)]
-        self.node_energy = np.zeros(self.n)
+        self.node_w = np.zeros(self.n)  # each node's power in the last step
 
     def _init_recording(self) -> None:
         config = self.cfg
@@ -273,15 +295,28 @@ class _Run:
         cp = capped_clock_mhz(self.prof, Phase.PREFILL, lim, clock)
         cd = capped_clock_mhz(self.prof, Phase.DECODE, lim, clock)
         ct = capped_clock_mhz(self.prof, Phase.TRAIN, lim, clock)
-        self.sp_p = phase_speed(Phase.PREFILL, cp / self.max_clock)[self.inf]
+        # Service times are at the default settings, where the limiter already holds GEMM work
+        # below the max clock: speeds are relative to that.
+        self.sp_p = (phase_speed(Phase.PREFILL, cp / self.max_clock) / self.base_speed_p)[self.inf]
         self.sp_d = phase_speed(Phase.DECODE, cd / self.max_clock)
-        self.sp_t = phase_speed(Phase.TRAIN, ct / self.max_clock)
-        self.pw_p = phase_power_w(self.prof, Phase.PREFILL, cp)[self.inf]
+        self.sp_t = phase_speed(Phase.TRAIN, ct / self.max_clock) / self.base_speed_t
+        pw_p = phase_power_w(self.prof, Phase.PREFILL, cp)
+        self.pw_p = pw_p[self.inf]
         self.pw_d = phase_power_w(self.prof, Phase.DECODE, cd)
         self.pw_t = phase_power_w(self.prof, Phase.TRAIN, ct)
+        self.pw_p_start = self._burst_start_w(Phase.PREFILL, clock, lim, pw_p)[self.inf]
+        self.pw_t_start = self._burst_start_w(Phase.TRAIN, clock, lim, self.pw_t)
         self.sp_d_inf = self.sp_d[self.inf]
         self.pw_d_inf = self.pw_d[self.inf]
         self.dirty = False
+
+    def _burst_start_w(
+        self, phase: Phase, clock: FloatArray, lim: FloatArray, settled: FloatArray
+    ) -> FloatArray:
+        """Power in the step a phase starts: where the limiter holds it below the ceiling's
+        clock, the board first draws its demand there, up to the measured overshoot bound."""
+        demand = np.minimum(phase_power_w(self.prof, phase, clock), OVERSHOOT_RATIO * lim)
+        return np.asarray(np.maximum(settled, demand), dtype=np.float64)
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -344,12 +379,15 @@ class _Run:
         pf = tp / dt
         df = td / dt
         idle = 1.0 - pf - df
-        gpu_w = pf * self.pw_p + df * self.pw_d_inf + idle * self.prof.idle_w
+        prefilling = pf > 0
+        pw_p = np.where(prefilling & ~self.prefilling, self.pw_p_start, self.pw_p)
+        self.prefilling = prefilling
+        gpu_w = pf * pw_p + df * self.pw_d_inf + idle * self.prof.idle_context_w
         node_w = np.empty(self.n)
         node_w[self.inf] = self.gpus * gpu_w + self.overhead_w
         if self.train.size:
             node_w[self.train] = self._train_step()
-        self.node_energy += node_w * dt
+        self.node_w = node_w
         return float(node_w.sum())
 
     def _finish_decodes(
@@ -424,8 +462,11 @@ class _Run:
                     self.train_iterations += 1
             left_dt -= used
         cf = compute_s / self.dt
+        starting = cf > 0 and not self.train_computing
+        self.train_computing = cf > 0
+        pw_t = (self.pw_t_start if starting else self.pw_t)[self.train]
         # Communication keeps the GPUs' memory and links busy: modelled at decode power.
-        gpu_w = cf * self.pw_t[self.train] + (1.0 - cf) * self.pw_d[self.train]
+        gpu_w = cf * pw_t + (1.0 - cf) * self.pw_d[self.train]
         out: FloatArray = self.gpus * gpu_w + self.overhead_w
         return out
 
@@ -484,9 +525,8 @@ class _Run:
 
     def _guard(self, t: float) -> None:
         assert self.guard_cfg is not None
-        interval_s = self.guard_steps * self.dt
-        node_w = self.node_energy / interval_s
-        self.node_energy = np.zeros(self.n)
+        # The daemon's guard reads the instant power field: the last 100 ms, i.e. one step.
+        node_w = self.node_w
         levels = np.array([s.level for s in self.guard_states])
         for i in np.flatnonzero((node_w > self.guard_cfg.budget_w) | (levels > 0)):
             d = decide_guard(

@@ -1,7 +1,7 @@
 """The operator end to end: real API server, real Prometheus, simulated nodes with real daemons.
 
 Two simulated H100 nodes (8 fake GPUs each, `polca-node` processes with fake NVML) share a
-7 kW domain: at decode load 0.3 the domain draws about 38%, at 1.0 about 87% (stage 1). GPUs
+7 kW domain: at decode load 0.3 the domain draws about 44%, at 1.0 about 87% (stage 1). GPUs
 0-3 of the first node belong to a high-tier pod; all others are idle and throttled first.
 """
 

@@ -12,8 +12,14 @@
 
 What is modelled: each GPU has a profile (`polca.power.profiles`) and a load source
 (`polca_node.gpu.load`); its power and SM clock follow `polca.power.model.operating_point`
-under its clock ceiling and power limit. Energy integrates power over the injectable clock,
-holding each computed power until the next call (like a meter sampled on every call).
+under its clock ceiling and power limit, and NVML reports them as the measured H200 does
+(`polca.power.sensor`): the board's power is evaluated once per 100 ms refresh period on the
+injectable clock; `nvmlDeviceGetPowerUsage` and the `NVML_FI_DEV_POWER_AVERAGE` field are the
+mean of the last second, `NVML_FI_DEV_POWER_INSTANT` the last period; in the first period after
+the limiter has to pull the clock down the board overshoots (up to 1.39x the limit), the SM
+clock is still the unlimited one and the "SW power cap" reason bit is not yet set. Energy counts
+the completed periods. Reading it costs `energy_read_s` (3.9 ms measured) on the injected sleep:
+free under a `ManualClock`, real time otherwise; pass 0 for a fake that must not wait.
 
 Fault injection (all thread-safe, may change while a backend runs): `lose_gpu`, `deny_setters`,
 `make_unsupported`, `slow_calls`, `library_missing`, `set_external_limit`, or a general `Fault`.
@@ -24,12 +30,13 @@ Inspection for tests: `gpus[i]` (state), `calls` (a Counter of NVML calls by nam
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Final
 
@@ -37,9 +44,11 @@ import pynvml
 
 from polca.power.model import OperatingPoint, PhaseDemand, operating_point
 from polca.power.profiles import GpuProfile, get_profile
+from polca.power.sensor import MEASURED, PowerSensor, SensorSpec
 from polca_node.gpu.load import IDLE, ConstantLoad, LoadSource
 
 __all__ = [
+    "MEASURED_ENERGY_READ_S",
     "SETTER_FUNCTIONS",
     "FakeGpu",
     "FakeHandle",
@@ -58,6 +67,11 @@ SETTER_FUNCTIONS: Final = frozenset(
 )
 _MAX_MIG_DEVICES = 7  # A100 and H100/H200 have seven MIG slices
 _UUID_NAMESPACE = uuid.UUID("6f1c5e0a-6d0c-4f43-9a51-2f0a2b6c9d11")  # ours, for stable fake UUIDs
+# Measured on the H200 (docs/measurements/h200-2026-11-30): 3,880 µs per call.
+MEASURED_ENERGY_READ_S: Final = 0.0039
+# A fake left alone longer than this many refresh periods jumps ahead instead of replaying each
+# period (an hour under a ManualClock would be 36,000 load evaluations).
+_REPLAY_PERIODS = 50
 
 
 def parse_fleet_spec(spec: str) -> tuple[GpuProfile, ...]:
@@ -128,10 +142,15 @@ class FakeGpu:
     external_limit_mw: int | None = None  # an out-of-band limit below ours (BMC, PSU)
     lost: bool = False
     mig_uuids: tuple[str, ...] = ()
-    energy_mj: float = 0.0
-    updated_s: float = 0.0
-    point: OperatingPoint | None = None
+    sensor: PowerSensor = field(default_factory=lambda: PowerSensor(0.0))
+    next_refresh_s: float = 0.0  # when the period now running ends
+    point: OperatingPoint | None = None  # the settled point under the current load and knobs
     demand: PhaseDemand = IDLE
+    limiter_caught_up: bool = True  # False in the period after the limiter has to act
+
+    @property
+    def energy_mj(self) -> float:
+        return self.sensor.energy_j * 1000.0
 
     @property
     def enforced_limit_mw(self) -> int:
@@ -178,6 +197,9 @@ class FakeNvml:
     )
     nvmlClocksEventReasonSwPowerCap = pynvml.nvmlClocksEventReasonSwPowerCap
     nvmlClocksEventReasonNone = pynvml.nvmlClocksEventReasonNone
+    NVML_FI_DEV_POWER_AVERAGE = pynvml.NVML_FI_DEV_POWER_AVERAGE
+    NVML_FI_DEV_POWER_INSTANT = pynvml.NVML_FI_DEV_POWER_INSTANT
+    NVML_VALUE_TYPE_UNSIGNED_INT = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
     # pynvml's exception classes themselves.
     NVMLError = pynvml.NVMLError
     NVMLError_Uninitialized = pynvml.NVMLError_Uninitialized
@@ -199,15 +221,25 @@ class FakeNvml:
         sleep: Callable[[float], None] = time.sleep,
         mig_devices: Mapping[int, int] | None = None,
         driver_version: str = "550.0-fake",
+        energy_read_s: float = MEASURED_ENERGY_READ_S,
+        power_fields: bool = True,
+        sensor: SensorSpec = MEASURED,
     ) -> None:
         """`profiles`: GpuProfiles or a spec like "H100-SXM:8". `seed` makes the UUIDs (use the
-        node name, so fake nodes differ). `mig_devices`: GPU index → MIG devices on it."""
+        node name, so fake nodes differ). `mig_devices`: GPU index → MIG devices on it.
+        `energy_read_s`: what one energy read costs on `sleep`. `power_fields` False: a driver
+        without the power fields (nvmlDeviceGetFieldValues answers NOT_SUPPORTED per field)."""
+        if energy_read_s < 0:
+            raise ValueError("energy_read_s must not be negative")
         fleet = parse_fleet_spec(profiles) if isinstance(profiles, str) else tuple(profiles)
         self.load: LoadSource = load if load is not None else ConstantLoad()
         self.calls: Counter[str] = Counter()
         self._clock = clock
         self._sleep = sleep
         self._driver_version = driver_version
+        self.energy_read_s = energy_read_s
+        self._power_fields = power_fields
+        self._spec = sensor
         self._lock = threading.RLock()
         self._init_count = 0
         self._faults: list[Fault] = []
@@ -224,10 +256,26 @@ class FakeNvml:
                     f"MIG-{uuid.uuid5(_UUID_NAMESPACE, f'{seed}/{index}/mig{slot}')}"
                     for slot in range(min(mig_devices.get(index, 0), _MAX_MIG_DEVICES))
                 ),
-                updated_s=self._started_s,
             )
             for index, profile in enumerate(fleet)
         )
+        self.settle()
+
+    def settle(self) -> None:
+        """As if every GPU had run a while with its knobs and its load of now: the readings start
+        settled, without a ramp or a transient (a fake starts, or restores its knobs, on GPUs
+        that did not just start)."""
+        with self._lock:
+            now_s = self._clock()
+            for gpu in self.gpus:
+                self._period_point(gpu, now_s)
+                point = self._point(gpu)
+                gpu.sensor = PowerSensor(point.power_w, self._spec)
+                gpu.sensor.hold(
+                    point.power_w, 0.0, capped=point.power_capped, limit_w=self._limit_w(gpu)
+                )
+                gpu.next_refresh_s = now_s + self._spec.refresh_s
+                self._refresh(gpu)
 
     # -- fault injection ---------------------------------------------------------------------
 
@@ -330,17 +378,57 @@ class FakeNvml:
         return gpu
 
     def _advance(self, gpu: FakeGpu) -> None:
-        """Integrate energy up to now at the held power, then re-evaluate load and power."""
+        """Run the refresh periods that ended by now (each at the load of its start and the
+        knobs as they stood), then take the load and settled point of the period now running."""
         now_s = self._clock()
-        if gpu.point is not None and now_s > gpu.updated_s:
-            gpu.energy_mj += gpu.point.power_w * (now_s - gpu.updated_s) * 1000.0
-        gpu.updated_s = max(gpu.updated_s, now_s)
-        gpu.demand = self.load.demand(gpu.index, now_s - self._started_s)
+        refresh_s = self._spec.refresh_s
+        # The epsilon keeps float steps of 0.1 s from losing a period that ended just now.
+        due = math.floor((now_s - gpu.next_refresh_s) / refresh_s + 1e-6) + 1
+        if due > _REPLAY_PERIODS:
+            self._run_period(gpu)  # the first keeps the transient a knob change may cause
+            skipped = due - 1 - self._spec.window_periods
+            self._period_point(gpu, gpu.next_refresh_s - refresh_s)
+            point = self._point(gpu)
+            gpu.sensor.hold(
+                point.power_w,
+                skipped * refresh_s,
+                capped=point.power_capped,
+                limit_w=self._limit_w(gpu),
+            )
+            gpu.next_refresh_s += skipped * refresh_s
+            due = self._spec.window_periods
+        for _ in range(max(due, 0)):
+            self._run_period(gpu)
+        self._period_point(gpu, now_s)
+
+    def _run_period(self, gpu: FakeGpu) -> None:
+        refresh_s = self._spec.refresh_s
+        self._period_point(gpu, gpu.next_refresh_s - refresh_s)
+        point = self._point(gpu)
+        gpu.sensor.step(
+            settled_w=point.power_w,
+            demand_w=point.demand_w,
+            limit_w=self._limit_w(gpu),
+            capped=point.power_capped,
+        )
+        gpu.next_refresh_s += refresh_s
+
+    def _period_point(self, gpu: FakeGpu, at_s: float) -> None:
+        gpu.demand = self.load.demand(gpu.index, at_s - self._started_s)
         self._refresh(gpu)
 
+    @staticmethod
+    def _limit_w(gpu: FakeGpu) -> float:
+        return gpu.enforced_limit_mw / 1000.0
+
     def _refresh(self, gpu: FakeGpu) -> None:
+        """The settled point under the current load and knobs; whether the limiter has caught
+        up with it in the period now running."""
         gpu.point = _cached_operating_point(
-            gpu.profile, gpu.demand, gpu.clock_ceiling_mhz, gpu.enforced_limit_mw / 1000.0
+            gpu.profile, gpu.demand, gpu.clock_ceiling_mhz, self._limit_w(gpu)
+        )
+        gpu.limiter_caught_up = gpu.sensor.limiter_caught_up(
+            capped=gpu.point.power_capped, limit_w=self._limit_w(gpu)
         )
 
     @staticmethod
@@ -419,12 +507,38 @@ class FakeNvml:
     # -- power -------------------------------------------------------------------------------
 
     def nvmlDeviceGetPowerUsage(self, handle: FakeHandle) -> int:
-        """Milliwatts."""
-        return round(self._point(self._gpu("nvmlDeviceGetPowerUsage", handle)).power_w * 1000)
+        """Milliwatts: the mean of the last second, as the measured H200 reports it."""
+        return round(self._gpu("nvmlDeviceGetPowerUsage", handle).sensor.average_w * 1000)
+
+    def nvmlDeviceGetFieldValues(self, handle: FakeHandle, fieldIds: Sequence[Any]) -> Any:  # noqa: N803 - pynvml's name
+        """A ctypes array of c_nvmlFieldValue_t, as pynvml returns: per field `nvmlReturn`,
+        `valueType` and `value.uiVal` (mW for the power fields); unknown fields answer
+        NOT_SUPPORTED in their own `nvmlReturn`, as NVML does."""
+        gpu = self._gpu("nvmlDeviceGetFieldValues", handle)
+        values = (pynvml.c_nvmlFieldValue_t * len(fieldIds))()
+        now_us = round(self._clock() * 1e6)
+        readings_w = {
+            pynvml.NVML_FI_DEV_POWER_AVERAGE: gpu.sensor.average_w,
+            pynvml.NVML_FI_DEV_POWER_INSTANT: gpu.sensor.instant_w,
+        }
+        for value, requested in zip(values, fieldIds, strict=True):
+            field_id, scope_id = requested if isinstance(requested, tuple) else (requested, 0)
+            value.fieldId, value.scopeId, value.timestamp = field_id, scope_id, now_us
+            reading_w = readings_w.get(field_id) if self._power_fields else None
+            if reading_w is None:
+                value.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
+                continue
+            value.nvmlReturn = pynvml.NVML_SUCCESS
+            value.valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
+            value.value.uiVal = round(reading_w * 1000)
+        return values
 
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: FakeHandle) -> int:
-        """Millijoules since the fake started."""
-        return int(self._gpu("nvmlDeviceGetTotalEnergyConsumption", handle).energy_mj)
+        """Millijoules since the fake started; the call costs `energy_read_s`."""
+        energy_mj = int(self._gpu("nvmlDeviceGetTotalEnergyConsumption", handle).energy_mj)
+        if self.energy_read_s > 0:
+            self._sleep(self.energy_read_s)
+        return energy_mj
 
     def nvmlDeviceGetPowerManagementLimitConstraints(self, handle: FakeHandle) -> list[int]:
         profile = self._gpu("nvmlDeviceGetPowerManagementLimitConstraints", handle).profile
@@ -456,6 +570,10 @@ class FakeNvml:
         gpu = self._gpu("nvmlDeviceGetClockInfo", handle)
         if type == pynvml.NVML_CLOCK_MEM:
             return gpu.profile.memory_clock_mhz
+        if not gpu.limiter_caught_up:  # the clock the board ran at before the limiter acts
+            return min(
+                gpu.clock_ceiling_mhz or gpu.profile.max_sm_clock_mhz, gpu.profile.max_sm_clock_mhz
+            )
         return self._point(gpu).sm_clock_mhz
 
     def nvmlDeviceGetMaxClockInfo(self, handle: FakeHandle, type: int) -> int:  # noqa: A002
@@ -510,7 +628,7 @@ class FakeNvml:
         elif point.clock_capped and point.sm_clock_mhz >= (gpu.clock_ceiling_mhz or 0) - 15:
             # Held at the locked ceiling: the fake reports the user-clock-setting reason bit.
             bits |= pynvml.nvmlClocksEventReasonApplicationsClocksSetting
-        if point.power_capped:
+        if point.power_capped and gpu.limiter_caught_up:
             bits |= pynvml.nvmlClocksEventReasonSwPowerCap
         return int(bits)
 
@@ -529,4 +647,4 @@ class FakeNvml:
         gpu = self._gpu("nvmlDeviceGetTemperature", handle)
         if sensor != pynvml.NVML_TEMPERATURE_GPU:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        return round(30 + 50 * self._point(gpu).power_w / gpu.profile.max_limit_w)
+        return round(30 + 50 * gpu.sensor.average_w / gpu.profile.max_limit_w)

@@ -64,14 +64,22 @@ class LoadSource(Protocol):
 
 def demand_from_mapping(data: Mapping[str, Any]) -> PhaseDemand:
     """A PhaseDemand from {"prefill_frac": .., "decode_frac": .., "train_frac": ..}; the short
-    keys "prefill", "decode", "train" work too. Unknown keys are an error (typos)."""
+    keys "prefill", "decode", "train" work too, and "context" (true/false: whether a process
+    holds a CUDA context; by default, when the GPU has work). Unknown keys are an error."""
     values: dict[str, float] = {}
+    context: bool | None = None
     for key, value in data.items():
+        if key == "context":
+            if not isinstance(value, bool):
+                raise ValueError(f"context must be true or false, got {value!r}")
+            context = value
+            continue
         name = _FIELDS.get(key, key)
         if name not in _FIELDS.values():
-            raise ValueError(f"unknown load field {key!r}; use {sorted(_FIELDS.values())}")
+            valid = [*sorted(_FIELDS.values()), "context"]
+            raise ValueError(f"unknown load field {key!r}; use {valid}")
         values[name] = float(value)
-    return PhaseDemand(**values)
+    return PhaseDemand(**values, context=context)
 
 
 @dataclass(frozen=True, slots=True)

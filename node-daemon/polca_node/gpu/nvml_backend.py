@@ -221,7 +221,7 @@ class NvmlBackend:
             clock_ceiling_known=known,
         )
 
-    def read(self, index: int) -> GpuReading:
+    def read(self, index: int, *, energy: bool = True) -> GpuReading:
         handle = self._handle(index)
 
         def call(function: str, *args: Any) -> Any:
@@ -231,7 +231,7 @@ class NvmlBackend:
             return self._optional(function, handle, *args, gpu_index=index)
 
         power_mw = call("nvmlDeviceGetPowerUsage")
-        energy_mj = optional("nvmlDeviceGetTotalEnergyConsumption")
+        energy_mj = optional("nvmlDeviceGetTotalEnergyConsumption") if energy else None
         utilization = optional("nvmlDeviceGetUtilizationRates")
         temperature_c = optional("nvmlDeviceGetTemperature", self._nvml.NVML_TEMPERATURE_GPU)
         return GpuReading(
@@ -244,7 +244,19 @@ class NvmlBackend:
             temperature_c=None if temperature_c is None else int(temperature_c),
             clock_event_reasons=decode_clock_event_reasons(self._clock_event_bits(handle, index)),
             settings=self.settings(index),
+            instant_power_w=self._instant_power_w(handle, index),
         )
+
+    def _instant_power_w(self, handle: Any, index: int) -> float | None:
+        """NVML_FI_DEV_POWER_INSTANT in W, or None where the driver (or binding) lacks it: the
+        field answers within one 100 ms refresh, GetPowerUsage averages over ~1 s."""
+        field_id = getattr(self._nvml, "NVML_FI_DEV_POWER_INSTANT", None)
+        if field_id is None:
+            return None
+        values = self._optional("nvmlDeviceGetFieldValues", handle, [field_id], gpu_index=index)
+        if not values or values[0].nvmlReturn != self._nvml.NVML_SUCCESS:
+            return None
+        return _mw_to_w(int(values[0].value.uiVal))
 
     def _clock_event_bits(self, handle: Any, index: int) -> int:
         # ...ClocksEventReasons needs driver >= 535; older drivers only have the

@@ -219,6 +219,7 @@ async def test_restart_during_an_outage_resumes_the_guard_and_lifts_nothing(
     second = started(state_dir=tmp_path)
     assert second.resume() is not None
     h100_fake.load = ConstantLoad(PhaseDemand(prefill_frac=1.0))
+    fake_clock.advance(0.2)  # the instant power field the guard reads refreshes every 100 ms
     await second.reconcile()
     assert second.decision.mode is Mode.TIGHTEN
     assert "checkpoint" in second.decision.reason

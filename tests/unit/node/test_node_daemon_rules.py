@@ -211,8 +211,9 @@ async def test_guard_throttles_in_tier_order_and_lets_go_with_hysteresis(
     daemon = await running(started(), make_policy(stage="normal", guard=GUARD))
     assert ceilings(h100_fake) == [None] * 4
 
-    # Prefill: 4 x 700 W; with the idle-tier GPUs at 1110 MHz still 700 + 3 x 242 W > 1200 W.
+    # Prefill: 4 x 700 W; with the idle-tier GPUs at 1110 MHz still 700 + 3 x 271 W > 1200 W.
     h100_fake.load = ConstantLoad(PhaseDemand(prefill_frac=1.0))
+    fake_clock.advance(1.1)  # GPUs report power averaged over the last second
     await daemon.sample()
     await daemon.reconcile()
     assert ceilings(h100_fake) == [None, 1110, 1110, 1110]  # idle GPUs first
@@ -244,6 +245,7 @@ def unreadable(policy: PowerPolicy) -> dict[str, Any]:
 async def test_an_unreadable_version_keeps_the_guard_and_a_restart_holds(
     started: Callable[[], NodeDaemon],
     h100_fake: FakeNvml,
+    fake_clock: ManualClock,
     make_policy: PolicyFactory,
     kube: StubKube,
 ) -> None:
@@ -257,6 +259,7 @@ async def test_an_unreadable_version_keeps_the_guard_and_a_restart_holds(
 
     # The guard of the last good version keeps working.
     h100_fake.load = ConstantLoad(PhaseDemand(prefill_frac=1.0))
+    fake_clock.advance(0.2)  # the instant power field the guard reads refreshes every 100 ms
     await daemon.sample()
     await daemon.reconcile()
     assert ceilings(h100_fake) == [None, 1110, 1110, 1110]
@@ -323,3 +326,49 @@ async def test_missing_nvml_is_reported_and_retried_not_a_crash(
     healthy, detail = daemon.healthy()
     assert healthy
     assert "LibraryNotFound" in detail
+
+
+# -- power readings (issue 11): the instant field, energy at the heartbeat cadence ----------
+
+
+async def test_guard_and_published_power_use_the_instant_field(
+    started: Callable[[], NodeDaemon], h100_fake: FakeNvml, fake_clock: ManualClock
+) -> None:
+    daemon = started()
+    h100_fake.load = ConstantLoad(PhaseDemand(decode_frac=1.0))
+    fake_clock.advance(0.1)  # one refresh: the instant field has it, the 1 s average a tenth
+    await daemon.sample()
+    # 4 H100s decoding at 380 W; GetPowerUsage would still say ~4 x 102 W.
+    assert counter(daemon, "polca_gpu_power_watts", source="instant") == pytest.approx(1520.0)
+    assert counter(daemon, "polca_gpu_power_watts", source="average") == 0.0
+    status = build_status(daemon.build_status_inputs())
+    assert status.power_watts == pytest.approx(1520.0)
+
+
+async def test_without_the_instant_field_the_average_is_published_and_labelled(
+    kube: StubKube, fake_clock: ManualClock
+) -> None:
+    fake = FakeNvml("H100-SXM:2", clock=fake_clock.now, sleep=fake_clock.sleep, power_fields=False)
+    backend = NvmlBackend(fake)
+    daemon = NodeDaemon(
+        DaemonConfig(NODE), backend, cast(KubeClient, kube), NodeMetrics(NODE),
+        clock=fake_clock.now, wall_clock=lambda: NOW,
+    )  # fmt: skip
+    daemon.adopt(backend.open())
+    await daemon.sample()
+    assert counter(daemon, "polca_gpu_power_watts", source="average") > 0
+    assert counter(daemon, "polca_gpu_power_watts", source="instant") == 0.0
+    backend.close()
+
+
+async def test_energy_is_read_at_the_heartbeat_cadence_not_every_tick(
+    started: Callable[[], NodeDaemon], h100_fake: FakeNvml, fake_clock: ManualClock
+) -> None:
+    daemon = started()  # heartbeat 30 s, ticks every 0.5 s
+    energy_calls = "nvmlDeviceGetTotalEnergyConsumption"
+    for _ in range(60 * 2):  # one minute of ticks
+        await daemon.sample()
+        fake_clock.advance(0.5)
+    assert h100_fake.calls[energy_calls] == 4 * 2  # 4 GPUs at t = 0 and t = 30 s
+    # The counter is exported on every scrape, carried between reads.
+    assert counter(daemon, "polca_gpu_energy_joules_total") > 0

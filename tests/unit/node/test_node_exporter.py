@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from polca.power.model import PhaseDemand
 from polca_node.exporter import GPU_LABELS, GpuSample, MetricsServer, NodeMetrics, NodeSnapshot
 from polca_node.gpu.backend import CLOCK_EVENT_REASONS
-from polca_node.gpu.fake_nvml import FakeNvml
+from polca_node.gpu.fake_nvml import FakeNvml, ManualClock
 from polca_node.gpu.load import ConstantLoad
 from polca_node.gpu.nvml_backend import NvmlBackend
 
@@ -36,8 +36,9 @@ CONTRACT = {
 
 
 @pytest.fixture
-def metrics(h100_fake: FakeNvml, h100_backend: NvmlBackend) -> NodeMetrics:
+def metrics(h100_fake: FakeNvml, h100_backend: NvmlBackend, fake_clock: ManualClock) -> NodeMetrics:
     h100_fake.load = ConstantLoad(PhaseDemand(decode_frac=0.9))
+    fake_clock.advance(1.1)  # GPUs report power averaged over the last second
     metrics = NodeMetrics("node-a")
     gpus = h100_backend.inventory().gpus
     samples = (
@@ -73,7 +74,8 @@ def test_per_gpu_labels(metrics: NodeMetrics) -> None:
     power = samples(metrics, "polca_gpu_power_watts")
     assert len(power) == 3  # the GPU whose read failed has no sample
     labels, value = power[0]
-    assert tuple(sorted(labels)) == tuple(sorted(GPU_LABELS))
+    assert tuple(sorted(labels)) == tuple(sorted((*GPU_LABELS, "source")))
+    assert labels["source"] == "instant"  # the fake's driver offers the instant field
     assert labels["node"] == "node-a"
     assert (labels["gpu"], labels["pod"], labels["namespace"], labels["tier"]) == (
         "0", "train-0", "ml", "low"

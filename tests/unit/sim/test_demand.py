@@ -128,10 +128,11 @@ def test_mean_batch_satisfies_littles_law() -> None:
 
 def test_gpu_power_spans_idle_to_prefill_power() -> None:
     zero, one = np.asarray(0.0), np.asarray(1.0)
-    assert float(gpu_power_w(A100, zero, zero)) == pytest.approx(A100.idle_w)
+    assert float(gpu_power_w(A100, zero, zero)) == pytest.approx(A100.idle_context_w)
     assert float(gpu_power_w(A100, one, zero)) == pytest.approx(A100.prefill_w)
     assert float(gpu_power_w(A100, zero, one)) == pytest.approx(A100.decode_w)
-    assert float(gpu_power_w(A100, zero, zero, 1.0)) == pytest.approx(A100.prefill_w)
+    # GEMM work sits at the default limit, held there by the board's limiter.
+    assert float(gpu_power_w(A100, zero, zero, 1.0)) == pytest.approx(A100.default_limit_w)
 
 
 class TestTimeline:
@@ -165,7 +166,8 @@ class TestTimeline:
                 )
             per_bin_w.append(total / len(self.KINDS))
         peak_pct = 100.0 * max(per_bin_w) / A100.max_limit_w
-        assert peak_pct == pytest.approx(target_pct, abs=0.25)
+        # 0.5 points: each rate draws its own requests, so the peak moves in small jumps.
+        assert peak_pct == pytest.approx(target_pct, abs=0.5)
 
     def test_a_higher_target_needs_more_requests(self) -> None:
         assert self.timeline(85.0).rate_factor > self.timeline(70.0).rate_factor

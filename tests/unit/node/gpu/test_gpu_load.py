@@ -116,10 +116,12 @@ class TestFileLoad:
     def test_drives_a_running_fake(self, tmp_path: Path) -> None:
         path = tmp_path / "load.json"
         _write_json(path, {})
-        backend = NvmlBackend(FakeNvml("H100-SXM:2", load=FileLoad(path)))
+        clock = ManualClock()
+        backend = NvmlBackend(FakeNvml("H100-SXM:2", load=FileLoad(path), clock=clock.now))
         backend.open()
         idle_w = backend.read(1).power_w
         _write_json(path, {"gpus": {"1": {"prefill_frac": 1.0}}})
+        clock.advance(1.0)  # the reading is the mean of the last second
         assert backend.read(1).power_w > 5 * idle_w
         assert backend.read(0).power_w == pytest.approx(idle_w)
 
@@ -252,9 +254,9 @@ class TestTraceLoad:
         backend.open()
         power_w: list[float] = []
         for _ in range(6):  # one wall second per trace minute
-            clock.advance(0.5)
+            # At a bin's end the 1 s average holds exactly that bin.
+            clock.advance(1.0)
             power_w.append(backend.read(1).power_w)
-            clock.advance(0.5)
         busy_w, quiet_w = power_w[1:3], power_w[4:]
         assert min(busy_w) > 1.5 * max(quiet_w)
         assert backend.read(0).power_w == pytest.approx(backend.read(1).power_w)
