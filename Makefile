@@ -10,7 +10,7 @@ CONTROL_PLANE_BIN = $(shell tools/build-control-plane.sh 2>/dev/null | tail -1)
 CLUSTER_DIR ?= $(HOME)/.cache/polca/cluster
 
 .PHONY: help venv control-plane prometheus checkov lint test test-fast crds demo cluster-up cluster-down \
-        bench bench-node bench-operator bench-sim clean
+        bench bench-node bench-operator bench-sim bench-replay clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -80,6 +80,9 @@ bench-node: venv control-plane ## Node daemon cost: CPU per control loop and RSS
 
 bench-sim: venv ## Simulator speed: one simulated hour of a 50-server row at 100 ms, one core
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 taskset -c 0 $(PY) benchmarks/bench_sim.py
+
+bench-replay: venv ## Replay speed: a week of a 100-node domain at 15 s, replay and capacity, one core
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 taskset -c 0 $(PY) benchmarks/bench_replay.py
 
 clean: ## Remove the venv and build outputs (the binary cache in ~/.cache/polca stays)
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache

@@ -9,12 +9,18 @@ from collections.abc import Callable, Sequence
 
 from polca.options import OptionParser
 from polca.sim import cli as sim_cli
+from polca.tooling import replay_cli, validate
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
 # A register function adds its parser to the subparsers and sets ``func`` (args → exit code).
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
-SUBCOMMANDS: list[tuple[str, Register]] = [("simulate", sim_cli.register)]
+SUBCOMMANDS: list[tuple[str, Register]] = [
+    ("simulate", sim_cli.register),
+    ("validate", validate.register),
+    ("replay", replay_cli.register_replay),
+    ("capacity", replay_cli.register_capacity),
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,6 +29,13 @@ from polca.sim.runner import Progress as ProgressFn
 from polca.sim.runner import Scenario, calibrate_load, run_level
 from polca.sim.synthetic import CONV_PARAMS, fit, generate
 from polca.sim.trace import Trace, TraceError, read_trace
+from polca.tooling.manifests import ManifestError
+from polca.tooling.policyfile import (
+    apply_to_simulation,
+    is_policy_manifest,
+    keep_manifest_timing,
+    read_policy,
+)
 
 __all__ = ["register", "run"]
 
@@ -37,6 +44,8 @@ Model and sources: docs/simulator.md. Examples:
   polca simulate --trace conv.csv --servers 40 --oversubscription 0.3 --policy polca
   polca simulate --trace conv.csv --search --search-step 0.1 --json
   polca simulate --oversubscription 0.4 --plot run.png        (synthetic requests)
+  polca simulate -f examples/polca-default.yaml --oversubscription 0.3   (your own policy)
+  polca simulate -f row-a.yaml --pods pods.yaml      (kubectl get pods -A -o yaml > pods.yaml)
 The load is calibrated (a few uncapped runs of the base row) unless --load-scale is given; the
 value used is printed, so later runs can pass it and skip the calibration.
 Exit status: 0 on success (a run that fails the criteria still exits 0), 2 on bad input.
@@ -126,6 +135,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
 
     pol = p.add_argument_group("policies")
+    pol.add_argument(
+        "-f",
+        "--filename",
+        type=Path,
+        metavar="POLICY.yaml",
+        help="simulate this PowerPolicy manifest (validated first): its stages, tiers and "
+        "timing run as polca-k8s with triggers as written, next to none; the row is the "
+        "servers its budgetWatts is provisioned for (--servers is ignored), and "
+        "--oversubscription adds servers under that budget",
+    )
+    pol.add_argument(
+        "--pods",
+        metavar="FILE",
+        help="with -f: the row's pods (kubectl get pods -A -o yaml): the --mix becomes their "
+        "GPUs per tier, each pod's tier resolved by the manifest's tier rules",
+    )
     pol.add_argument(
         "--policy",
         action="append",
@@ -252,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     try:
         return _run(args, err)
-    except (TraceError, ValueError, OSError, yaml.YAMLError) as exc:
+    except (TraceError, ValueError, OSError, yaml.YAMLError, ManifestError) as exc:
         # One line whatever the width, and the message verbatim (it may hold brackets).
         err.print(f"[red]polca simulate: {escape(str(exc))}[/red]", soft_wrap=True)
         return 2
@@ -293,6 +318,8 @@ def _read_plan(path: Path | None) -> ControlPlan | None:
     if str(path) in NAMED_PLANS:
         return NAMED_PLANS[str(path)]
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if is_policy_manifest(data):  # a PowerPolicy manifest: the plan the operator would run
+        return read_policy(str(path)).plan
     try:
         return plan_from_dict(data)
     except ValueError as exc:
@@ -340,6 +367,7 @@ def _progress(enabled: bool, console: Console) -> Iterator[ProgressFn]:
 
 
 def _run(args: argparse.Namespace, err: Console) -> int:
+    manifest = apply_to_simulation(args)
     trace, duration, source = _load_trace(args)
     if args.fit_trace:
         print(json.dumps(fit(trace).as_dict(), indent=2))
@@ -365,6 +393,8 @@ def _run(args: argparse.Namespace, err: Console) -> int:
         criteria=Criteria(max_low_p50_impact=args.max_low_p50_impact),
     )
     policies = _policies(args)
+    if manifest is not None:
+        policies = keep_manifest_timing(policies, manifest)
     # Piped output gets room for the wide tables instead of rich's 80-column default.
     out = Console() if sys.stdout.isatty() else Console(width=220)
     show_progress = not args.no_progress and err.is_terminal

@@ -11,10 +11,11 @@ from typing import Any
 
 import numpy as np
 
+from polca.control.plan import ControlPlan
 from polca.sim.engine import INFERENCE_TIERS, SimResult
 from polca.sim.search import SearchResult
 
-__all__ = ["plot_runs", "plot_search"]
+__all__ = ["budget_and_triggers", "plot_runs", "plot_search"]
 
 
 def _pyplot() -> Any:
@@ -52,16 +53,7 @@ def _power_panel(ax: Any, result: SimResult) -> None:
         color="tab:blue",
         label="domain power",
     )
-    ax.axhline(100.0, color="black", lw=1.0, label="budget")
-    if result.plan is not None:
-        for i, stage in enumerate(result.plan.stages[1:-1], start=1):
-            ax.axhline(
-                stage.trigger_pct,
-                color="tab:orange",
-                lw=0.6,
-                ls="--",
-                label="triggers" if i == 1 else None,
-            )
+    budget_and_triggers(ax, result.plan)
     ax.set_ylabel("% of budget")
     ax.set_title(
         f"{cfg.policy.name}: {cfg.domain.servers} servers "
@@ -74,6 +66,18 @@ def _power_panel(ax: Any, result: SimResult) -> None:
     top = len(result.plan.stages) - 1 if result.plan is not None else 1
     stage_ax.set_ylim(-0.2, top + 0.2)
     ax.set_xlabel("minutes")
+
+
+def budget_and_triggers(ax: Any, plan: ControlPlan | None) -> None:
+    """The budget (100%) and the plan's throttling triggers on a %-of-budget axis."""
+    ax.axhline(100.0, color="black", lw=1.0, label="budget")
+    if plan is None:
+        return
+    for i, stage in enumerate(plan.stages[1:-1], start=1):
+        ax.axhline(
+            stage.trigger_pct, color="tab:orange", lw=0.6, ls="--",
+            label="triggers" if i == 1 else None,
+        )  # fmt: skip
 
 
 def _cdf_panel(ax: Any, results: Sequence[SimResult]) -> None:

@@ -120,6 +120,7 @@ def start_prometheus(
     port: int | None = None,
     binary: Path | None = None,
     jobs: int = 1,
+    retention: str = "2h",
 ) -> Prometheus:
     """Start Prometheus scraping `targets` (`host:port`, path /metrics); wait until ready.
 
@@ -155,7 +156,8 @@ def start_prometheus(
             f"--config.file={config_path}",
             f"--storage.tsdb.path={state_dir / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",
-            "--storage.tsdb.retention.time=2h",
+            # Backfilled histories (polca_testbed.power_history) need more than the default.
+            f"--storage.tsdb.retention.time={retention}",
             "--log.level=warn",
         ],
         log_path=prom.log_path,
@@ -176,6 +178,15 @@ def start_prometheus(
     return prom
 
 
+def serve_until_stopped(prom: Prometheus) -> None:  # pragma: no cover - manual use
+    """Keep `prom` running until it exits or the caller is interrupted; then stop it."""
+    try:
+        while prom.alive():
+            time.sleep(1)
+    finally:
+        prom.stop()
+
+
 def _main() -> None:  # pragma: no cover - manual use
     import argparse
 
@@ -185,11 +196,7 @@ def _main() -> None:  # pragma: no cover - manual use
     args = parser.parse_args()
     prom = start_prometheus(args.dir, args.targets)
     print(prom.url, flush=True)
-    try:
-        while prom.alive():
-            time.sleep(1)
-    finally:
-        prom.stop()
+    serve_until_stopped(prom)
 
 
 if __name__ == "__main__":
