@@ -675,6 +675,11 @@ class NodeDaemon:
             decided = self.decision.gpus.get(index)
             pod = decided.pod if decided is not None else None
             gpu = applied.get(index)
+            throttled = gpu is not None and (
+                (gpu.clock_known and gpu.clock_ceiling_mhz is not None
+                 and gpu.clock_ceiling_mhz < info.max_sm_clock_mhz)
+                or gpu.power_cap_w is not None
+            )  # fmt: skip
             samples.append(
                 GpuSample(
                     info=info,
@@ -684,16 +689,10 @@ class NodeDaemon:
                     tier=(decided.tier or "") if decided is not None else "",
                     clock_ceiling_mhz=gpu.clock_ceiling_mhz if gpu is not None else None,
                     clock_ceiling_known=gpu is not None and gpu.clock_known,
+                    throttled=throttled,
                 )
             )
-        throttled = sum(
-            1
-            for index, gpu in applied.items()
-            if (gpu.clock_known and gpu.clock_ceiling_mhz is not None
-                and gpu.clock_ceiling_mhz < self._gpus[index].max_sm_clock_mhz)
-            or gpu.power_cap_w is not None
-        )  # fmt: skip
-        self.metrics.update(NodeSnapshot(tuple(samples), throttled, self._wall_clock().timestamp()))
+        self.metrics.update(NodeSnapshot(tuple(samples), self._wall_clock().timestamp()))
 
     # -- status ------------------------------------------------------------------------------
 

@@ -23,7 +23,9 @@ Per node, labelled node:
   polca_guard_activations_total          the local guard starting to throttle (label policy)
   polca_nvml_call_seconds                NVML call latency (histogram, label function)
   polca_node_heartbeat_timestamp_seconds Unix time of the last completed GPU sample
-  polca_throttled_gpus                   GPUs limited below their defaults
+  polca_throttled_gpus                   GPUs limited below their defaults, by tier (label tier:
+                                         one series per tier present on the node, 0 included;
+                                         "(none)" for GPUs no policy decides about)
   polca_unreadable_policies              stored PowerPolicies that may select the node and that
                                          the daemon cannot read (it holds the GPUs' limits)
   polca_unconfirmed_gpus                 GPUs whose pod the kubelet (PodResources) and the pod
@@ -51,11 +53,14 @@ from prometheus_client.registry import Collector
 from polca_node.actuator import Knob
 from polca_node.gpu.backend import CLOCK_EVENT_REASONS, GpuInfo, GpuReading
 
-__all__ = ["GPU_LABELS", "GpuSample", "MetricsServer", "NodeMetrics", "NodeSnapshot"]
+__all__ = ["GPU_LABELS", "NO_TIER", "GpuSample", "MetricsServer", "NodeMetrics", "NodeSnapshot"]
 
 logger = logging.getLogger(__name__)
 
 GPU_LABELS = ("node", "gpu", "uuid", "model", "pod", "namespace", "tier")
+# The tier label of GPUs no policy decides about. Not a DNS label, so no policy's tier can
+# take the name (GPUs without a pod are the policy's reserved tier "idle").
+NO_TIER = "(none)"
 # NVML calls take microseconds to milliseconds; a slow or hung GPU takes seconds.
 NVML_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5)
 
@@ -71,13 +76,29 @@ class GpuSample:
     tier: str = ""
     clock_ceiling_mhz: int | None = None
     clock_ceiling_known: bool = False
+    throttled: bool = False  # limited below its defaults (a clock ceiling or a power cap)
 
 
 @dataclass(frozen=True)
 class NodeSnapshot:
     gpus: tuple[GpuSample, ...] = ()
-    throttled_gpus: int = 0
     heartbeat_s: float | None = None  # Unix time of the sample
+
+    @property
+    def throttled_gpus(self) -> int:
+        return sum(1 for gpu in self.gpus if gpu.throttled)
+
+    def throttled_by_tier(self) -> dict[str, int]:
+        """Throttled GPUs per tier, with a 0 for every tier present on the node.
+
+        The zeros keep a tier's series alive while none of its GPUs is throttled, so a panel
+        or alert sees 0 rather than no data.
+        """
+        counts: dict[str, int] = {}
+        for gpu in self.gpus:
+            tier = gpu.tier or NO_TIER
+            counts[tier] = counts.get(tier, 0) + int(gpu.throttled)
+        return counts
 
 
 class _SnapshotCollector(Collector):
@@ -97,9 +118,12 @@ class _SnapshotCollector(Collector):
             heartbeat.add_metric([self._node], snapshot.heartbeat_s)
         yield heartbeat
         throttled = GaugeMetricFamily(
-            "polca_throttled_gpus", "GPUs limited below their defaults.", labels=["node"]
+            "polca_throttled_gpus",
+            "GPUs limited below their defaults, by tier.",
+            labels=["node", "tier"],
         )
-        throttled.add_metric([self._node], snapshot.throttled_gpus)
+        for tier, count in sorted(snapshot.throttled_by_tier().items()):
+            throttled.add_metric([self._node, tier], count)
         yield throttled
 
     def _labels(self, sample: GpuSample) -> list[str]:

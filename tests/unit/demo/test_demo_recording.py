@@ -55,7 +55,7 @@ def gpu_sample(
 
 def exposition(*samples: GpuSample) -> str:
     metrics = NodeMetrics("demo-01")
-    metrics.update(NodeSnapshot(gpus=samples, throttled_gpus=0, heartbeat_s=1.0))
+    metrics.update(NodeSnapshot(gpus=samples, heartbeat_s=1.0))
     return metrics.exposition().decode()
 
 

@@ -10,7 +10,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from polca.power.model import PhaseDemand
-from polca_node.exporter import GPU_LABELS, GpuSample, MetricsServer, NodeMetrics, NodeSnapshot
+from polca_node.exporter import (
+    GPU_LABELS,
+    NO_TIER,
+    GpuSample,
+    MetricsServer,
+    NodeMetrics,
+    NodeSnapshot,
+)
 from polca_node.gpu.backend import CLOCK_EVENT_REASONS
 from polca_node.gpu.fake_nvml import FakeNvml, ManualClock
 from polca_node.gpu.load import ConstantLoad
@@ -42,12 +49,12 @@ def metrics(h100_fake: FakeNvml, h100_backend: NvmlBackend, fake_clock: ManualCl
     metrics = NodeMetrics("node-a")
     gpus = h100_backend.inventory().gpus
     samples = (
-        GpuSample(gpus[0], h100_backend.read(0), "ml", "train-0", "low", 1110, True),
+        GpuSample(gpus[0], h100_backend.read(0), "ml", "train-0", "low", 1110, True, True),
         GpuSample(gpus[1], h100_backend.read(1), clock_ceiling_known=True),
         GpuSample(gpus[2], h100_backend.read(2)),  # ceiling unknown after a restart
         GpuSample(gpus[3], None),  # the read failed
     )
-    metrics.update(NodeSnapshot(samples, throttled_gpus=1, heartbeat_s=1_700_000_000.0))
+    metrics.update(NodeSnapshot(samples, heartbeat_s=1_700_000_000.0))
     return metrics
 
 
@@ -87,6 +94,24 @@ def test_per_gpu_labels(metrics: NodeMetrics) -> None:
     assert len(energy) == 3
 
 
+def test_throttled_gpus_one_series_per_tier_present(h100_backend: NvmlBackend) -> None:
+    """The dashboard's "Throttled GPUs per tier" sums by tier; the node's total is unchanged."""
+    gpus = h100_backend.inventory().gpus
+    tiers = ("low", "high", "idle", "")  # "": no policy decides about the GPU
+    throttled = (True, False, False, True)
+    snapshot = NodeSnapshot(
+        tuple(
+            GpuSample(gpu, None, tier=tier, throttled=flag)
+            for gpu, tier, flag in zip(gpus, tiers, throttled, strict=True)
+        )
+    )
+    metrics = NodeMetrics("node-a")
+    metrics.update(snapshot)
+    by_tier = {labels["tier"]: value for labels, value in samples(metrics, "polca_throttled_gpus")}
+    assert by_tier == {"low": 1.0, "high": 0.0, "idle": 0.0, NO_TIER: 1.0}
+    assert snapshot.throttled_gpus == sum(by_tier.values()) == 2
+
+
 def test_clock_ceiling_is_the_locked_one_or_the_maximum(metrics: NodeMetrics) -> None:
     by_gpu = {
         labels["gpu"]: value for labels, value in samples(metrics, "polca_gpu_clock_ceiling_mhz")
@@ -112,7 +137,10 @@ def test_node_gauges_and_counters(metrics: NodeMetrics) -> None:
     metrics.on_guard_activation("row-a")
     for _ in range(3):
         metrics.on_nvml_call("nvmlDeviceGetPowerUsage", 0.0004, False)
-    assert samples(metrics, "polca_throttled_gpus") == [({"node": "node-a"}, 1.0)]
+    assert samples(metrics, "polca_throttled_gpus") == [
+        ({"node": "node-a", "tier": NO_TIER}, 0.0),
+        ({"node": "node-a", "tier": "low"}, 1.0),
+    ]
     assert samples(metrics, "polca_unreadable_policies") == [({"node": "node-a"}, 0.0)]
     metrics.set_unreadable_policies(2)
     assert samples(metrics, "polca_unreadable_policies") == [({"node": "node-a"}, 2.0)]
