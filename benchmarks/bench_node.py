@@ -129,7 +129,7 @@ class _NoApi:
 async def _loop_cost(loops: int) -> float:
     fake = FakeNvml(PROFILE, load=ConstantLoad(PhaseDemand(decode_frac=0.8, prefill_frac=0.1)))
     metrics = NodeMetrics("bench")
-    backend = NvmlBackend(fake, on_call=metrics.on_nvml_call)
+    backend = NvmlBackend(fake, on_call=metrics.nvml_call_hook)  # as deployed: off
     daemon = NodeDaemon(DaemonConfig("bench"), backend, cast(KubeClient, _NoApi()), metrics,
                         wall_clock=lambda: datetime.now(UTC))  # fmt: skip
     daemon.adopt(backend.open())

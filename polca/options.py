@@ -8,6 +8,8 @@ intervals and log levels with these types, so the same value means the same thin
   where an option says "wait forever" (`seconds_or_inf`);
 - a port is 1-65535, or 0 where the option documents "0 picks a free one" (`port`);
 - a log level is DEBUG, INFO, WARNING or ERROR in any letter case (`log_level`, upper-case out);
+- a switch is true/false, yes/no, on/off or 1/0 in any letter case (`boolean`), so a chart can
+  render it from a YAML boolean;
 - an environment variable is a default, applied only when the flag is absent, and a bad value
   names the variable, not just the flag (`env_default`);
 - a bad value ends the program with one line, `PROG: error: …`, and exit status 2
@@ -27,6 +29,7 @@ __all__ = [
     "LOG_LEVELS",
     "EnvValue",
     "OptionParser",
+    "boolean",
     "count",
     "env_default",
     "log_level",
@@ -118,6 +121,18 @@ def log_level(text: str) -> str:
     if level not in LOG_LEVELS:
         _refuse(text, f"must be one of {', '.join(LOG_LEVELS)} (any case)")
     return level
+
+
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0"})
+
+
+def boolean(text: str) -> bool:
+    """A switch: true/false, yes/no, on/off, 1/0, any case."""
+    word = text.strip().lower()
+    if word not in _TRUE | _FALSE:
+        _refuse(text, "must be true or false")
+    return word in _TRUE
 
 
 def env_default(environ: Mapping[str, str], variable: str, default: object = None) -> object:

@@ -3,10 +3,16 @@
 Metric names are a contract (the Helm chart's alerts and the operator's `direct` telemetry use
 them); they follow Prometheus' naming rules: base units in the name, `_total` for counters.
 
-Per GPU, labelled node, gpu (index), uuid, model, pod, namespace, tier (empty when none):
+Per GPU, labelled node and gpu (the NVML index) only, so a pod coming or going creates no series:
+  polca_gpu_info                         1; who the GPU is and who uses it: labels uuid, model,
+                                         pod, namespace, tier (empty when none). Join on
+                                         (node, gpu) where a query needs them
   polca_gpu_power_watts                  board power; label source: "instant" (the last 100 ms,
                                          NVML_FI_DEV_POWER_INSTANT) where the driver offers it,
-                                         else "average" (nvmlDeviceGetPowerUsage, the last ~1 s)
+                                         else "average" (nvmlDeviceGetPowerUsage, the last ~1 s);
+                                         and label tier, as on polca_gpu_info: the replay and
+                                         recorded histories read power by tier, and a tier is
+                                         one of a policy's few names, not a pod's
   polca_gpu_energy_joules_total          energy since the driver loaded (counter; read once
                                          per status heartbeat, as each read costs ~4 ms)
   polca_gpu_sm_clock_mhz                 SM clock now
@@ -21,7 +27,9 @@ Per node, labelled node:
                                          "true" counts what a dry-run policy would have written)
   polca_gpu_write_failures_total         rejected writes (labels gpu, knob, reason)
   polca_guard_activations_total          the local guard starting to throttle (label policy)
-  polca_nvml_call_seconds                NVML call latency (histogram, label function)
+  polca_nvml_call_seconds                NVML call latency (histogram, label function); only
+                                         with --nvml-latency-metrics: ~20 functions × 14 series
+                                         would be most of a node's series
   polca_node_heartbeat_timestamp_seconds Unix time of the last completed GPU sample
   polca_throttled_gpus                   GPUs limited below their defaults, by tier (label tier:
                                          one series per tier present on the node, 0 included;
@@ -53,11 +61,20 @@ from prometheus_client.registry import Collector
 from polca_node.actuator import Knob
 from polca_node.gpu.backend import CLOCK_EVENT_REASONS, GpuInfo, GpuReading
 
-__all__ = ["GPU_LABELS", "NO_TIER", "GpuSample", "MetricsServer", "NodeMetrics", "NodeSnapshot"]
+__all__ = [
+    "GPU_INFO_LABELS",
+    "GPU_LABELS",
+    "NO_TIER",
+    "GpuSample",
+    "MetricsServer",
+    "NodeMetrics",
+    "NodeSnapshot",
+]
 
 logger = logging.getLogger(__name__)
 
-GPU_LABELS = ("node", "gpu", "uuid", "model", "pod", "namespace", "tier")
+GPU_LABELS = ("node", "gpu")
+GPU_INFO_LABELS = (*GPU_LABELS, "uuid", "model", "pod", "namespace", "tier")
 # The tier label of GPUs no policy decides about. Not a DNS label, so no policy's tier can
 # take the name (GPUs without a pod are the policy's reserved tier "idle").
 NO_TIER = "(none)"
@@ -126,27 +143,20 @@ class _SnapshotCollector(Collector):
             throttled.add_metric([self._node, tier], count)
         yield throttled
 
-    def _labels(self, sample: GpuSample) -> list[str]:
-        info = sample.info
-        return [
-            self._node,
-            str(info.index),
-            info.uuid,
-            info.name,
-            sample.pod_name,
-            sample.pod_namespace,
-            sample.tier,
-        ]
-
     def _gpu_families(self, samples: tuple[GpuSample, ...]) -> Iterator[Metric]:
         def gauge(name: str, doc: str, extra: tuple[str, ...] = ()) -> GaugeMetricFamily:
             return GaugeMetricFamily(name, doc, labels=[*GPU_LABELS, *extra])
 
+        info = gauge(
+            "polca_gpu_info",
+            "1 per GPU: its UUID, model, and the pod and tier using it (empty when none).",
+            GPU_INFO_LABELS[len(GPU_LABELS) :],
+        )
         power = gauge(
             "polca_gpu_power_watts",
             "GPU board power in watts: the instant field where offered (source=instant), "
             "else the ~1 s average of nvmlDeviceGetPowerUsage (source=average).",
-            ("source",),
+            ("tier", "source"),
         )
         energy = CounterMetricFamily(
             "polca_gpu_energy_joules",
@@ -168,14 +178,19 @@ class _SnapshotCollector(Collector):
             ("reason",),
         )
         for sample in samples:
-            labels = self._labels(sample)
+            labels = [self._node, str(sample.info.index)]
+            info.add_metric(
+                [*labels, sample.info.uuid, sample.info.name, sample.pod_name,
+                 sample.pod_namespace, sample.tier],
+                1.0,
+            )  # fmt: skip
             if sample.clock_ceiling_known:
                 value = sample.clock_ceiling_mhz or sample.info.max_sm_clock_mhz
                 ceiling.add_metric(labels, value)
             reading = sample.reading
             if reading is None:
                 continue
-            power.add_metric([*labels, reading.power_source], reading.fresh_power_w)
+            power.add_metric([*labels, sample.tier, reading.power_source], reading.fresh_power_w)
             if reading.energy_j is not None:
                 energy.add_metric(labels, reading.energy_j)
             clock.add_metric(labels, reading.sm_clock_mhz)
@@ -184,13 +199,19 @@ class _SnapshotCollector(Collector):
             active = set(reading.clock_event_reasons)
             for reason in CLOCK_EVENT_REASONS.values():
                 reasons.add_metric([*labels, reason], 1.0 if reason in active else 0.0)
-        yield from (power, energy, clock, ceiling, limit, enforced, reasons)
+        yield from (info, power, energy, clock, ceiling, limit, enforced, reasons)
 
 
 class NodeMetrics:
     """The daemon's metrics. Implements the actuator's observer and the backend's call hook."""
 
-    def __init__(self, node: str, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        node: str,
+        registry: CollectorRegistry | None = None,
+        *,
+        nvml_latency: bool = False,
+    ) -> None:
         self.node = node
         self.registry = registry if registry is not None else CollectorRegistry()
         self._snapshot = _SnapshotCollector(node)
@@ -220,12 +241,17 @@ class NodeMetrics:
             ["node", "reason"],
             registry=self.registry,
         )
-        self.nvml_calls = Histogram(
-            "polca_nvml_call_seconds",
-            "NVML call latency in seconds.",
-            ["node", "function"],
-            buckets=NVML_BUCKETS_S,
-            registry=self.registry,
+        # Opt-in: 14 series per NVML function, ~300 in all, would be most of a node's series.
+        self.nvml_calls = (
+            Histogram(
+                "polca_nvml_call_seconds",
+                "NVML call latency in seconds.",
+                ["node", "function"],
+                buckets=NVML_BUCKETS_S,
+                registry=self.registry,
+            )
+            if nvml_latency
+            else None
         )
         self.unreadable_policies = Gauge(
             "polca_unreadable_policies",
@@ -286,7 +312,14 @@ class NodeMetrics:
     def on_guard_activation(self, policy: str) -> None:
         self.guard_activations.labels(self.node, policy).inc()
 
+    @property
+    def nvml_call_hook(self) -> Callable[[str, float, bool], None] | None:
+        """The backend's per-call hook; None when latency metrics are off (no cost per call)."""
+        return self.on_nvml_call if self.nvml_calls is not None else None
+
     def on_nvml_call(self, function: str, seconds: float, failed: bool) -> None:  # noqa: ARG002
+        if self.nvml_calls is None:
+            return
         # Called on every NVML call (hundreds a second): cache the labelled child.
         child = self._nvml_children.get(function)
         if child is None:

@@ -18,6 +18,7 @@ import pytest
 from polca.options import (
     EnvValue,
     OptionParser,
+    boolean,
     env_default,
     log_level,
     port,
@@ -54,6 +55,20 @@ def test_ports(text: str, value: int) -> None:
 def test_bad_ports(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError, match="port"):
         port(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("true", True), ("True", True), ("yes", True), ("1", True), ("on", True),
+     ("false", False), ("FALSE", False), ("no", False), ("0", False), (" off ", False)],
+)  # fmt: skip
+def test_switches(text: str, value: bool) -> None:
+    assert boolean(text) is value
+
+
+def test_bad_switches() -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="true or false"):
+        boolean("enabled")
 
 
 @pytest.mark.parametrize("text", ["debug", "Info", "WARNING", " error "])

@@ -31,6 +31,7 @@ __all__ = [
     "recording_to_json",
 ]
 
+_INFO = "polca_gpu_info"  # the one per-GPU series that names the pod and tier
 _POWER = "polca_gpu_power_watts"
 _CEILING = "polca_gpu_clock_ceiling_mhz"
 _LIMIT = "polca_gpu_power_limit_watts"
@@ -56,16 +57,18 @@ def parse_daemon_metrics(text: str) -> tuple[GpuState, ...]:
     """Per-GPU state from one daemon's /metrics exposition, by GPU index."""
     found: dict[int, dict[str, Any]] = {}
     for family in text_string_to_metric_families(text):
-        if family.name not in (_POWER, _CEILING, _LIMIT):
+        if family.name not in (_INFO, _POWER, _CEILING, _LIMIT):
             continue
         for sample in family.samples:
-            gpu = int(sample.labels["gpu"])
-            entry = found.setdefault(gpu, {"tier": sample.labels.get("tier", "")})
-            entry[family.name] = float(sample.value)
+            entry = found.setdefault(int(sample.labels["gpu"]), {})
+            if family.name == _INFO:
+                entry["tier"] = sample.labels.get("tier", "")
+            else:
+                entry[family.name] = float(sample.value)
     return tuple(
         GpuState(
             gpu=gpu,
-            tier=str(entry["tier"]),
+            tier=str(entry.get("tier", "")),
             power_w=entry.get(_POWER),
             clock_ceiling_mhz=entry.get(_CEILING),
             power_limit_w=entry.get(_LIMIT),

@@ -188,6 +188,7 @@ class TestNodeDaemon:
         assert env["POLCA_GPU_BACKEND"] == "nvml"
         assert env["POLCA_PODRESOURCES_SOCKET"] == "/var/lib/kubelet/pod-resources/kubelet.sock"
         assert (env["POLCA_METRICS_PORT"], env["POLCA_GUARD_PERIOD_S"]) == ("9400", "0.5")
+        assert env["POLCA_NVML_LATENCY_METRICS"] == "false"  # ~300 series per node: opt-in
 
     def test_nvml_needs_sys_admin_and_nothing_else(self, default: list[Manifest]) -> None:
         security = the_container(one(default, "DaemonSet", "-node"))["securityContext"]

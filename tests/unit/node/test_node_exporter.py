@@ -7,10 +7,12 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client import disable_created_metrics, enable_created_metrics
 from prometheus_client.parser import text_string_to_metric_families
 
 from polca.power.model import PhaseDemand
 from polca_node.exporter import (
+    GPU_INFO_LABELS,
     GPU_LABELS,
     NO_TIER,
     GpuSample,
@@ -23,7 +25,10 @@ from polca_node.gpu.fake_nvml import FakeNvml, ManualClock
 from polca_node.gpu.load import ConstantLoad
 from polca_node.gpu.nvml_backend import NvmlBackend
 
+# docs/install.md, "Metric contract": the series of one 8-GPU node, latency histogram off.
+SERIES_BOUND_8_GPUS = 180
 CONTRACT = {
+    "polca_gpu_info": "gauge",
     "polca_gpu_power_watts": "gauge",
     "polca_gpu_energy_joules": "counter",
     "polca_gpu_sm_clock_mhz": "gauge",
@@ -45,8 +50,13 @@ CONTRACT = {
 @pytest.fixture
 def metrics(h100_fake: FakeNvml, h100_backend: NvmlBackend, fake_clock: ManualClock) -> NodeMetrics:
     h100_fake.load = ConstantLoad(PhaseDemand(decode_frac=0.9))
+    return with_samples(NodeMetrics("node-a"), h100_backend, fake_clock)
+
+
+def with_samples(
+    metrics: NodeMetrics, h100_backend: NvmlBackend, fake_clock: ManualClock
+) -> NodeMetrics:
     fake_clock.advance(1.1)  # GPUs report power averaged over the last second
-    metrics = NodeMetrics("node-a")
     gpus = h100_backend.inventory().gpus
     samples = (
         GpuSample(gpus[0], h100_backend.read(0), "ml", "train-0", "low", 1110, True, True),
@@ -68,7 +78,10 @@ def samples(metrics: NodeMetrics, name: str) -> list[tuple[dict[str, str], float
     ]
 
 
-def test_every_contract_metric_is_exposed_with_its_type(metrics: NodeMetrics) -> None:
+def test_every_contract_metric_is_exposed_with_its_type(
+    h100_fake: FakeNvml, h100_backend: NvmlBackend, fake_clock: ManualClock
+) -> None:
+    metrics = with_samples(NodeMetrics("node-a", nvml_latency=True), h100_backend, fake_clock)
     metrics.on_write(0, "clockCeiling")
     metrics.on_failure(1, "powerLimit", "NoPermission")
     metrics.on_guard_activation("row-a")
@@ -81,17 +94,101 @@ def test_per_gpu_labels(metrics: NodeMetrics) -> None:
     power = samples(metrics, "polca_gpu_power_watts")
     assert len(power) == 3  # the GPU whose read failed has no sample
     labels, value = power[0]
-    assert tuple(sorted(labels)) == tuple(sorted((*GPU_LABELS, "source")))
-    assert labels["source"] == "instant"  # the fake's driver offers the instant field
-    assert labels["node"] == "node-a"
+    assert labels == {"node": "node-a", "gpu": "0", "tier": "low", "source": "instant"}
+    assert 75 < value <= 700
+    for name in ("polca_gpu_sm_clock_mhz", "polca_gpu_power_limit_watts"):
+        assert {tuple(sorted(labels)) for labels, _ in samples(metrics, name)} == {
+            tuple(sorted(GPU_LABELS))
+        }
+    energy = samples(metrics, "polca_gpu_energy_joules_total")
+    assert len(energy) == 3
+
+
+def test_pod_identity_is_on_one_info_series_per_gpu(metrics: NodeMetrics) -> None:
+    info = samples(metrics, "polca_gpu_info")
+    assert len(info) == 4  # every GPU, the one whose read failed too
+    labels, value = info[0]
+    assert value == 1.0
+    assert tuple(sorted(labels)) == tuple(sorted(GPU_INFO_LABELS))
     assert (labels["gpu"], labels["pod"], labels["namespace"], labels["tier"]) == (
         "0", "train-0", "ml", "low"
     )  # fmt: skip
     assert labels["uuid"].startswith("GPU-")
     assert labels["model"] == "NVIDIA H100 80GB HBM3"
-    assert 75 < value <= 700
-    energy = samples(metrics, "polca_gpu_energy_joules_total")
-    assert len(energy) == 3
+
+
+def test_a_new_pod_on_a_gpu_changes_only_its_info_series(
+    h100_fake: FakeNvml, fake_clock: ManualClock
+) -> None:
+    """Pods come and go all day: they must not create series beyond polca_gpu_info."""
+    backend = NvmlBackend(h100_fake)
+    backend.open()
+    gpus = backend.inventory().gpus
+    metrics = NodeMetrics("node-a")
+    fake_clock.advance(1.1)
+
+    def series(pod: str) -> tuple[set[str], set[str]]:
+        snapshot = NodeSnapshot(
+            tuple(
+                GpuSample(g, backend.read(g.index), "ml", f"{pod}-{g.index}", "low") for g in gpus
+            )
+        )
+        metrics.update(snapshot)
+        text = metrics.exposition().decode()
+        lines = {line for line in text.splitlines() if not line.startswith("#")}
+        keys = {line.rsplit(" ", 1)[0] for line in lines}
+        info = {k for k in keys if k.startswith("polca_gpu_info{")}
+        return info, keys - info
+
+    info_before, others_before = series("train")
+    info_after, others_after = series("serve")
+    assert others_after == others_before
+    assert info_after.isdisjoint(info_before)
+    assert len(info_after) == len(gpus)
+    backend.close()
+
+
+@pytest.fixture
+def no_created_series() -> Iterator[None]:
+    """As the daemon runs: without the `_created` twin of every counter."""
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
+    yield
+    enable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+@pytest.mark.usefixtures("no_created_series")
+@pytest.mark.parametrize(("latency", "bound"), [(False, SERIES_BOUND_8_GPUS), (True, 500)])
+def test_series_per_8_gpu_node_are_bounded(
+    fake_clock: ManualClock, latency: bool, bound: int
+) -> None:
+    """docs/install.md states these figures: keep them true (issue 13 counted 498 before)."""
+    fake = FakeNvml("H100-SXM:8", clock=fake_clock.now, sleep=fake_clock.sleep, seed="n8")
+    metrics = NodeMetrics("node-8", nvml_latency=latency)
+    backend = NvmlBackend(fake, on_call=metrics.nvml_call_hook)
+    backend.open()
+    fake_clock.advance(1.1)
+    gpus = backend.inventory().gpus
+    tiers = ("high", "low", "idle", "")
+    metrics.update(NodeSnapshot(tuple(
+        GpuSample(g, backend.read(g.index), "ml", f"p{g.index}", tiers[g.index % 4], 1110, True,
+                  throttled=True)
+        for g in gpus
+    ), heartbeat_s=1.0))  # fmt: skip
+    # The worst case of the labelled counters: every knob of every GPU written, for real and
+    # in a dry run, and a guard activation.
+    for gpu in gpus:
+        for knob in ("clockCeiling", "powerLimit"):
+            metrics.on_write(gpu.index, knob)
+            metrics.on_dry_run_write(gpu.index, knob)
+    metrics.on_guard_activation("row-a")
+    backend.close()
+    families = list(text_string_to_metric_families(metrics.exposition().decode()))
+    total = sum(len(f.samples) for f in families)
+    per_gpu = sum(len(f.samples) for f in families if f.name.startswith("polca_gpu_")
+                  and f.name not in ("polca_gpu_actions", "polca_gpu_write_failures"))  # fmt: skip
+    assert per_gpu == 8 * (len(CLOCK_EVENT_REASONS) + 7)  # info, power, energy, 4 gauges
+    assert total <= bound
+    assert any(f.name == "polca_nvml_call_seconds" for f in families) is latency
 
 
 def test_throttled_gpus_one_series_per_tier_present(h100_backend: NvmlBackend) -> None:
@@ -159,6 +256,15 @@ def test_node_gauges_and_counters(metrics: NodeMetrics) -> None:
     assert samples(metrics, "polca_guard_activations_total") == [
         ({"node": "node-a", "policy": "row-a"}, 1.0)
     ]
+    assert metrics.nvml_call_hook is None  # off by default: the backend times nothing
+    assert not samples(metrics, "polca_nvml_call_seconds_count")
+
+
+def test_nvml_latency_histogram_when_asked_for() -> None:
+    metrics = NodeMetrics("node-a", nvml_latency=True)
+    assert metrics.nvml_call_hook is not None
+    for _ in range(3):
+        metrics.nvml_call_hook("nvmlDeviceGetPowerUsage", 0.0004, False)
     count = samples(metrics, "polca_nvml_call_seconds_count")
     assert count == [({"node": "node-a", "function": "nvmlDeviceGetPowerUsage"}, 3.0)]
 

@@ -31,6 +31,23 @@ def test_defaults() -> None:
     assert options.fake_gpu_annotation is None
     assert options.kubeconfig is None
     assert options.log_level == "INFO"
+    assert options.nvml_latency_metrics is False
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "wanted"),
+    [
+        (["--nvml-latency-metrics"], {}, True),
+        (["--nvml-latency-metrics", "false"], {"POLCA_NVML_LATENCY_METRICS": "true"}, False),
+        ([], {"POLCA_NVML_LATENCY_METRICS": "true"}, True),  # as the chart renders it
+        ([], {"POLCA_NVML_LATENCY_METRICS": "false"}, False),
+    ],
+)
+def test_nvml_latency_metrics_are_opt_in(
+    argv: list[str], environ: dict[str, str], wanted: bool
+) -> None:
+    options = parse_options(["--node-name", "n1", *argv], environ=environ)
+    assert options.nvml_latency_metrics is wanted
 
 
 def test_everything_from_the_environment() -> None:
@@ -76,6 +93,7 @@ def test_command_line_wins_over_the_environment() -> None:
         (["--node-name", "n", "--guard-period-s", "2"], "guard-period-s"),
         (["--node-name", "n", "--fake-load", "idle"], "--gpu-backend fake"),
         (["--node-name", "n", "--gpu-backend", "cuda"], "invalid choice"),
+        (["--node-name", "n", "--nvml-latency-metrics", "maybe"], "true or false"),
     ],
 )
 def test_bad_options_are_refused_with_the_reason(
