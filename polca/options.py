@@ -13,7 +13,9 @@ intervals and log levels with these types, so the same value means the same thin
 - an environment variable is a default, applied only when the flag is absent, and a bad value
   names the variable, not just the flag (`env_default`);
 - a bad value ends the program with one line, `PROG: error: …`, and exit status 2
-  (`OptionParser`), never a traceback.
+  (`OptionParser`), never a traceback;
+- every command and subcommand answers `--version` with the installed package's version
+  (`OptionParser`, `package_version`).
 
 Pure: no Kubernetes or network code (the `polca` package's layer rule).
 """
@@ -23,7 +25,8 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Mapping
-from typing import NoReturn
+from importlib import metadata
+from typing import Any, NoReturn
 
 __all__ = [
     "LOG_LEVELS",
@@ -33,6 +36,7 @@ __all__ = [
     "count",
     "env_default",
     "log_level",
+    "package_version",
     "port",
     "positive_number",
     "seconds",
@@ -142,9 +146,30 @@ def env_default(environ: Mapping[str, str], variable: str, default: object = Non
     return EnvValue(value, variable) if value else default
 
 
+DISTRIBUTION = "polca"  # pyproject.toml's project name: the three commands ship together
+
+
+def package_version() -> str:
+    """The installed distribution's version; "unknown" when run from a tree never installed."""
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 class OptionParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line and exit status 2, without the usage block
-    (which for our daemons is a screenful that hides the one line that matters)."""
+    (which for our daemons is a screenful that hides the one line that matters), and with
+    `--version` (subcommand parsers inherit the class, so they answer it too)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument(
+            "--version",
+            action="version",
+            version=f"%(prog)s {package_version()}",
+            help="print the version and exit",
+        )
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")

@@ -58,7 +58,7 @@ environment (flags take precedence):
   POLCA_METRICS_PORT    --metrics-port (default 9401)
   POLCA_PEERING         --peering (unset or empty: standalone)
   POLCA_PROMETHEUS_URL  --prometheus-url
-  POLCA_LOG_LEVEL       --log-level (default info)
+  POLCA_LOG_LEVEL       --log-level (default INFO, any case)
   POD_ID                this replica's identity among its peers (default: user@host/time)
   KUBECONFIG            used outside a cluster; in a pod, the service account is used
 """

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Mapping
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from polca.options import (
     boolean,
     env_default,
     log_level,
+    package_version,
     port,
     seconds,
     seconds_or_inf,
@@ -242,3 +244,22 @@ def test_simulate_refuses_a_run_too_big_to_hold_before_allocating_it() -> None:
 def test_simulate_refuses_more_steps_than_it_can_record() -> None:
     result = run_command([*SIM, "--duration", "1e9"])
     assert_refused(result, "polca simulate:", "steps", "--duration")
+
+
+@pytest.mark.parametrize(
+    ("argv", "prog"),
+    [
+        (["polca", "--version"], "polca"),
+        (["polca", "simulate", "--version"], "polca simulate"),
+        (["polca-operator", "--version"], "polca-operator"),
+        (["polca-node", "--version"], "polca-node"),  # answered before --node-name is required
+    ],
+)
+def test_every_command_prints_the_installed_version(argv: list[str], prog: str) -> None:
+    result = run_command(argv)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == f"{prog} {metadata.version('polca')}\n"
+
+
+def test_the_version_is_the_installed_distributions() -> None:
+    assert package_version() == metadata.version("polca") != "unknown"
