@@ -6,6 +6,9 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
+# The runtime needs no extra. `sim` (numpy, rich, matplotlib) only for fake GPUs (kind, demo):
+# `make image IMAGE_EXTRAS=sim`. Without it `polca-node --gpu-backend fake` says so and exits.
+ARG EXTRAS=""
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/polca
@@ -15,8 +18,12 @@ COPY polca/ polca/
 COPY operator/ operator/
 COPY node-daemon/ node-daemon/
 COPY testbed/ testbed/
-RUN /opt/polca/bin/pip install --no-compile . \
-    && /opt/polca/bin/python -c "import polca, polca_operator, polca_node, kopf, pynvml"
+# The test helpers (polca_testbed) are in the same distribution for `make test`; the runtime
+# never imports them, so the image drops them.
+RUN /opt/polca/bin/pip install --no-compile ".${EXTRAS:+[$EXTRAS]}" \
+    && rm -rf /opt/polca/lib/python3*/site-packages/polca_testbed \
+    && /opt/polca/bin/python -c "import polca, polca_operator, polca_node, kopf, pynvml" \
+    && /opt/polca/bin/polca-node --version && /opt/polca/bin/polca-operator --version
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="polca" \

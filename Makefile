@@ -90,6 +90,8 @@ clean: ## Remove the venv and build outputs (the binary cache in ~/.cache/polca 
 # --- container image, kind and Helm (docs/install.md) ----------------------------------------
 IMAGE_REPO ?= polca
 IMAGE_TAG ?= dev
+# Empty: the runtime image (operator, daemon on real GPUs). `sim` for fake GPUs (kind).
+IMAGE_EXTRAS ?=
 KIND_CLUSTER ?= polca
 POLCA_NAMESPACE ?= polca-system
 # Docker and kind are not needed by `make test`; these targets say so plainly when they are missing.
@@ -101,7 +103,7 @@ need-engine = @docker info >/dev/null 2>&1 || { echo "make $@: no Docker engine 
 image: ## Build the POLCA image (operator + node daemon) with Docker
 	$(call need,docker,install Docker to build the image)
 	$(need-engine)
-	docker build -t $(IMAGE_REPO):$(IMAGE_TAG) .
+	docker build --build-arg EXTRAS="$(IMAGE_EXTRAS)" -t $(IMAGE_REPO):$(IMAGE_TAG) .
 
 kind-up: ## Create a kind cluster with two fake-GPU workers (deploy/kind/cluster.yaml)
 	$(call need,docker,kind runs its nodes in Docker)

@@ -16,6 +16,7 @@ from typing import Any
 
 from prometheus_client import disable_created_metrics
 
+from polca.extras import is_missing_sim, sim_missing_message
 from polca.options import (
     LOG_LEVELS,
     OptionParser,
@@ -343,8 +344,26 @@ async def run(options: Options) -> None:
         server.stop()
 
 
+def _fake_gpus_unavailable(options: Options) -> str | None:
+    """Why `--gpu-backend fake` cannot run here (the fake's load models are the simulator's,
+    in the `sim` extra that the runtime image leaves out), or None."""
+    if options.gpu_backend != "fake":
+        return None
+    try:
+        import polca_node.fake_gpus  # noqa: F401 - only to see that it imports
+    except ModuleNotFoundError as exc:
+        if not is_missing_sim(exc):
+            raise
+        return sim_missing_message("--gpu-backend fake", exc)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_options(argv)
+    unavailable = _fake_gpus_unavailable(options)
+    if unavailable is not None:
+        print(f"polca-node: error: {unavailable}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=options.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

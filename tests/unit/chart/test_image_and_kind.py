@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from polca.extras import SIM_MODULES
+
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DOCKERFILE = (REPO_ROOT / "Dockerfile").read_text()
 PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
@@ -46,7 +48,20 @@ class TestDockerfile:
         assert package_roots | core_packages <= copied
         assert all((REPO_ROOT / path).is_dir() for path in copied)
         assert re.search(r"^COPY pyproject.toml ", DOCKERFILE, re.MULTILINE)
-        assert "pip install --no-compile ." in DOCKERFILE  # dependencies from pyproject.toml
+        # Dependencies from pyproject.toml; extras only when asked for (kind: EXTRAS=sim).
+        assert 'pip install --no-compile ".${EXTRAS:+[$EXTRAS]}"' in DOCKERFILE
+        assert re.search(r'^ARG EXTRAS=""$', DOCKERFILE, re.MULTILINE)
+
+    def test_runtime_image_has_no_simulator_or_test_helpers(self) -> None:
+        """The operator and the daemon need neither (tests/unit/test_sim_extra.py runs them
+        without the extra); the image drops polca_testbed, installed with the package."""
+        names = {re.split(r"[<>=\[ ]", d)[0] for d in PYPROJECT["project"]["dependencies"]}
+        extras = PYPROJECT["project"]["optional-dependencies"]
+        sim = {re.split(r"[<>=\[ ]", d)[0] for d in extras["sim"]}
+        assert sim == SIM_MODULES
+        assert not names & sim
+        assert "polca[sim]" in extras["test"]  # `make test` installs everything
+        assert "rm -rf /opt/polca/lib/python3*/site-packages/polca_testbed" in DOCKERFILE
 
     def test_both_entry_points_are_console_scripts(self) -> None:
         assert {"polca-operator", "polca-node"} <= set(PYPROJECT["project"]["scripts"])
