@@ -29,6 +29,7 @@ from importlib import metadata
 from typing import Any, NoReturn
 
 __all__ = [
+    "DEFAULT_DAEMON_METRICS_PORT",
     "LOG_LEVELS",
     "EnvValue",
     "OptionParser",
@@ -44,6 +45,9 @@ __all__ = [
 ]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# The node daemon's metrics port, which the operator also expects (--daemon-metrics-port).
+# Not 9400: NVIDIA's dcgm-exporter, on every node of a GPU Operator cluster, listens there.
+DEFAULT_DAEMON_METRICS_PORT = 9402
 MAX_PORT = 65535
 
 

@@ -58,6 +58,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from polca.options import DEFAULT_DAEMON_METRICS_PORT
 from polca_node.actuator import Knob
 from polca_node.gpu.backend import CLOCK_EVENT_REASONS, GpuInfo, GpuReading
 
@@ -376,7 +377,7 @@ class MetricsServer:
         *,
         ready: Check | None = None,
         host: str = "0.0.0.0",  # noqa: S104 - Prometheus scrapes the pod from outside
-        port: int = 9400,
+        port: int = DEFAULT_DAEMON_METRICS_PORT,
     ) -> None:
         self._server = make_server(
             host,

@@ -18,6 +18,7 @@ from prometheus_client import disable_created_metrics
 
 from polca.extras import is_missing_sim, sim_missing_message
 from polca.options import (
+    DEFAULT_DAEMON_METRICS_PORT,
     LOG_LEVELS,
     OptionParser,
     boolean,
@@ -201,7 +202,7 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     export.add_argument(
         "--metrics-port",
         type=port,
-        default=env("POLCA_METRICS_PORT", 9400),
+        default=env("POLCA_METRICS_PORT", DEFAULT_DAEMON_METRICS_PORT),
         help="port for /metrics and /healthz, 1-65535; 0 picks a free one (env "
         "POLCA_METRICS_PORT; "
         "default %(default)s)",

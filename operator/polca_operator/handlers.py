@@ -16,6 +16,7 @@ import aiohttp
 import kopf
 
 from polca.api.powerpolicy import GROUP, VERSION
+from polca.options import DEFAULT_DAEMON_METRICS_PORT
 from polca_operator.indexes import (
     NODE_ADDRESSES_INDEX,
     NODE_LABELS_INDEX,
@@ -51,7 +52,7 @@ class OperatorConfig:
     restore_wait_s: float = DEFAULT_RESTORE_WAIT_S
     status_refresh_s: float = 15.0
     # Ports a daemon's published metrics endpoint may use; None: any (test rigs only).
-    daemon_ports: frozenset[int] | None = frozenset({9400})
+    daemon_ports: frozenset[int] | None = frozenset({DEFAULT_DAEMON_METRICS_PORT})
 
 
 class _Runtime:

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 import kopf
 
 from polca.options import (
+    DEFAULT_DAEMON_METRICS_PORT,
     LOG_LEVELS,
     OptionParser,
     count,
@@ -35,7 +36,6 @@ __all__ = ["build_settings", "default_priority", "main", "parse_args"]
 
 FINALIZER = "polca.dev/restore-defaults"
 DEFAULT_METRICS_PORT = 9401
-DEFAULT_DAEMON_METRICS_PORT = 9400  # the chart's node.metricsPort
 # Peers that stop refreshing are considered dead after this long: the standby's takeover time
 # after a crash (a clean exit hands over at once).
 DEFAULT_PEERING_LIFETIME_S = 15

@@ -3,7 +3,7 @@
 Own data directory, own process group, stopped as a whole. Targets live in a file_sd file, so
 `set_targets()` takes effect within a second without a restart.
 
-    prom = start_prometheus(tmp_path / "prometheus", ["127.0.0.1:9400"])
+    prom = start_prometheus(tmp_path / "prometheus", ["127.0.0.1:9402"])
     prom.query("sum(polca_gpu_power_watts)")
     prom.stop()
 """

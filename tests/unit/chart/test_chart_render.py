@@ -12,7 +12,10 @@ from typing import Any
 import pytest
 import yaml
 
+from polca.options import DEFAULT_DAEMON_METRICS_PORT
+
 REPO_ROOT = Path(__file__).resolve().parents[3]
+DCGM_EXPORTER_PORT = 9400
 CHART_DIR = REPO_ROOT / "charts" / "polca"
 KIND_VALUES = REPO_ROOT / "deploy" / "kind" / "values.yaml"
 ALL_FEATURES = CHART_DIR / "ci" / "all-features-values.yaml"
@@ -187,8 +190,17 @@ class TestNodeDaemon:
         assert env["POLCA_POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
         assert env["POLCA_GPU_BACKEND"] == "nvml"
         assert env["POLCA_PODRESOURCES_SOCKET"] == "/var/lib/kubelet/pod-resources/kubelet.sock"
-        assert (env["POLCA_METRICS_PORT"], env["POLCA_GUARD_PERIOD_S"]) == ("9400", "0.5")
+        assert (env["POLCA_METRICS_PORT"], env["POLCA_GUARD_PERIOD_S"]) == ("9402", "0.5")
         assert env["POLCA_NVML_LATENCY_METRICS"] == "false"  # ~300 series per node: opt-in
+
+    def test_metrics_port_is_the_programs_default_and_not_dcgm_exporters(
+        self, default: list[Manifest]
+    ) -> None:
+        """dcgm-exporter (GPU Operator clusters) holds 9400 on every GPU node."""
+        node_port = env_of(one(default, "DaemonSet", "-node"))["POLCA_METRICS_PORT"]
+        operator_env = env_of(one(default, "Deployment", "-operator"))
+        assert node_port == operator_env["POLCA_DAEMON_METRICS_PORT"]
+        assert int(node_port) == DEFAULT_DAEMON_METRICS_PORT != DCGM_EXPORTER_PORT
 
     def test_nvml_needs_sys_admin_and_nothing_else(self, default: list[Manifest]) -> None:
         security = the_container(one(default, "DaemonSet", "-node"))["securityContext"]

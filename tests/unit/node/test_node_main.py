@@ -25,7 +25,7 @@ def test_defaults() -> None:
     assert options.gpu_backend == "nvml"
     assert options.fake_profile == "H100-SXM:8"
     assert options.podresources_socket == Path("/var/lib/kubelet/pod-resources/kubelet.sock")
-    assert options.metrics_port == 9400
+    assert options.metrics_port == 9402
     assert options.guard_period_s == 0.5
     assert options.heartbeat_s == 30.0
     assert options.fake_gpu_annotation is None

@@ -97,7 +97,7 @@ def inputs(backend: NvmlBackend, decision: NodeDecision, **changes: Any) -> Stat
         "guard_since": None,
         "previous_conditions": (),
         "now": NOW,
-        "metrics_endpoint": "http://10.0.0.7:9400/metrics",
+        "metrics_endpoint": "http://10.0.0.7:9402/metrics",
     }
     return StatusInputs(**{**base, **changes})
 
@@ -111,7 +111,7 @@ class TestBuildStatus:
         assert status.throttled_gpu_count == 4  # the training GPU and three idle ones
         assert status.policy == "row-a"
         assert status.stage == "stage2"
-        assert status.metrics_endpoint == "http://10.0.0.7:9400/metrics"
+        assert status.metrics_endpoint == "http://10.0.0.7:9402/metrics"
         assert status.heartbeat_time == NOW
         first = status.gpus[0] if status.gpus else None
         assert first is not None
@@ -125,7 +125,7 @@ class TestBuildStatus:
         assert ready is not None
         assert (ready.status, ready.reason) == ("True", "Enforce")
         wire = status.to_wire()
-        assert wire["metricsEndpoint"] == "http://10.0.0.7:9400/metrics"
+        assert wire["metricsEndpoint"] == "http://10.0.0.7:9402/metrics"
         assert wire["gpus"][0]["clockCeilingMHz"] == 1110
         NodePowerStateStatus.model_validate(wire)  # what we write is what the CRD accepts
 

@@ -7,16 +7,16 @@ import pytest
 from polca_operator.endpoints import NodeAddresses, endpoint_problem, node_addresses
 
 NODE = NodeAddresses(frozenset({"10.0.0.7", "gpu-7.example"}), ("10.244.7.0/24",))
-PORTS = frozenset({9400})
+PORTS = frozenset({9402})
 
 
 @pytest.mark.parametrize(
     "url",
     [
-        "http://10.0.0.7:9400/metrics",
-        "https://10.0.0.7:9400/metrics",
-        "http://gpu-7.example:9400/metrics",
-        "http://10.244.7.31:9400/metrics",
+        "http://10.0.0.7:9402/metrics",
+        "https://10.0.0.7:9402/metrics",
+        "http://gpu-7.example:9402/metrics",
+        "http://10.244.7.31:9402/metrics",
     ],
 )
 def test_the_nodes_own_endpoints_are_accepted(url: str) -> None:
@@ -26,15 +26,15 @@ def test_the_nodes_own_endpoints_are_accepted(url: str) -> None:
 @pytest.mark.parametrize(
     ("url", "why"),
     [
-        ("http://169.254.169.254:9400/latest/meta-data/", "is not the node's"),
+        ("http://169.254.169.254:9402/latest/meta-data/", "is not the node's"),
         ("http://169.254.169.254/latest/meta-data/", "is not the node's"),
-        ("http://10.0.0.8:9400/metrics", "is not the node's"),
-        ("http://10.244.8.3:9400/metrics", "is not the node's"),
-        ("http://10.0.0.7:6443/api", "port 6443 is not the daemon's (9400)"),
+        ("http://10.0.0.8:9402/metrics", "is not the node's"),
+        ("http://10.244.8.3:9402/metrics", "is not the node's"),
+        ("http://10.0.0.7:6443/api", "port 6443 is not the daemon's (9402)"),
         ("http://10.0.0.7/metrics", "port 80 is not the daemon's"),
         ("file:///etc/passwd", "scheme 'file' is not http or https"),
-        ("gopher://10.0.0.7:9400/", "scheme 'gopher'"),
-        ("http://user:pw@10.0.0.7:9400/metrics", "carries credentials"),
+        ("gopher://10.0.0.7:9402/", "scheme 'gopher'"),
+        ("http://user:pw@10.0.0.7:9402/metrics", "carries credentials"),
         ("http://10.0.0.7:99999/metrics", "not a URL"),
         ("metrics", "scheme '(none)'"),
     ],
@@ -51,7 +51,7 @@ def test_any_port_for_test_rigs() -> None:
 
 
 def test_a_node_without_addresses_accepts_nothing() -> None:
-    assert endpoint_problem("http://10.0.0.7:9400/metrics", NodeAddresses(), PORTS) is not None
+    assert endpoint_problem("http://10.0.0.7:9402/metrics", NodeAddresses(), PORTS) is not None
 
 
 def test_node_addresses_are_read_defensively() -> None:

@@ -14,7 +14,7 @@ def test_node_labels_are_copied() -> None:
 
 def test_node_report_keeps_endpoint_counts_and_policies() -> None:
     status = {
-        "metricsEndpoint": "http://10.0.0.5:9400/metrics",
+        "metricsEndpoint": "http://10.0.0.5:9402/metrics",
         "gpuCount": 2,
         "throttledGpuCount": 1,
         "gpus": [
@@ -26,7 +26,7 @@ def test_node_report_keeps_endpoint_counts_and_policies() -> None:
     }
     assert node_report_entry("n1", status) == {
         "n1": NodeReport(
-            metrics_url="http://10.0.0.5:9400/metrics",
+            metrics_url="http://10.0.0.5:9402/metrics",
             gpu_count=2,
             throttled_gpu_count=1,
             policies=frozenset({"row-a", "hall"}),

@@ -322,17 +322,17 @@ async def test_only_the_nodes_own_endpoints_are_scraped(harness: Harness) -> Non
     URL on the node's own address (or pod CIDR) and the daemon port, never metadata services."""
     view = domain_view(4)
     urls = {
-        "node-00000": "http://10.0.0.7:9400/metrics",  # the node's InternalIP
-        "node-00001": "http://10.244.1.5:9400/metrics",  # a pod IP inside its pod CIDR
-        "node-00002": "http://169.254.169.254:9400/latest/meta-data",  # cloud metadata
-        "node-00003": "http://10.0.0.7:9400/metrics",  # node-00000's address, not its own
+        "node-00000": "http://10.0.0.7:9402/metrics",  # the node's InternalIP
+        "node-00001": "http://10.244.1.5:9402/metrics",  # a pod IP inside its pod CIDR
+        "node-00002": "http://169.254.169.254:9402/latest/meta-data",  # cloud metadata
+        "node-00003": "http://10.0.0.7:9402/metrics",  # node-00000's address, not its own
     }
     for name, url in urls.items():
         view.node_reports[name] = NodeReport(metrics_url=url, gpu_count=8)
         view.node_addresses[name] = NodeAddresses(
             frozenset({f"10.0.0.{7 + int(name[-1])}"}), (f"10.244.{name[-1]}.0/24",)
         )
-    loop = ControlLoop("row-a", replace(harness.deps, daemon_ports=frozenset({9400})),
+    loop = ControlLoop("row-a", replace(harness.deps, daemon_ports=frozenset({9402})),
                        harness.events)  # fmt: skip
     await loop.cycle(policy_body(), view)
     assert set(harness.reader.queries[-1].metrics_urls) == {"node-00000", "node-00001"}

@@ -55,7 +55,7 @@ def test_bad_log_level_is_refused() -> None:
 
 
 def test_daemon_metrics_port_is_one_port_or_any(capsys: pytest.CaptureFixture[str]) -> None:
-    assert parse_args([], {}).daemon_metrics_port == frozenset({9400})
+    assert parse_args([], {}).daemon_metrics_port == frozenset({9402})
     env = {"POLCA_DAEMON_METRICS_PORT": "9500"}
     assert parse_args([], env).daemon_metrics_port == frozenset({9500})
     assert parse_args(["--daemon-metrics-port", "any"], env).daemon_metrics_port is None
