@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
+from polca.api.powerpolicy import PowerPolicy
 from polca_operator.domain_power import DomainNode
 from polca_operator.telemetry import PowerQuery, PrometheusSource, TelemetryError
 from polca_testbed.processes import free_port
@@ -122,3 +126,108 @@ async def test_stopped_prometheus_is_an_error_not_zero(
     prometheus.stop()
     with pytest.raises(TelemetryError):
         await source.node_samples(query(prometheus), {"n1", "n2"})
+
+
+# --- nodePower.source promql with dcgm-exporter's series (GPU Operator clusters) ------------
+
+DCGM_EXPOSITION = Path(__file__).parent / "data" / "dcgm-exporter.prom"
+DCGM_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "dcgm-node-power.yaml"
+DCGM_METRIC = "DCGM_FI_DEV_POWER_USAGE"
+DCGM_NODE_POWER_W = {"dcgm-n1": 612.25 + 71.5, "dcgm-n2": 688.0 + 702.5}
+
+
+class _Exposition(BaseHTTPRequestHandler):
+    body = DCGM_EXPOSITION.read_bytes()
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base's name
+        pass
+
+
+@pytest.fixture
+def dcgm_exporter() -> Iterator[int]:
+    """A stand-in dcgm-exporter serving its exposition for two 2-GPU nodes."""
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _Exposition)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def dcgm_query(prom: Prometheus, matcher: str = "") -> PowerQuery:
+    """The PowerQuery the operator builds from examples/dcgm-node-power.yaml (`matcher`:
+    label matchers added to its selector, as the example says to when two jobs scrape)."""
+    spec = PowerPolicy.model_validate(yaml.safe_load(DCGM_EXAMPLE.read_text())).spec
+    assert spec.node_power.source == "promql"
+    assert spec.node_power.query == DCGM_METRIC  # a plain selector keeps sample times
+    return PowerQuery(
+        nodes=(DomainNode("dcgm-n1"), DomainNode("dcgm-n2")),
+        source="prometheus",
+        prometheus_url=prom.url,
+        staleness_s=STALENESS_S,
+        promql=f"{spec.node_power.query}{{{matcher}}}" if matcher else spec.node_power.query,
+        node_label=spec.node_power.node_label,
+    )
+
+
+async def test_dcgm_power_usage_as_node_power(
+    dcgm_exporter: int, source: PrometheusSource, tmp_path: Path
+) -> None:
+    """The documented query: DCGM's per-GPU watts summed per node (its clock and energy series
+    ignored), each node's time the scrape's, so the staleness check sees a dead exporter."""
+    prom = start_prometheus(
+        tmp_path / "prometheus", [f"127.0.0.1:{dcgm_exporter}"], scrape_interval_s=2.0
+    )
+    try:
+        prom.wait_for(DCGM_METRIC, count=4)
+        query = dcgm_query(prom)
+
+        async def ages_s() -> list[float]:
+            samples = await source.node_samples(query, {"dcgm-n1", "dcgm-n2"})
+            assert {n: s.power_w for n, s in samples.items()} == DCGM_NODE_POWER_W
+            return [time.time() - s.time_s for s in samples.values()]
+
+        # A query-time stamp would make every age ~0; the scrape's grows between scrapes.
+        deadline = time.monotonic() + 30
+        while max(await ages_s()) < 0.5 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert 0.5 <= max(await ages_s()) <= STALENESS_S
+    finally:
+        prom.stop()
+
+
+async def test_dcgm_scraped_by_two_jobs_counts_each_gpu_once(
+    dcgm_exporter: int, source: PrometheusSource, tmp_path: Path
+) -> None:
+    prom = start_prometheus(tmp_path / "prometheus", [f"127.0.0.1:{dcgm_exporter}"], jobs=2)
+    try:
+        prom.wait_for(DCGM_METRIC, count=8)
+        samples = await source.node_samples(dcgm_query(prom, 'job="polca"'), {"dcgm-n1", "dcgm-n2"})
+        assert {n: s.power_w for n, s in samples.items()} == DCGM_NODE_POWER_W
+    finally:
+        prom.stop()
+
+
+async def test_dcgm_exporter_gone_is_no_power_not_zero(
+    dcgm_exporter: int, source: PrometheusSource, tmp_path: Path
+) -> None:
+    """A stopped dcgm-exporter leaves the domain without fresh power (the failsafe stage)."""
+    prom = start_prometheus(tmp_path / "prometheus", [f"127.0.0.1:{dcgm_exporter}"])
+    try:
+        prom.wait_for(DCGM_METRIC, count=4)
+        query = dcgm_query(prom)
+        prom.set_targets([])  # the exporter's series get staleness markers
+        deadline = time.monotonic() + 30
+        samples = await source.node_samples(query, {"dcgm-n1", "dcgm-n2"})
+        while samples and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            samples = await source.node_samples(query, {"dcgm-n1", "dcgm-n2"})
+        assert samples == {}
+    finally:
+        prom.stop()

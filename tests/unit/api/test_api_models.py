@@ -97,6 +97,7 @@ def test_the_required_examples_exist() -> None:
         "power-cap-first",
         "dry-run",
         "promql-node-power",
+        "dcgm-node-power",
     } <= names
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from polca.cli import main
 
@@ -52,7 +53,9 @@ def test_every_example_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     docs = report["documents"]
     assert isinstance(docs, list)
-    assert len(docs) == 7
+    examples = sorted((REPO / "examples").glob("*.yaml"))
+    assert len(docs) == sum(len(list(yaml.safe_load_all(p.read_text()))) for p in examples)
+    assert all(doc["valid"] for doc in docs)
     assert report["semantic_checks"] is False
 
 
