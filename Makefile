@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 CONTROL_PLANE_BIN = $(shell tools/build-control-plane.sh 2>/dev/null | tail -1)
 CLUSTER_DIR ?= $(HOME)/.cache/polca/cluster
 
-.PHONY: help venv control-plane prometheus checkov lint test test-fast crds demo cluster-up cluster-down \
+.PHONY: help venv control-plane prometheus checkov gpu-check lint test test-fast crds demo cluster-up cluster-down \
         bench bench-node bench-operator bench-sim bench-replay clean
 
 help: ## List the targets
@@ -46,6 +46,15 @@ test: venv control-plane prometheus checkov lint ## The one test command: set-up
 
 test-fast: venv ## Unit tests only
 	$(VENV)/bin/pytest -p no:cacheprovider tests/unit
+
+# Python for gpu-check: the venv, or a GPU machine's own python3 (with pytest, torch, pynvml)
+# where no package index is reachable: `make gpu-check GPU_PY=python3`.
+GPU_PY ?= $(PY)
+
+gpu-check: $(if $(filter $(PY),$(GPU_PY)),venv) ## Read-only GPU contract tests and a phase probe against the GPU's profile (skips without a GPU)
+	PYTHONPATH=.:node-daemon:testbed $(GPU_PY) -m pytest -p no:cacheprovider -q -m gpu \
+	  --confcutdir=tests/unit/node/gpu tests/unit/node/gpu/test_gpu_contract.py
+	PYTHONPATH=.:node-daemon:testbed $(GPU_PY) -m polca_testbed.gpu_check $(GPU_CHECK_ARGS)
 
 crds: venv ## Render crds/*.yaml (and the chart's copy) from the pydantic models
 	$(PY) -m polca.api.crdgen --out crds
