@@ -10,7 +10,8 @@ Checks, each with its tolerance (why: the measurements in docs/measurements/):
   limit, SM clock at most 90% of the maximum, "SW power cap" in at least half the samples
   (H200: 691 W of 700 at 1485 MHz);
 - the sensor: `GetPowerUsage` reaches 90% of a load step in 0.5-1.6 s (a ~1 s mean; measured
-  ~1.0 s), the instant field within 0.3 s where the driver has it (measured 0.1 s).
+  ~1.0 s), the instant field within 0.5 s where the driver has it (measured 0.29 s: its
+  100 ms refresh plus the GEMM's start-up).
 Without NVML it says so and exits 0; without torch or CUDA it runs the static checks only.
 Exit 1 when a check fails.
 """
@@ -40,7 +41,8 @@ GEMM_POWER_ABOVE = 0.02
 GEMM_CLOCK_MAX_SHARE = 0.90
 CAPPED_SHARE = 0.5
 AVERAGE_STEP_S = (0.5, 1.6)
-INSTANT_STEP_S = 0.3
+# Measured 0.29 s: the 100 ms refresh plus the GEMM's own start-up and the 20 ms sampling.
+INSTANT_STEP_S = 0.5
 SAMPLE_PERIOD_S = 0.02
 
 
