@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 CONTROL_PLANE_BIN = $(shell tools/build-control-plane.sh 2>/dev/null | tail -1)
 CLUSTER_DIR ?= $(HOME)/.cache/polca/cluster
 
-.PHONY: help venv control-plane prometheus lint test test-fast crds demo cluster-up cluster-down \
+.PHONY: help venv control-plane prometheus node-packages lint test test-fast crds demo cluster-up cluster-down \
         bench bench-node bench-operator bench-sim clean
 
 help: ## List the targets
@@ -36,6 +36,18 @@ prometheus: ## Install Debian's prometheus package (tests start it on loopback) 
 	@command -v prometheus >/dev/null || { \
 	  if [ "$$(id -u)" != 0 ]; then echo "prometheus missing: run 'make prometheus' as root"; exit 1; fi; \
 	  apt-get update && apt-get install -y --no-install-recommends prometheus; }
+
+# A real node (kubelet + containerd) and the image build (podman/buildah, a Debian base made by
+# mmdebstrap) use Debian's packages; `make node-packages` installs the missing ones as root.
+NODE_PACKAGES := podman buildah runc mmdebstrap containerd containernetworking-plugins iptables \
+                 uidmap fuse-overlayfs conntrack ethtool socat
+
+node-packages: ## Install Debian's podman, buildah, runc, mmdebstrap and containerd unless present
+	@missing="$$(for p in $(NODE_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+	  | grep -q 'install ok installed' || echo $$p; done)"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages: $$missing; run 'make node-packages' as root"; exit 1; fi; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; fi
 
 test: venv control-plane prometheus lint ## The one test command: set-up, lint, types, layers, all tests
 	POLCA_CONTROL_PLANE_BIN="$(CONTROL_PLANE_BIN)" $(VENV)/bin/pytest -p no:cacheprovider
@@ -91,10 +103,10 @@ need-engine = @docker info >/dev/null 2>&1 || { echo "make $@: no Docker engine 
 
 .PHONY: image kind-up kind-load kind-deploy kind-down helm-lint
 
-image: ## Build the POLCA image (operator + node daemon) with Docker
-	$(call need,docker,install Docker to build the image)
-	$(need-engine)
-	docker build -t $(IMAGE_REPO):$(IMAGE_TAG) .
+image: ## Build the POLCA image: Docker, else podman on a Debian-packages base (tools/build-image.sh)
+	@if docker info >/dev/null 2>&1 || command -v podman >/dev/null 2>&1; then \
+	  tools/build-image.sh $(IMAGE_REPO):$(IMAGE_TAG); else \
+	  echo "make $@: no Docker engine answers ('docker info' failed) and podman is not installed (make node-packages)" >&2; exit 1; fi
 
 kind-up: ## Create a kind cluster with two fake-GPU workers (deploy/kind/cluster.yaml)
 	$(call need,docker,kind runs its nodes in Docker)

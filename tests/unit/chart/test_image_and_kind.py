@@ -26,7 +26,7 @@ def final_stage(dockerfile: str) -> str:
 
 class TestDockerfile:
     def test_python_311_slim_base(self) -> None:
-        base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", DOCKERFILE, re.MULTILINE)
+        base = re.search(r"^ARG BASE=(\S+)$", DOCKERFILE, re.MULTILINE)
         assert base is not None
         assert re.fullmatch(r"python:3\.11-slim(-\w+)?", base.group(1))
         assert PYPROJECT["project"]["requires-python"] == ">=3.11"
