@@ -40,7 +40,7 @@ prometheus: ## Install Debian's prometheus package (tests start it on loopback) 
 # A real node (kubelet + containerd) and the image build (podman/buildah, a Debian base made by
 # mmdebstrap) use Debian's packages; `make node-packages` installs the missing ones as root.
 NODE_PACKAGES := podman buildah runc mmdebstrap containerd containernetworking-plugins iptables \
-                 uidmap fuse-overlayfs conntrack ethtool socat
+                 uidmap fuse-overlayfs conntrack ethtool socat catatonit
 
 node-packages: ## Install Debian's podman, buildah, runc, mmdebstrap and containerd unless present
 	@missing="$$(for p in $(NODE_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
@@ -101,12 +101,16 @@ POLCA_NAMESPACE ?= polca-system
 need = @command -v $(1) >/dev/null 2>&1 || { echo "make $@: '$(1)' is not installed; $(2)" >&2; exit 1; }
 need-engine = @docker info >/dev/null 2>&1 || { echo "make $@: no Docker engine answers ('docker info' failed); the image and kind targets need one" >&2; exit 1; }
 
-.PHONY: image kind-up kind-load kind-deploy kind-down helm-lint
+.PHONY: e2e image kind-up kind-load kind-deploy kind-down helm-lint
 
 image: ## Build the POLCA image: Docker, else podman on a Debian-packages base (tools/build-image.sh)
 	@if docker info >/dev/null 2>&1 || command -v podman >/dev/null 2>&1; then \
 	  tools/build-image.sh $(IMAGE_REPO):$(IMAGE_TAG); else \
 	  echo "make $@: no Docker engine answers ('docker info' failed) and podman is not installed (make node-packages)" >&2; exit 1; fi
+
+e2e: venv node-packages image ## A real node here (kubelet, containerd) running the image and the chart (tests/e2e; root)
+	POLCA_CONTROL_PLANE_BIN="$$(tools/build-control-plane.sh --node | tail -1)" \
+	  $(VENV)/bin/pytest -p no:cacheprovider tests/e2e
 
 kind-up: ## Create a kind cluster with two fake-GPU workers (deploy/kind/cluster.yaml)
 	$(call need,docker,kind runs its nodes in Docker)

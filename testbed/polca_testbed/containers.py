@@ -15,8 +15,10 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_IMAGE_SCRIPT = REPO_ROOT / "tools" / "build-image.sh"
 IMAGE = "localhost/polca:dev"
+# No network: nothing run this way needs one, and podman's default bridge would leave an
+# interface (cni-podman0) behind on the host.
 PODMAN_RUN_FLAGS = ("--runtime", "runc", "--ulimit", "nofile=1024:1024",
-                    "--ulimit", "nproc=1024:1024")  # fmt: skip
+                    "--ulimit", "nproc=1024:1024", "--network", "none")  # fmt: skip
 
 
 def image_missing_reason(image: str = IMAGE) -> str | None:
