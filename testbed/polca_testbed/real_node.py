@@ -37,6 +37,9 @@ K8S_NAMESPACE = "k8s.io"  # containerd's namespace for the CRI (kubelet's) image
 # The pod sandbox ("pause") image: Debian's static catatonit in pause mode, made here, since the
 # usual registry.k8s.io/pause cannot be pulled.
 PAUSE_IMAGE = "localhost/polca-pause:catatonit"
+# The kubelet keeps its device-plugin sockets here whatever its --root-dir (a constant in its
+# device manager), so one real node at a time per host; start and stop clear what it leaves.
+DEVICE_PLUGIN_DIR = Path("/var/lib/kubelet/device-plugins")
 NODE_BINARIES = ("kubelet", *CONTROLLERS)
 NODE_PROGRAMS = ("containerd", "ctr", "runc", "catatonit", "podman", "mount", "umount")
 
@@ -78,7 +81,11 @@ class RealNode:
 
     @property
     def device_plugin_dir(self) -> Path:
-        return self.kubelet_root / "device-plugins"
+        return DEVICE_PLUGIN_DIR
+
+    @property
+    def pod_logs(self) -> Path:
+        return self.state_dir / "pod-logs"
 
     @property
     def logs(self) -> Path:
@@ -95,6 +102,14 @@ class RealNode:
         result = self.ctr("images", "import", "--no-unpack", str(archive))
         if result.returncode != 0:
             raise RuntimeError(f"ctr images import {archive} failed: {result.stderr.strip()}")
+
+    def container_log(self, namespace: str, pod: str, container: str) -> str:
+        """A container's output, read from the node's pod-log files (`kubectl logs` cannot
+        reach this kubelet: a node on loopback has no address the API server accepts)."""
+        paths = sorted(self.pod_logs.glob(f"{namespace}_{pod}_*/{container}/*.log"))
+        raw = [line for p in paths for line in p.read_text(errors="replace").splitlines()]
+        # CRI log format: "<time> <stream> <P|F> <text>"
+        return "\n".join(line.split(" ", 3)[3] for line in raw if line.count(" ") >= 3)
 
     def ready(self) -> bool:
         """The Node object exists and its Ready condition is True."""
@@ -116,6 +131,7 @@ class RealNode:
             stop_group(pid)
         self._kill_shims()
         unmount_below(self.state_dir)
+        clear_device_plugin_dir()
 
     def _remove_containers(self) -> None:
         # The kubelet leaves pods running when it stops (as on a real node): end them here.
@@ -160,6 +176,13 @@ def shim_pids(containerd_address: str) -> list[int]:
         if argv and b"containerd-shim" in argv[0] and containerd_address.encode() in argv:
             found.append(int(entry.name))
     return found
+
+
+def clear_device_plugin_dir() -> None:
+    """Remove the kubelet's registration socket and device checkpoint: a stale checkpoint
+    would hand a new node the old node's assignments."""
+    for name in ("kubelet.sock", "kubelet_internal_checkpoint"):
+        (DEVICE_PLUGIN_DIR / name).unlink(missing_ok=True)
 
 
 def mounts_below(root: Path) -> list[str]:
@@ -249,7 +272,7 @@ def kubelet_config(node: RealNode, *, port: int, healthz_port: int) -> dict[str,
         "enforceNodeAllocatable": [],
         "failSwapOn": False,
         "failCgroupV1": False,  # this kernel mounts cgroup v1 (hybrid); 1.34 still supports it
-        "podLogsDir": str(node.state_dir / "pod-logs"),
+        "podLogsDir": str(node.pod_logs),
         "resolvConf": "/etc/resolv.conf",
         "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%",
                          "imagefs.available": "1%", "nodefs.inodesFree": "1%"},
@@ -283,6 +306,7 @@ def start_node(
     state_dir = state_dir.resolve()
     node = RealNode(cluster=cluster, name=name, state_dir=state_dir)
     try:
+        clear_device_plugin_dir()
         _start_containerd(node)
         for archive in (pause_image_archive(state_dir / "images"), *images):
             node.import_image(archive)

@@ -14,6 +14,8 @@ import pytest
 
 from polca_testbed.cluster import Cluster, find_bin_dir, start_cluster
 from polca_testbed.containers import IMAGE, image_missing_reason
+from polca_testbed.device_plugin import FakeGpuDevicePlugin
+from polca_testbed.processes import wait_until
 from polca_testbed.real_node import (
     RealNode,
     mounts_below,
@@ -69,3 +71,23 @@ def real_node(
         node.stop()
         assert not mounts_below(state_dir), "mounts left behind"
         assert not shim_pids(str(node.containerd_socket)), "container shims left behind"
+
+
+FAKE_GPU_PROFILE = "H100-SXM:8"  # the chart's fakeGpu.profile default
+
+
+@pytest.fixture(scope="session")
+def gpu_node(real_node: RealNode, node_cluster: Cluster) -> Iterator[FakeGpuDevicePlugin]:
+    """The fake NVIDIA device plugin on the real node, its GPUs allocatable."""
+    with FakeGpuDevicePlugin(real_node.device_plugin_dir, FAKE_GPU_PROFILE,
+                             node_name=real_node.name) as plugin:  # fmt: skip
+        want = str(len(plugin.uuids))
+        wait_until(lambda: allocatable_gpus(node_cluster, real_node.name) == want,
+                   timeout_s=60, what="nvidia.com/gpu allocatable")  # fmt: skip
+        yield plugin
+
+
+def allocatable_gpus(cluster: Cluster, node: str) -> str | None:
+    jsonpath = r"jsonpath={.status.allocatable.nvidia\.com/gpu}"
+    got = cluster.kubectl("get", "node", node, "-o", jsonpath, check=False)
+    return got.stdout.strip() or None
