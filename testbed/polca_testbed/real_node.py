@@ -111,6 +111,12 @@ class RealNode:
         # CRI log format: "<time> <stream> <P|F> <text>"
         return "\n".join(line.split(" ", 3)[3] for line in raw if line.count(" ") >= 3)
 
+    def keep_pod_logs(self) -> None:
+        """Copy the pods' log files into the node's logs: the kubelet deletes a container's
+        log with the container."""
+        if self.pod_logs.exists():
+            shutil.copytree(self.pod_logs, self.logs / "pods", dirs_exist_ok=True)
+
     def ready(self) -> bool:
         """The Node object exists and its Ready condition is True."""
         got = self.cluster.kubectl("get", "node", self.name, "-o", "json", check=False)
