@@ -371,13 +371,15 @@ def pause_image_archive(out_dir: Path) -> Path:
     if archive.exists():
         return archive
     out_dir.mkdir(parents=True, exist_ok=True)
-    rootfs = out_dir / "pause-rootfs.tar"
-    catatonit = shutil.which("catatonit") or "catatonit"
-    subprocess.run(["tar", "-C", str(Path(catatonit).parent), "--transform", "s,^catatonit$,pause,",
-                    "-cf", str(rootfs), "catatonit"], check=True)  # fmt: skip
-    _podman("import", "--change", 'ENTRYPOINT ["/pause", "-P"]', str(rootfs), PAUSE_IMAGE)
-    _podman("save", "--format", "docker-archive", "-o", str(archive), PAUSE_IMAGE)
-    return archive
+    exists = subprocess.run(["podman", "image", "exists", PAUSE_IMAGE], check=False)
+    if exists.returncode != 0:
+        rootfs = out_dir / "pause-rootfs.tar"
+        catatonit = shutil.which("catatonit") or "catatonit"
+        subprocess.run(["tar", "-C", str(Path(catatonit).parent), "--transform",
+                        "s,^catatonit$,pause,", "-cf", str(rootfs), "catatonit"],
+                       check=True)  # fmt: skip
+        _podman("import", "--change", 'ENTRYPOINT ["/pause", "-P"]', str(rootfs), PAUSE_IMAGE)
+    return save_image(PAUSE_IMAGE, archive)
 
 
 def save_image(image: str, archive: Path) -> Path:

@@ -249,8 +249,11 @@ def release_objects(namespace: str, release: str) -> list[tuple[str, ...]]:
         ("serviceaccount", f"{full}-node"),
         ("service", f"{full}-operator-metrics"),
         ("service", f"{full}-node-metrics"),
-        ("role", f"{full}-operator-events"),
-        ("rolebinding", f"{full}-node-events"),
+    ]
+    # Events about cluster-scoped objects are allowed in `default` only (operator-rbac.yaml).
+    in_default: list[tuple[str, ...]] = [
+        ("role", f"{full}-operator-events", "-n", "default"),
+        ("rolebinding", f"{full}-node-events", "-n", "default"),
     ]
     cluster_scoped: list[tuple[str, ...]] = [
         ("clusterrole", f"{full}-operator"),
@@ -262,7 +265,7 @@ def release_objects(namespace: str, release: str) -> list[tuple[str, ...]]:
         ("clusterkopfpeering", full),
     ]
     with_namespace: list[tuple[str, ...]] = [(k, n, "-n", namespace) for k, n in namespaced]
-    return with_namespace + cluster_scoped
+    return with_namespace + in_default + cluster_scoped
 
 
 class HookKubelet:
