@@ -8,12 +8,22 @@ seeded by the same node name, then finds those UUIDs among its GPUs::
     with FakeGpuDevicePlugin(node.device_plugin_dir, "H100-SXM:8", node_name=node.name):
         ...  # the Node's allocatable nvidia.com/gpu is 8 once the kubelet lists the devices
 
+Tests run it as a process of its own, as a real plugin runs (a gRPC server's threads in the test
+process would make every later fork of that process unsafe)::
+
+    python -m polca_testbed.device_plugin --dir /var/lib/kubelet/device-plugins \
+        --profile H100-SXM:8 --node-name gpu-node-1
+
 Allocate answers with NVIDIA_VISIBLE_DEVICES (as NVIDIA's plugin does, in its env strategy);
 nothing is mounted, since there is no device to mount.
 """
 
 from __future__ import annotations
 
+import argparse
+import logging
+import signal
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent import futures
@@ -24,6 +34,8 @@ import grpc
 
 from polca_node.fake_gpus import fake_gpu_uuids
 from polca_testbed.deviceplugin import api_pb2, api_pb2_grpc
+
+logger = logging.getLogger("polca_testbed.device_plugin")
 
 API_VERSION = "v1beta1"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -109,3 +121,26 @@ class FakeGpuDevicePlugin:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m polca_testbed.device_plugin",
+        description="Fake NVIDIA device plugin: the fake NVML's GPUs as nvidia.com/gpu.",
+    )
+    parser.add_argument("--dir", type=Path, required=True, help="kubelet's device-plugin dir")
+    parser.add_argument("--profile", required=True, help="fake GPUs, e.g. H100-SXM:8")
+    parser.add_argument("--node-name", required=True, help="seeds the UUIDs, as in the daemon")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with FakeGpuDevicePlugin(args.dir, args.profile, node_name=args.node_name) as plugin:
+        logger.info("registered %s: %s", GPU_RESOURCE, ", ".join(plugin.uuids))
+        stop.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

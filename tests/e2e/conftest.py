@@ -6,16 +6,17 @@ the node binaries, the image); `make e2e` installs and builds them all.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from polca_node.fake_gpus import fake_gpu_uuids
 from polca_testbed.cluster import Cluster, find_bin_dir, start_cluster
 from polca_testbed.containers import IMAGE, image_missing_reason
-from polca_testbed.device_plugin import FakeGpuDevicePlugin
-from polca_testbed.processes import wait_until
+from polca_testbed.processes import start_process, stop_group, wait_until
 from polca_testbed.real_node import (
     RealNode,
     mounts_below,
@@ -77,14 +78,22 @@ FAKE_GPU_PROFILE = "H100-SXM:8"  # the chart's fakeGpu.profile default
 
 
 @pytest.fixture(scope="session")
-def gpu_node(real_node: RealNode, node_cluster: Cluster) -> Iterator[FakeGpuDevicePlugin]:
-    """The fake NVIDIA device plugin on the real node, its GPUs allocatable."""
-    with FakeGpuDevicePlugin(real_node.device_plugin_dir, FAKE_GPU_PROFILE,
-                             node_name=real_node.name) as plugin:  # fmt: skip
-        want = str(len(plugin.uuids))
-        wait_until(lambda: allocatable_gpus(node_cluster, real_node.name) == want,
-                   timeout_s=60, what="nvidia.com/gpu allocatable")  # fmt: skip
-        yield plugin
+def gpu_node(real_node: RealNode, node_cluster: Cluster) -> Iterator[list[str]]:
+    """The fake NVIDIA device plugin (its own process) on the real node, its GPUs allocatable;
+    yields their UUIDs."""
+    argv = [sys.executable, "-m", "polca_testbed.device_plugin", "--dir",
+            str(real_node.device_plugin_dir), "--profile", FAKE_GPU_PROFILE,
+            "--node-name", real_node.name]  # fmt: skip
+    log = real_node.logs / "device-plugin.log"
+    plugin = start_process(argv, log_path=log)
+    try:
+        uuids = fake_gpu_uuids(FAKE_GPU_PROFILE, node_name=real_node.name)
+        wait_until(lambda: allocatable_gpus(node_cluster, real_node.name) == str(len(uuids)),
+                   timeout_s=60, what="nvidia.com/gpu allocatable",
+                   alive=lambda: plugin.poll() is None, log_path=log)  # fmt: skip
+        yield uuids
+    finally:
+        stop_group(plugin.pid)
 
 
 def allocatable_gpus(cluster: Cluster, node: str) -> str | None:

@@ -22,7 +22,6 @@ import pytest
 from polca_node.fake_gpus import read_fake_state
 from polca_testbed.cluster import Cluster
 from polca_testbed.containers import IMAGE
-from polca_testbed.device_plugin import FakeGpuDevicePlugin
 from polca_testbed.processes import free_port, wait_until
 from polca_testbed.real_node import RealNode
 
@@ -121,9 +120,7 @@ def helm_args(node: RealNode, cluster: Cluster) -> list[str]:
 
 
 @pytest.fixture
-def release(
-    gpu_node: FakeGpuDevicePlugin, real_node: RealNode, node_cluster: Cluster
-) -> Iterator[list[str]]:
+def release(gpu_node: list[str], real_node: RealNode, node_cluster: Cluster) -> Iterator[list[str]]:
     kubectl = node_cluster.kubectl
     kubectl("create", "namespace", NAMESPACE)
     kubectl("label", "namespace", NAMESPACE, "pod-security.kubernetes.io/enforce=privileged")

@@ -11,7 +11,6 @@ import pytest
 from polca_node.podresources.client import ContainerRef, PodResourcesClient
 from polca_testbed.cluster import Cluster
 from polca_testbed.containers import IMAGE
-from polca_testbed.device_plugin import FakeGpuDevicePlugin
 from polca_testbed.processes import wait_until
 from polca_testbed.real_node import RealNode
 
@@ -34,7 +33,7 @@ def gpu_pod(name: str, gpus: int) -> dict[str, object]:
 
 
 def test_pods_get_fake_gpus_and_podresources_reports_them(
-    gpu_node: FakeGpuDevicePlugin, real_node: RealNode, node_cluster: Cluster
+    gpu_node: list[str], real_node: RealNode, node_cluster: Cluster
 ) -> None:
     names = {"llm-a": 2, "llm-b": 1}
     for name, gpus in names.items():
@@ -52,8 +51,8 @@ def test_pods_get_fake_gpus_and_podresources_reports_them(
             held.setdefault(a.owner.pod, set()).add(a.device.raw)
             assert a.owner == ContainerRef("default", a.owner.pod, "server")
         assert {pod: len(uuids) for pod, uuids in held.items()} == names
-        assert set().union(*held.values()) <= set(gpu_node.uuids)
-        assert {d.raw for d in allocatable} == set(gpu_node.uuids)
+        assert set().union(*held.values()) <= set(gpu_node)
+        assert {d.raw for d in allocatable} == set(gpu_node)
         for pod, uuids in held.items():  # Allocate's answer reached the container
             said = functools.partial(real_node.container_log, "default", pod, "server")
             wait_until(lambda: bool(said()), timeout_s=30, what=f"{pod}'s output")  # noqa: B023
