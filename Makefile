@@ -9,8 +9,9 @@ STAMP := $(VENV)/.installed-stamp
 CONTROL_PLANE_BIN = $(shell tools/build-control-plane.sh 2>/dev/null | tail -1)
 CLUSTER_DIR ?= $(HOME)/.cache/polca/cluster
 
-.PHONY: help venv control-plane prometheus checkov lint test test-fast crds demo cluster-up cluster-down \
-        bench bench-node bench-operator bench-sim bench-replay clean
+.PHONY: help venv control-plane prometheus checkov gpu-check node-packages image-if-podman lint test \
+        test-fast crds demo cluster-up cluster-down bench bench-node bench-operator bench-sim \
+        bench-replay clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -40,12 +41,40 @@ prometheus: ## Install Debian's prometheus package (tests start it on loopback) 
 checkov: ## Install checkov (the chart's static security checks) into its own venv in ~/.cache/polca
 	@tools/install-checkov.sh
 
-test: venv control-plane prometheus checkov lint ## The one test command: set-up, lint, types, layers, all tests
+# A real node (kubelet + containerd) and the image build (podman/buildah, a Debian base made by
+# mmdebstrap) use Debian's packages; `make node-packages` installs the missing ones as root.
+NODE_PACKAGES := podman buildah runc mmdebstrap containerd containernetworking-plugins iptables \
+                 uidmap fuse-overlayfs conntrack ethtool socat catatonit
+
+node-packages: ## Install Debian's podman, buildah, runc, mmdebstrap and containerd unless present
+	@missing="$$(for p in $(NODE_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+	  | grep -q 'install ok installed' || echo $$p; done)"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages: $$missing; run 'make node-packages' as root"; exit 1; fi; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; fi
+
+test: venv control-plane prometheus checkov lint image-if-podman ## The one test command: set-up, lint, types, layers, all tests
 	POLCA_CONTROL_PLANE_BIN="$(CONTROL_PLANE_BIN)" POLCA_CHECKOV="$$(tools/install-checkov.sh)" \
 	  $(VENV)/bin/pytest -p no:cacheprovider
 
+# tests/e2e run the image as built: where podman is installed, rebuild it so they test the
+# sources at hand (seconds when nothing changed: podman reuses its cached layers). Without
+# podman those tests skip and say why; `make e2e` installs everything.
+image-if-podman:
+	@if command -v podman >/dev/null 2>&1 && command -v mmdebstrap >/dev/null 2>&1; then \
+	  out="$$(EXTRAS="$(IMAGE_EXTRAS)" tools/build-image.sh $(IMAGE_REPO):$(IMAGE_TAG) 2>&1)" || { echo "$$out"; exit 1; }; fi
+
 test-fast: venv ## Unit tests only
 	$(VENV)/bin/pytest -p no:cacheprovider tests/unit
+
+# Python for gpu-check: the venv, or a GPU machine's own python3 (with pytest, torch, pynvml)
+# where no package index is reachable: `make gpu-check GPU_PY=python3`.
+GPU_PY ?= $(PY)
+
+gpu-check: $(if $(filter $(PY),$(GPU_PY)),venv) ## Read-only GPU contract tests and a phase probe against the GPU's profile (skips without a GPU)
+	PYTHONPATH=.:node-daemon:testbed $(GPU_PY) -m pytest -p no:cacheprovider -q -m gpu \
+	  --confcutdir=tests/unit/node/gpu tests/unit/node/gpu/test_gpu_contract.py
+	PYTHONPATH=.:node-daemon:testbed $(GPU_PY) -m polca_testbed.gpu_check $(GPU_CHECK_ARGS)
 
 crds: venv ## Render crds/*.yaml (and the chart's copy) from the pydantic models
 	$(PY) -m polca.api.crdgen --out crds
@@ -90,20 +119,25 @@ clean: ## Remove the venv and build outputs (the binary cache in ~/.cache/polca 
 # --- container image, kind and Helm (docs/install.md) ----------------------------------------
 IMAGE_REPO ?= polca
 IMAGE_TAG ?= dev
-# Empty: the runtime image (operator, daemon on real GPUs). `sim` for fake GPUs (kind).
-IMAGE_EXTRAS ?=
+# The image's extras. `sim`: fake GPUs, which kind and the real-node tests (tests/e2e) use. For
+# real GPUs build the runtime image without it: `make image IMAGE_EXTRAS=` (about 140 MB less).
+IMAGE_EXTRAS ?= sim
 KIND_CLUSTER ?= polca
 POLCA_NAMESPACE ?= polca-system
 # Docker and kind are not needed by `make test`; these targets say so plainly when they are missing.
 need = @command -v $(1) >/dev/null 2>&1 || { echo "make $@: '$(1)' is not installed; $(2)" >&2; exit 1; }
 need-engine = @docker info >/dev/null 2>&1 || { echo "make $@: no Docker engine answers ('docker info' failed); the image and kind targets need one" >&2; exit 1; }
 
-.PHONY: image kind-up kind-load kind-deploy kind-down helm-lint
+.PHONY: e2e image kind-up kind-load kind-deploy kind-down helm-lint
 
-image: ## Build the POLCA image (operator + node daemon) with Docker
-	$(call need,docker,install Docker to build the image)
-	$(need-engine)
-	docker build --build-arg EXTRAS="$(IMAGE_EXTRAS)" -t $(IMAGE_REPO):$(IMAGE_TAG) .
+image: ## Build the POLCA image: Docker, else podman on a Debian-packages base (tools/build-image.sh)
+	@if docker info >/dev/null 2>&1 || command -v podman >/dev/null 2>&1; then \
+	  EXTRAS="$(IMAGE_EXTRAS)" tools/build-image.sh $(IMAGE_REPO):$(IMAGE_TAG); else \
+	  echo "make $@: no Docker engine answers ('docker info' failed) and podman is not installed (make node-packages)" >&2; exit 1; fi
+
+e2e: venv node-packages image ## A real node here (kubelet, containerd) running the image and the chart (tests/e2e; root)
+	POLCA_CONTROL_PLANE_BIN="$$(tools/build-control-plane.sh --node | tail -1)" \
+	  $(VENV)/bin/pytest -p no:cacheprovider tests/e2e
 
 kind-up: ## Create a kind cluster with two fake-GPU workers (deploy/kind/cluster.yaml)
 	$(call need,docker,kind runs its nodes in Docker)

@@ -1,7 +1,9 @@
 """A real Kubernetes control plane (etcd + kube-apiserver) on loopback, for tests and demos.
 
-There is no scheduler, kubelet, controller-manager or garbage collector: callers create
-Nodes and Pods (already bound with `spec.nodeName`) themselves.
+By default there is no scheduler, kubelet, controller-manager or garbage collector: callers
+create Nodes and Pods (already bound with `spec.nodeName`) themselves. `controllers=True` adds
+kube-controller-manager and kube-scheduler (and the ServiceAccount admission plugin they make
+usable), for a real node (`polca_testbed.real_node`) running Deployments and DaemonSets.
 
     python -m polca_testbed.cluster up --dir ~/.cache/polca/cluster    # prints the kubeconfig
     python -m polca_testbed.cluster down --dir ~/.cache/polca/cluster
@@ -60,6 +62,9 @@ class Cluster:
     api_port: int
     etcd_port: int
     pids: dict[str, int] = field(default_factory=dict)
+    # With the scheduler and controller-manager (a real node): the API server then keeps the
+    # ServiceAccount admission plugin, so a restart must start it with the same flags.
+    controllers: bool = False
 
     @property
     def server(self) -> str:
@@ -149,7 +154,8 @@ class Cluster:
         if "kube-apiserver" in self.pids and group_alive(self.pids["kube-apiserver"]):
             raise RuntimeError("the API server is already running")
         log_path = self.state_dir / "logs" / "kube-apiserver.log"
-        api = start_process(_apiserver_argv(self), log_path=log_path, tie_to_parent=tie_to_parent)
+        argv = _apiserver_argv(self, controllers=self.controllers)
+        api = start_process(argv, log_path=log_path, tie_to_parent=tie_to_parent)
         self.pids["kube-apiserver"] = api.pid
         self._save_state()
         if not wait:
@@ -158,8 +164,8 @@ class Cluster:
                    alive=lambda: api.poll() is None, log_path=log_path)  # fmt: skip
 
     def stop(self) -> None:
-        """Stop the API server first (it holds etcd connections), then etcd."""
-        for name in ("kube-apiserver", "etcd"):
+        """Stop the controllers, then the API server (it holds etcd connections), then etcd."""
+        for name in (*CONTROLLERS, "kube-apiserver", "etcd"):
             pid = self.pids.pop(name, None)
             if pid is not None:
                 stop_group(pid)
@@ -204,8 +210,12 @@ def _etcd_argv(bin_dir: Path, data_dir: Path, client_port: int, peer_port: int) 
     ]
 
 
-def _apiserver_argv(cluster: Cluster) -> list[str]:
+def _apiserver_argv(cluster: Cluster, *, controllers: bool) -> list[str]:
     pki = cluster.pki
+    # Without a controller-manager nothing creates the `default` ServiceAccount, so the admission
+    # plugin that requires it would refuse every Pod (envtest does the same). With one, the
+    # plugin must run: it is what mounts the service-account token into a kubelet's pods.
+    no_sa_admission = [] if controllers else ["--disable-admission-plugins=ServiceAccount"]
     return [
         str(cluster.bin_dir / "kube-apiserver"),
         f"--etcd-servers=http://127.0.0.1:{cluster.etcd_port}",
@@ -223,26 +233,73 @@ def _apiserver_argv(cluster: Cluster) -> list[str]:
         f"--service-cluster-ip-range={SERVICE_CIDR}",
         "--authorization-mode=RBAC",
         "--allow-privileged=true",
-        # No controller-manager creates the `default` ServiceAccount, so the admission plugin
-        # that requires it would refuse every Pod (envtest does the same).
-        "--disable-admission-plugins=ServiceAccount",
+        *no_sa_admission,
         "--v=1",
     ]
 
 
+CONTROLLERS = ("kube-scheduler", "kube-controller-manager")
+
+
+def _controller_argv(cluster: Cluster, name: str, port: int) -> list[str]:
+    kubeconfig = str(cluster.kubeconfig)
+    common = [
+        str(cluster.bin_dir / name),
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={port}",
+        "--leader-elect=false",  # one instance, and a leader lease would only slow start-up
+        "--v=1",
+    ]
+    if name == "kube-scheduler":
+        return common
+    return [
+        *common,
+        # The root CA goes into every namespace's kube-root-ca.crt, which projected
+        # service-account volumes need; the key signs legacy token secrets.
+        f"--root-ca-file={cluster.pki.ca_cert}",
+        f"--service-account-private-key-file={cluster.pki.sa_private_key}",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        "--use-service-account-credentials=false",
+    ]
+
+
+def _healthz(port: int) -> bool:
+    # Our own loopback component with its self-signed serving certificate: nothing to verify.
+    context = ssl._create_unverified_context()  # noqa: S323
+    try:
+        url = f"https://127.0.0.1:{port}/healthz"
+        with urllib.request.urlopen(url, context=context, timeout=2) as r:
+            return bool(r.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def start_cluster(
-    state_dir: Path, *, bin_dir: Path | None = None, tie_to_parent: bool = True
+    state_dir: Path,
+    *,
+    bin_dir: Path | None = None,
+    tie_to_parent: bool = True,
+    controllers: bool = False,
 ) -> Cluster:
-    """Start etcd and kube-apiserver on free loopback ports; return once /readyz says ok."""
+    """Start etcd and kube-apiserver on free loopback ports; return once /readyz says ok.
+
+    `controllers`: also kube-controller-manager and kube-scheduler, healthy on return.
+    """
     state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     bins = bin_dir or find_bin_dir()
-    missing = [b for b in ("etcd", "kube-apiserver", "kubectl", "helm") if not (bins / b).exists()]
+    needed = ("etcd", "kube-apiserver", "kubectl", "helm", *(CONTROLLERS if controllers else ()))
+    missing = [b for b in needed if not (bins / b).exists()]
     if missing:
+        build = "make control-plane" if not controllers else "tools/build-control-plane.sh --node"
         raise FileNotFoundError(f"control-plane binaries missing in {bins}: {missing}; "
-                                "run `make control-plane`")  # fmt: skip
+                                f"run `{build}`")  # fmt: skip
     cluster = Cluster(state_dir=state_dir, bin_dir=bins, pki=make_pki(state_dir / "pki"),
-                      api_port=free_port(), etcd_port=free_port())  # fmt: skip
+                      api_port=free_port(), etcd_port=free_port(),
+                      controllers=controllers)  # fmt: skip
     logs = state_dir / "logs"
     try:
         etcd_log = logs / "etcd.log"
@@ -255,11 +312,22 @@ def start_cluster(
                    what="etcd", alive=lambda: etcd.poll() is None, log_path=etcd_log)  # fmt: skip
         _write_kubeconfig(cluster)
         cluster.start_apiserver(tie_to_parent=tie_to_parent)
+        for name in CONTROLLERS if controllers else ():
+            _start_controller(cluster, name, tie_to_parent=tie_to_parent)
     except BaseException:
         cluster.stop()
         raise
     cluster._save_state()
     return cluster
+
+
+def _start_controller(cluster: Cluster, name: str, *, tie_to_parent: bool) -> None:
+    port, log = free_port(), cluster.state_dir / "logs" / f"{name}.log"
+    proc = start_process(_controller_argv(cluster, name, port), log_path=log,
+                         tie_to_parent=tie_to_parent)  # fmt: skip
+    cluster.pids[name] = proc.pid
+    wait_until(lambda: _healthz(port), timeout_s=START_TIMEOUT_S, what=name,
+               alive=lambda: proc.poll() is None, log_path=log)  # fmt: skip
 
 
 def _etcd_healthy(port: int) -> bool:

@@ -50,7 +50,7 @@ NODE_RULES = rules(
     ("polca.dev", "nodepowerstates", "get create patch update"),
     ("polca.dev", "nodepowerstates/status", "get patch update"),
     ("", "pods", "get list watch"),
-    ("", "nodes", "get"),
+    ("", "nodes", "get list watch"),  # its own Node, watched by field selector
     ("apiextensions.k8s.io", "customresourcedefinitions", "list watch"),
     ("", "events", "create"),
 )
@@ -62,7 +62,7 @@ REFUSED = [
     ("node", "delete", "nodepowerstates.polca.dev", ""),
     ("node", "get", "secrets", "kube-system"),
     ("node", "list", "secrets", "RELEASE"),
-    ("node", "list", "nodes", ""),
+    ("node", "patch", "nodes", ""),
     ("node", "create", "events", "RELEASE"),
     ("operator", "create", "events", "RELEASE"),
     ("operator", "delete", "powerpolicies.polca.dev", ""),

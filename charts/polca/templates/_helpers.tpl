@@ -89,3 +89,13 @@ imagePullSecrets:
 {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
+
+{{/*
+Pod spec lines for `hostNetwork: true`: the node's network, and cluster DNS still first.
+*/}}
+{{- define "polca.hostNetwork" -}}
+{{- if .Values.hostNetwork }}
+hostNetwork: true
+dnsPolicy: ClusterFirstWithHostNet
+{{- end }}
+{{- end }}

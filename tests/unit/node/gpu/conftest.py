@@ -3,30 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from polca_node.gpu.errors import DriverNotLoaded, GpuError, LibraryNotFound
 from polca_node.gpu.fake_nvml import FakeNvml, ManualClock
 from polca_node.gpu.nvml_backend import NvmlBackend
+from polca_testbed.gpu_check import ReadOnlyNvml
 
 # Three models, so per-GPU constraints are really read per GPU.
 FAKE_FLEET = "A100-80GB:1,H100-SXM:1,H200:1"
-
-
-class ReadOnlyNvml:
-    """pynvml with every state-changing function removed: a test can never set a real GPU."""
-
-    _FORBIDDEN = ("Set", "Reset", "Clear", "Register")
-
-    def __init__(self, module: Any) -> None:
-        self._module = module
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("nvml") and any(word in name for word in self._FORBIDDEN):
-            raise AssertionError(f"tests must not call {name} on a real GPU")
-        return getattr(self._module, name)
 
 
 @pytest.fixture

@@ -53,10 +53,13 @@ def test_fields_we_leave_out_are_skipped() -> None:
 def test_checked_in_stubs_match_the_proto(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHON": sys.executable}
     script = REPO / "tools" / "gen-protos.sh"
-    subprocess.run([str(script), str(tmp_path)], check=True, cwd=REPO, env=env)
-    checked_in = REPO / "node-daemon" / "polca_node" / "podresources"
-    generated = tmp_path / "polca_node" / "podresources"
-    for name in STUBS:
-        assert (generated / name).read_text() == (checked_in / name).read_text(), (
-            f"{name} is stale: run tools/gen-protos.sh"
-        )
+    subprocess.run([str(script), str(tmp_path / "node"), str(tmp_path / "testbed")],
+                   check=True, cwd=REPO, env=env)  # fmt: skip
+    for root, package in (("node-daemon", "polca_node/podresources"),
+                          ("testbed", "polca_testbed/deviceplugin")):  # fmt: skip
+        generated = tmp_path / root.split("-")[0] / package
+        for name in STUBS:
+            checked_in = REPO / root / package / name
+            assert (generated / name).read_text() == checked_in.read_text(), (
+                f"{checked_in} is stale: run tools/gen-protos.sh"
+            )
