@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 from polca.options import OptionParser
 from polca.sim import cli as sim_cli
+from polca.sim import sweep_cli
 from polca.tooling import replay_cli, validate
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
@@ -17,6 +18,7 @@ __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 SUBCOMMANDS: list[tuple[str, Register]] = [
     ("simulate", sim_cli.register),
+    ("sweep", sweep_cli.register),
     ("validate", validate.register),
     ("replay", replay_cli.register_replay),
     ("capacity", replay_cli.register_capacity),
