@@ -48,7 +48,8 @@ meets all criteria for every trace and every seed: zero brakes, high-priority e2
 
 Examples:
   polca sweep                                         (everything: slow, see --duration)
-  polca sweep --seeds 0-4 --duration 600 --json > sweep.json --plot worst.png
+  polca sweep --seeds 0-4 --duration 600 --json --plot worst.png > sweep.json
+  polca sweep --duration 300 --save-json sweep.json     (tables on stdout, JSON in a file)
   polca sweep --members code,bursty --policy none --policy polca-k8s --seeds 0,1
   polca sweep --trace a.csv --trace b.csv --levels 0.25,0.5 --load-scale 14.45
 Progress goes to stderr, one line per finished cell. Exit status: 0 on success (whatever the
@@ -126,6 +127,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="worker processes (default: every core)",
     )
     out.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    out.add_argument(
+        "--save-json",
+        type=Path,
+        metavar="FILE",
+        help="also write the JSON to FILE (tables still printed: one run, both outputs)",
+    )
     out.add_argument("--plot", type=Path, metavar="PNG", help="plot the worst case per policy")
     out.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=run)
@@ -231,8 +238,11 @@ def _run(args: argparse.Namespace, err: Console) -> int:
         from polca.sim.plotting import plot_sweep
 
         plot_sweep(result, args.plot)
+    document = json.dumps(sweep_json(_describe(args, spec), result), indent=2)
+    if args.save_json is not None:
+        args.save_json.write_text(document + "\n", encoding="utf-8")
     if args.json:
-        print(json.dumps(sweep_json(_describe(args, spec), result), indent=2))
+        print(document)
     else:
         out = Console() if sys.stdout.isatty() else Console(width=220)
         out.print(sweep_table(result))
