@@ -178,6 +178,9 @@ def _members(args: argparse.Namespace, err: Console) -> tuple[EvalTrace, ...]:
         if args.members:
             raise ValueError("give --trace or --members, not both")
         mix = parse_mix(args.mix)
+        missing = [str(path) for path in args.trace if not path.is_file()]
+        if missing:  # here, not in a worker minutes later
+            raise ValueError(f"--trace: no such file: {', '.join(missing)}")
         return tuple(EvalTrace(path.name, str(path), path=path, mix=mix) for path in args.trace)
     conv: Path | None = args.conv_trace
     if conv is not None and not conv.is_file():
