@@ -105,7 +105,8 @@ def test_bad_input_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     ):
         assert main(["sweep", *bad, *SIZE]) == 2
         err = capsys.readouterr().err
-        assert err.startswith("polca sweep: ") and len(err.strip().splitlines()) == 1, err
+        assert err.startswith("polca sweep: "), err
+        assert len(err.strip().splitlines()) == 1, err
 
 
 def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
