@@ -151,7 +151,7 @@ def plot_sweep(result: SweepResult, path: str | Path) -> Path:
             (bar.get_x() + bar.get_width() / 2, bar.get_height()),
             ha="center", va="bottom", fontsize=8,
         )  # fmt: skip
-    names = [name for name, _scale in result.load_scales]
+    names = [m.name for m in result.spec.members]
     markers = "osv^D<>px*h"
     for i, name in enumerate(names):
         ys = [dict(w.per_trace_extra).get(name) for w in worst]

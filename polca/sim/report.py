@@ -231,7 +231,8 @@ def sweep_table(result: SweepResult) -> Table:
         ttft = dict(w.ttft_p99_s)
         table.add_row(
             w.policy,
-            _level(w.extra_servers, base),
+            _level(w.extra_servers, base)
+            + (" top of grid" if w.first_failing_extra is None else ""),
             "–" if w.gain_over_none is None else f"{100 * w.gain_over_none:+.1f} pts",
             _criteria_text(w.failures_at_first_failing),
             ", ".join(w.failing_traces) or "–",
@@ -252,10 +253,17 @@ def sweep_trace_table(result: SweepResult) -> Table:
     table.add_column("load scale", justify="right")
     for w in worst:
         table.add_column(w.policy, justify="right")
-    scales = dict(result.load_scales)
-    for name, scale in scales.items():
+    scales: dict[str, list[float]] = {}
+    for name, _seed, scale in result.load_scales:
+        scales.setdefault(name, []).append(scale)
+    for name, values in scales.items():
         cells = [_level(dict(w.per_trace_extra).get(name), base) for w in worst]
-        table.add_row(name, f"{scale:.4g}", *cells)
+        span = (
+            f"{min(values):.4g}"
+            if min(values) == max(values)
+            else (f"{min(values):.4g}-{max(values):.4g}")
+        )
+        table.add_row(name, span, *cells)
     return table
 
 
@@ -263,7 +271,10 @@ def sweep_json(described: Mapping[str, Any], result: SweepResult) -> dict[str, A
     out: dict[str, Any] = _clean(
         {
             "sweep": described,
-            "load_scales": dict(result.load_scales),
+            "load_scales": [
+                {"trace": name, "seed": seed, "load_scale": scale}
+                for name, seed, scale in result.load_scales
+            ],
             "worst_case": [asdict(w) for w in result.worst_cases()],
             "cells": [
                 {

@@ -7,11 +7,13 @@ runs them (:func:`polca.sim.runner.run_level`), so a cell can be rerun on its ow
 parallel in a :class:`concurrent.futures.ProcessPoolExecutor` (the engine is single-threaded
 NumPy; processes, not threads, use every core).
 
-**Load.** Unless a load scale is given, each member's load is calibrated once, on the first
-seed, so its base row peaks at the target share of the budget; the other seeds replay the same
-workload at that load (other days of the same service), so a seed whose peak comes out higher
-leaves every policy — ``none`` included — less headroom. That spread is what the worst case is
-for.
+**Load.** Unless a load scale is given, the load of each (member, seed) is calibrated, as
+``polca simulate`` calibrates it, so that its base row peaks at the target share of the budget:
+every row is provisioned for its own workload, and what the seeds vary is the workload's detail
+at that peak. ``calibrate_once`` instead calibrates each member on the first seed and replays
+the other seeds at that load (other days of the same service): a seed that peaks higher then
+leaves every policy, ``none`` included, less headroom, which folds day-to-day load variation
+into the result.
 
 **Worst case** (:func:`worst_cases`, pure): per policy, the largest level such that every cell
 at that level *and every lower level of the grid* meets all criteria, for every trace and every
@@ -85,7 +87,8 @@ class SweepSpec:
     domain: DomainConfig  # oversubscription and mix are set per cell
     duration_s: float
     dt_s: float = 0.1
-    load_scale: float | None = None  # None: calibrate per member on the first seed
+    load_scale: float | None = None  # None: calibrate (see calibrate_once)
+    calibrate_once: bool = False  # True: per member on the first seed; False: per seed
     target_peak_pct: float = 79.0
     meter_window_s: float = 1.0
     brake_hold_s: float = 10.0
@@ -264,7 +267,7 @@ def _gain(w: WorstCase, none: WorstCase | None) -> float | None:
 @dataclass(frozen=True, slots=True)
 class SweepResult:
     spec: SweepSpec
-    load_scales: tuple[tuple[str, float], ...]  # per trace
+    load_scales: tuple[tuple[str, int, float], ...]  # (trace, seed, load scale)
     cells: tuple[Cell, ...]
 
     @property
@@ -284,8 +287,7 @@ def _trace(member: EvalTrace, duration_s: float, seed: int) -> Trace:
     return load_eval_trace(member, duration_s, seed)
 
 
-def _calibrate(spec: SweepSpec, member: EvalTrace) -> float:
-    seed = spec.seeds[0]
+def _calibrate(spec: SweepSpec, member: EvalTrace, seed: int) -> float:
     return calibrate_load(spec.scenario(member, _trace(member, spec.duration_s, seed), seed))
 
 
@@ -310,7 +312,9 @@ def run_sweep(
         for extra in sorted(spec.extra_servers, reverse=True):
             for member in spec.members:
                 for seed in spec.seeds:
-                    future = pool.submit(_run_cell, spec, member, seed, extra, scales[member.name])
+                    future = pool.submit(
+                        _run_cell, spec, member, seed, extra, scales[member.name, seed]
+                    )
                     futures[future] = (
                         f"{member.name}, seed {seed}, {spec.domain.base_servers + extra} servers"
                     )
@@ -322,19 +326,31 @@ def run_sweep(
     cells.sort(key=lambda c: (order[c.trace], c.seed, c.extra_servers))
     return SweepResult(
         spec=spec,
-        load_scales=tuple((m.name, scales[m.name]) for m in spec.members),
+        load_scales=tuple(
+            (m.name, seed, scales[m.name, seed]) for m in spec.members for seed in spec.seeds
+        ),
         cells=tuple(cells),
     )
 
 
 def _load_scales(
     spec: SweepSpec, pool: ProcessPoolExecutor, progress: SweepProgress
-) -> dict[str, float]:
+) -> dict[tuple[str, int], float]:
+    """Load scale per (member name, seed)."""
     if spec.load_scale is not None:
-        return {m.name: spec.load_scale for m in spec.members}
-    futures = {pool.submit(_calibrate, spec, m): m.name for m in spec.members}
-    scales: dict[str, float] = {}
+        return {(m.name, seed): spec.load_scale for m in spec.members for seed in spec.seeds}
+    calibrated = spec.seeds[:1] if spec.calibrate_once else spec.seeds
+    futures = {
+        pool.submit(_calibrate, spec, m, seed): (m.name, seed)
+        for m in spec.members
+        for seed in calibrated
+    }
+    scales: dict[tuple[str, int], float] = {}
     for done, future in enumerate(as_completed(futures), start=1):
-        scales[futures[future]] = future.result()
-        progress(done, len(futures), f"load calibrated: {futures[future]}")
+        name, seed = futures[future]
+        scales[name, seed] = future.result()
+        progress(done, len(futures), f"load calibrated: {name}, seed {seed}")
+    for m in spec.members:  # calibrate_once: the first seed's load for every seed
+        for seed in spec.seeds:
+            scales.setdefault((m.name, seed), scales[m.name, spec.seeds[0]])
     return scales

@@ -95,6 +95,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="simulated seconds per run (default %(default)s)",
     )
     add_load_options(work)
+    work.add_argument(
+        "--calibrate-once",
+        action="store_true",
+        help="calibrate each trace's load on the first seed only and replay the other seeds "
+        "at it (default: every trace and seed is calibrated, as polca simulate does)",
+    )
 
     grid = p.add_argument_group("grid")
     grid.add_argument(
@@ -212,6 +218,7 @@ def _run(args: argparse.Namespace, err: Console) -> int:
         duration_s=args.duration,
         dt_s=args.dt,
         load_scale=args.load_scale,
+        calibrate_once=args.calibrate_once,
         target_peak_pct=args.target_peak_pct,
         meter_window_s=args.meter_window,
         brake_hold_s=args.brake_hold,
@@ -276,6 +283,7 @@ def _describe(args: argparse.Namespace, spec: SweepSpec) -> dict[str, Any]:
         "duration_s": spec.duration_s,
         "dt_s": spec.dt_s,
         "load_scale": spec.load_scale,
+        "calibrate_once": spec.calibrate_once,
         "target_peak_pct": spec.target_peak_pct,
         "criteria": {
             "max_brake_events": spec.criteria.max_brake_events,

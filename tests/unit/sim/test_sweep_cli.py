@@ -44,7 +44,9 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_structure(sweep: dict[str, Any]) -> None:
     assert [t["name"] for t in sweep["sweep"]["traces"]] == ["chat-long", "diurnal"]
     assert sweep["sweep"]["extra_servers"] == [0, 2]
-    assert sweep["load_scales"] == {"chat-long": 2.5, "diurnal": 2.5}
+    assert sweep["load_scales"] == [
+        {"trace": t, "seed": s, "load_scale": 2.5} for t in ("chat-long", "diurnal") for s in (0, 1)
+    ]
     cells = sweep["cells"]
     assert len(cells) == 2 * 2 * 2 * 2  # traces x seeds x levels x policies
     assert {(c["trace"], c["seed"], c["extra_servers"], c["metrics"]["policy"]) for c in cells} == {
