@@ -118,3 +118,19 @@ def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for text in ("--seeds", "--levels", "--members", "--json", "--plot", "Examples:"):
         assert text in out
+
+
+def _scales(extra: list[str]) -> list[float]:
+    out = io.StringIO()
+    size = ["--servers", "4", "--duration", "60", "--no-progress", "--workers", "2"]
+    grid = ["--members", "chat-long", "--seeds", "0-1", "--levels", "0", "--policy", "none"]
+    with redirect_stdout(out):
+        assert main(["sweep", *grid, *size, "--json", *extra]) == 0
+    return [s["load_scale"] for s in json.loads(out.getvalue())["load_scales"]]
+
+
+def test_every_seed_is_calibrated_unless_calibrate_once() -> None:
+    per_seed = _scales([])
+    once = _scales(["--calibrate-once"])
+    assert per_seed[0] == once[0] == once[1]  # seed 0 calibrates alike either way
+    assert per_seed[1] != per_seed[0]  # seed 1's own trace calibrates to its own load
