@@ -33,7 +33,7 @@ from polca.sim.trace import TraceError
 __all__ = ["parse_levels", "parse_seeds", "register", "run"]
 
 DEFAULT_CONV_TRACE = Path("..") / "shared" / "traces" / CONV_TRACE_NAME
-DEFAULT_LEVELS = "0.2,0.25,0.3,0.35,0.4,0.45,0.5,0.55,0.6"
+DEFAULT_LEVELS = "0,0.1,0.15,0.2,0.25,0.3,0.35,0.4,0.5"  # from the row itself: 0 must pass too
 
 _EPILOG = f"""\
 The evaluation set (docs/simulator.md, "The evaluation set"): the conversation trace when
