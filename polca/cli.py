@@ -20,6 +20,7 @@ Subparsers = argparse._SubParsersAction  # argparse has no public name for it
 Register = Callable[["Subparsers[argparse.ArgumentParser]"], None]
 SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("simulate", "polca.sim.cli", "register"),
+    ("sweep", "polca.sim.sweep_cli", "register"),
     ("validate", "polca.tooling.validate", "register"),
     ("replay", "polca.tooling.replay_cli", "register_replay"),
     ("capacity", "polca.tooling.replay_cli", "register_capacity"),

@@ -12,7 +12,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 from rich.console import Console
 from rich.markup import escape
@@ -23,11 +22,12 @@ from polca.options import count, positive_number, seconds
 from polca.power.profiles import PROFILES, get_profile
 from polca.sim.domain import DomainConfig, Mix
 from polca.sim.engine import check_steps
+from polca.sim.evalset import EvalTrace, load_eval_trace, synthetic_members
 from polca.sim.metrics import Criteria
 from polca.sim.policies import NAMED_PLANS, POLICY_NAMES, GuardSettings, PolicyConfig, make_policy
 from polca.sim.runner import Progress as ProgressFn
 from polca.sim.runner import Scenario, calibrate_load, run_level
-from polca.sim.synthetic import CONV_PARAMS, fit, generate
+from polca.sim.synthetic import CONV_PARAMS, fit, synthetic_trace
 from polca.sim.trace import Trace, TraceError, read_trace
 from polca.tooling.manifests import ManifestError
 from polca.tooling.policyfile import (
@@ -37,7 +37,17 @@ from polca.tooling.policyfile import (
     read_policy,
 )
 
-__all__ = ["register", "run"]
+__all__ = [
+    "add_domain_options",
+    "add_load_options",
+    "add_policy_options",
+    "add_simulation_options",
+    "domain_from_args",
+    "parse_mix",
+    "policies_from_args",
+    "register",
+    "run",
+]
 
 _EPILOG = """\
 Model and sources: docs/simulator.md. Examples:
@@ -69,33 +79,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "requests from the generator fitted to the Azure conversation trace",
     )
     work.add_argument(
+        "--eval-trace",
+        choices=[m.name for m in synthetic_members()],
+        metavar="NAME",
+        help="requests from this synthetic member of the evaluation set, with its mix (as "
+        "polca sweep runs it; docs/simulator.md lists them): "
+        + ", ".join(m.name for m in synthetic_members()),
+    )
+    work.add_argument(
         "--duration",
         type=seconds,
         default=None,
         metavar="S",
         help="simulated seconds (default: the trace's span, or 3600 for synthetic requests)",
     )
-    work.add_argument(
-        "--load-scale",
-        type=positive_number,
-        default=None,
-        metavar="X",
-        help="request rate of the base row as a multiple of the trace's (default: calibrated so "
-        "the base row's uncapped peak is --target-peak-pct)",
-    )
-    work.add_argument(
-        "--target-peak-pct",
-        type=positive_number,
-        default=79.0,
-        metavar="PCT",
-        help="uncapped peak of the base row, %% of budget, for load calibration (default 79, "
-        "POLCA's production inference rows)",
-    )
-    work.add_argument(
-        "--mix",
-        default="high=0.5,low=0.5,train=0",
-        help="server shares per workload, e.g. high=0.5,low=0.3,train=0.2 (default %(default)s)",
-    )
+    add_load_options(work)
     work.add_argument(
         "--fit-trace",
         action="store_true",
@@ -103,29 +101,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
 
     dom = p.add_argument_group("power domain")
-    dom.add_argument(
-        "--profile",
-        choices=sorted(PROFILES),
-        default="H100-SXM",
-        help="GPU model (default %(default)s)",
-    )
-    dom.add_argument(
-        "--servers",
-        type=count,
-        metavar="N",
-        default=40,
-        help="servers the budget is provisioned for (default %(default)s)",
-    )
-    dom.add_argument(
-        "--gpus-per-server", type=count, default=8, metavar="N", help="default %(default)s"
-    )
-    dom.add_argument(
-        "--server-overhead-w",
-        type=float,
-        default=1500.0,
-        metavar="W",
-        help="constant non-GPU power per server (default %(default)s W)",
-    )
+    add_domain_options(dom)
     dom.add_argument(
         "--oversubscription",
         type=float,
@@ -151,91 +127,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="with -f: the row's pods (kubectl get pods -A -o yaml): the --mix becomes their "
         "GPUs per tier, each pod's tier resolved by the manifest's tier rules",
     )
-    pol.add_argument(
-        "--policy",
-        action="append",
-        choices=POLICY_NAMES,
-        help=f"policy to run; repeat for several (default: all of {', '.join(POLICY_NAMES)})",
-    )
-    pol.add_argument(
-        "--polca-delay",
-        type=float,
-        default=40.0,
-        metavar="S",
-        help="POLCA's out-of-band actuation delay (default %(default)s s)",
-    )
-    pol.add_argument(
-        "--k8s-actuation",
-        type=float,
-        default=0.2,
-        metavar="S",
-        help="polca-k8s actuation: status write + watch + NVML (default %(default)s s)",
-    )
-    pol.add_argument(
-        "--telemetry-period",
-        type=seconds,
-        default=1.0,
-        metavar="S",
-        help="telemetry sampling period (default %(default)s s)",
-    )
-    pol.add_argument(
-        "--control-interval",
-        type=seconds,
-        default=1.0,
-        metavar="S",
-        help="controller interval (default %(default)s s)",
-    )
-    pol.add_argument(
-        "--plan",
-        type=Path,
-        metavar="NAME|FILE",
-        help="control plan for polca-k8s instead of its default: 'polca-table' (the paper's "
-        "table), 'k8s' (the default) or a YAML/JSON file (keys of "
-        "polca.control.plan.plan_from_dict; see docs/simulator.md)",
-    )
-    pol.add_argument(
-        "--polca-plan",
-        type=Path,
-        metavar="NAME|FILE",
-        help="control plan for the polca policy instead of the paper's table, as for --plan "
-        "(for ablations: POLCA's delays with another plan)",
-    )
-    pol.add_argument(
-        "--no-derive-triggers",
-        action="store_true",
-        help="run polca-k8s with its plan's triggers as written, not derived from its reaction "
-        "time and the baseline's largest power rise",
-    )
-    pol.add_argument(
-        "--no-guard", action="store_true", help="run polca-k8s without the local guard"
-    )
-    pol.add_argument(
-        "--guard-share",
-        type=float,
-        default=GuardSettings().budget_share,
-        metavar="X",
-        help="guard budget per node as a multiple of its share of the domain budget "
-        "(default %(default)s)",
-    )
+    add_policy_options(pol)
 
     sim = p.add_argument_group("simulation")
-    sim.add_argument(
-        "--dt", type=seconds, default=0.1, metavar="S", help="time step (default %(default)s s)"
-    )
-    sim.add_argument(
-        "--meter-window",
-        type=seconds,
-        default=1.0,
-        metavar="S",
-        help="averaging window of the metered power (default %(default)s s)",
-    )
-    sim.add_argument(
-        "--brake-hold",
-        type=float,
-        default=10.0,
-        metavar="S",
-        help="how long a brake holds every GPU near halt (default %(default)s s)",
-    )
+    add_simulation_options(sim)
     sim.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
 
     out = p.add_argument_group("search and output")
@@ -273,6 +168,149 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=run)
 
 
+def add_load_options(group: argparse._ArgumentGroup) -> None:
+    """--load-scale, --target-peak-pct, --mix (shared with polca sweep)."""
+    group.add_argument(
+        "--load-scale",
+        type=positive_number,
+        default=None,
+        metavar="X",
+        help="request rate of the base row as a multiple of the trace's (default: calibrated so "
+        "the base row's uncapped peak is --target-peak-pct)",
+    )
+    group.add_argument(
+        "--target-peak-pct",
+        type=positive_number,
+        default=79.0,
+        metavar="PCT",
+        help="uncapped peak of the base row, %% of budget, for load calibration (default 79, "
+        "POLCA's production inference rows)",
+    )
+    group.add_argument(
+        "--mix",
+        default="high=0.5,low=0.5,train=0",
+        help="server shares per workload, e.g. high=0.5,low=0.3,train=0.2 (default %(default)s)",
+    )
+
+
+def add_domain_options(group: argparse._ArgumentGroup) -> None:
+    """The row: --profile, --servers, --gpus-per-server, --server-overhead-w."""
+    group.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default="H100-SXM",
+        help="GPU model (default %(default)s)",
+    )
+    group.add_argument(
+        "--servers",
+        type=count,
+        metavar="N",
+        default=40,
+        help="servers the budget is provisioned for (default %(default)s)",
+    )
+    group.add_argument(
+        "--gpus-per-server", type=count, default=8, metavar="N", help="default %(default)s"
+    )
+    group.add_argument(
+        "--server-overhead-w",
+        type=float,
+        default=1500.0,
+        metavar="W",
+        help="constant non-GPU power per server (default %(default)s W)",
+    )
+
+
+def add_policy_options(group: argparse._ArgumentGroup) -> None:
+    """Which policies and their timing, plans, triggers and guard."""
+    group.add_argument(
+        "--policy",
+        action="append",
+        choices=POLICY_NAMES,
+        help=f"policy to run; repeat for several (default: all of {', '.join(POLICY_NAMES)})",
+    )
+    group.add_argument(
+        "--polca-delay",
+        type=float,
+        default=40.0,
+        metavar="S",
+        help="POLCA's out-of-band actuation delay (default %(default)s s)",
+    )
+    group.add_argument(
+        "--k8s-actuation",
+        type=float,
+        default=0.2,
+        metavar="S",
+        help="polca-k8s actuation: status write + watch + NVML (default %(default)s s)",
+    )
+    group.add_argument(
+        "--telemetry-period",
+        type=seconds,
+        default=1.0,
+        metavar="S",
+        help="telemetry sampling period (default %(default)s s)",
+    )
+    group.add_argument(
+        "--control-interval",
+        type=seconds,
+        default=1.0,
+        metavar="S",
+        help="controller interval (default %(default)s s)",
+    )
+    group.add_argument(
+        "--plan",
+        type=Path,
+        metavar="NAME|FILE",
+        help="control plan for polca-k8s instead of its default: 'polca-table' (the paper's "
+        "table), 'k8s' (the default) or a YAML/JSON file (keys of "
+        "polca.control.plan.plan_from_dict; see docs/simulator.md)",
+    )
+    group.add_argument(
+        "--polca-plan",
+        type=Path,
+        metavar="NAME|FILE",
+        help="control plan for the polca policy instead of the paper's table, as for --plan "
+        "(for ablations: POLCA's delays with another plan)",
+    )
+    group.add_argument(
+        "--no-derive-triggers",
+        action="store_true",
+        help="run polca-k8s with its plan's triggers as written, not derived from its reaction "
+        "time and the baseline's largest power rise",
+    )
+    group.add_argument(
+        "--no-guard", action="store_true", help="run polca-k8s without the local guard"
+    )
+    group.add_argument(
+        "--guard-share",
+        type=float,
+        default=GuardSettings().budget_share,
+        metavar="X",
+        help="guard budget per node as a multiple of its share of the domain budget "
+        "(default %(default)s)",
+    )
+
+
+def add_simulation_options(group: argparse._ArgumentGroup) -> None:
+    """--dt, --meter-window, --brake-hold."""
+    group.add_argument(
+        "--dt", type=seconds, default=0.1, metavar="S", help="time step (default %(default)s s)"
+    )
+    group.add_argument(
+        "--meter-window",
+        type=seconds,
+        default=1.0,
+        metavar="S",
+        help="averaging window of the metered power (default %(default)s s)",
+    )
+    group.add_argument(
+        "--brake-hold",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="how long a brake holds every GPU near halt (default %(default)s s)",
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     try:
@@ -284,6 +322,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load_trace(args: argparse.Namespace) -> tuple[Trace, float, str]:
+    if args.trace is not None and args.eval_trace is not None:
+        raise ValueError("give --trace or --eval-trace, not both")
     if args.trace is not None:
         trace = read_trace(args.trace)
         if len(trace) > 1 and trace.duration_s <= 0:
@@ -296,11 +336,29 @@ def _load_trace(args: argparse.Namespace) -> tuple[Trace, float, str]:
         return trace, duration, str(args.trace)
     duration = args.duration if args.duration is not None else 3600.0
     check_steps(duration, args.dt)  # before generating requests for that long
-    rng = np.random.default_rng([args.seed, 7])
-    return generate(CONV_PARAMS, duration, rng), duration, "synthetic (conv fit)"
+    if args.eval_trace is not None:
+        member = _eval_member(args.eval_trace)
+        return load_eval_trace(member, duration, args.seed), duration, f"synthetic ({member.name})"
+    return synthetic_trace(CONV_PARAMS, duration, args.seed), duration, "synthetic (conv fit)"
 
 
-def _parse_mix(text: str) -> Mix:
+def domain_from_args(args: argparse.Namespace, *, oversubscription: float) -> DomainConfig:
+    """The row from add_domain_options' and add_load_options' --mix."""
+    return DomainConfig(
+        profile=get_profile(args.profile),
+        base_servers=args.servers,
+        oversubscription=oversubscription,
+        gpus_per_server=args.gpus_per_server,
+        server_overhead_w=args.server_overhead_w,
+        mix=parse_mix(args.mix),
+    )
+
+
+def _eval_member(name: str) -> EvalTrace:
+    return next(m for m in synthetic_members() if m.name == name)
+
+
+def parse_mix(text: str) -> Mix:
     shares: dict[str, float] = {}
     for part in text.split(","):
         key, sep, value = part.partition("=")
@@ -326,7 +384,7 @@ def _read_plan(path: Path | None) -> ControlPlan | None:
         raise ValueError(f"{path}: {exc}") from None
 
 
-def _policies(args: argparse.Namespace) -> list[PolicyConfig]:
+def policies_from_args(args: argparse.Namespace) -> list[PolicyConfig]:
     plans = {"polca": _read_plan(args.polca_plan), "polca-k8s": _read_plan(args.plan)}
     names = args.policy or list(POLICY_NAMES)
     return [
@@ -372,14 +430,9 @@ def _run(args: argparse.Namespace, err: Console) -> int:
     if args.fit_trace:
         print(json.dumps(fit(trace).as_dict(), indent=2))
         return 0
-    domain = DomainConfig(
-        profile=get_profile(args.profile),
-        base_servers=args.servers,
-        oversubscription=args.oversubscription,
-        gpus_per_server=args.gpus_per_server,
-        server_overhead_w=args.server_overhead_w,
-        mix=_parse_mix(args.mix),
-    )
+    domain = domain_from_args(args, oversubscription=args.oversubscription)
+    if args.eval_trace is not None:  # the member's own mix, as polca sweep runs it
+        domain = replace(domain, mix=_eval_member(args.eval_trace).mix)
     scenario = Scenario(
         trace=trace,
         domain=domain,
@@ -392,7 +445,7 @@ def _run(args: argparse.Namespace, err: Console) -> int:
         brake_hold_s=args.brake_hold,
         criteria=Criteria(max_low_p50_impact=args.max_low_p50_impact),
     )
-    policies = _policies(args)
+    policies = policies_from_args(args)
     if manifest is not None:
         policies = keep_manifest_timing(policies, manifest)
     # Piped output gets room for the wide tables instead of rich's 80-column default.

@@ -16,7 +16,22 @@ import numpy.typing as npt
 
 from polca.sim.engine import INFERENCE_TIERS, SimResult
 
-__all__ = ["Criteria", "Metrics", "TierMetrics", "summarize", "weighted_percentile"]
+__all__ = [
+    "CRITERIA_KEYS",
+    "Criteria",
+    "Metrics",
+    "TierMetrics",
+    "summarize",
+    "weighted_percentile",
+]
+
+# Machine-readable names of the criteria, in the order they are checked (``failed_criteria``):
+# a sweep counts which one binds without parsing the human-readable ``failures``.
+BRAKES = "brakes"
+HIGH_P50 = "high_p50"
+LOW_THROUGHPUT = "low_throughput"
+LOW_P50 = "low_p50"
+CRITERIA_KEYS = (BRAKES, HIGH_P50, LOW_THROUGHPUT, LOW_P50)
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -69,6 +84,7 @@ class Metrics:
     tiers: dict[str, TierMetrics]
     passed: bool
     failures: tuple[str, ...]
+    failed_criteria: tuple[str, ...] = ()  # CRITERIA_KEYS of the failures, same order
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -143,26 +159,27 @@ def summarize(
             tbt_p50_impact=_ratio(raw["tbt_p50_s"], base["tbt_p50_s"]) - 1.0,
         )
 
-    failures = []
+    failures: list[tuple[str, str]] = []  # (key, message)
     if result.brake_events > criteria.max_brake_events:
-        failures.append(f"{result.brake_events} brake events")
+        failures.append((BRAKES, f"{result.brake_events} brake events"))
     high = tiers.get("high")
     if (
         high is not None
         and high.requests
         and not high.e2e_p50_impact < criteria.max_high_p50_impact
     ):
-        failures.append(f"high-priority P50 impact {100 * high.e2e_p50_impact:+.2f}%")
+        failures.append((HIGH_P50, f"high-priority P50 impact {100 * high.e2e_p50_impact:+.2f}%"))
     low = tiers.get("low")
     if low is not None and low.requests and not low.throughput_rel >= criteria.min_low_throughput:
-        failures.append(f"low-priority throughput {100 * low.throughput_rel:.1f}%")
+        message = f"low-priority throughput {100 * low.throughput_rel:.1f}%"
+        failures.append((LOW_THROUGHPUT, message))
     if (
         criteria.max_low_p50_impact is not None
         and low is not None
         and low.requests
         and not low.e2e_p50_impact < criteria.max_low_p50_impact
     ):
-        failures.append(f"low-priority P50 impact {100 * low.e2e_p50_impact:+.2f}%")
+        failures.append((LOW_P50, f"low-priority P50 impact {100 * low.e2e_p50_impact:+.2f}%"))
 
     metered = result.metered_power_w.astype(np.float64)
     n_stages = len(result.plan.stages) if result.plan is not None else 1
@@ -183,5 +200,6 @@ def summarize(
         top_trigger_pct=top_trigger_pct,
         tiers=tiers,
         passed=not failures,
-        failures=tuple(failures),
+        failures=tuple(message for _key, message in failures),
+        failed_criteria=tuple(key for key, _message in failures),
     )

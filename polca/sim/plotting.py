@@ -5,6 +5,7 @@ matplotlib is imported lazily (Agg backend) so the simulator itself does not nee
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,9 @@ import numpy as np
 from polca.control.plan import ControlPlan
 from polca.sim.engine import INFERENCE_TIERS, SimResult
 from polca.sim.search import SearchResult
+from polca.sim.sweep import SweepResult
 
-__all__ = ["budget_and_triggers", "plot_runs", "plot_search"]
+__all__ = ["budget_and_triggers", "plot_runs", "plot_search", "plot_sweep"]
 
 
 def _pyplot() -> Any:
@@ -124,6 +126,49 @@ def plot_search(result: SearchResult, path: str | Path) -> Path:
     for ax in (ax_power, ax_p50):
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_sweep(result: SweepResult, path: str | Path) -> Path:
+    """Worst case per policy (bars) and each trace's own worst case over seeds (markers)."""
+    plt = _pyplot()
+    base = result.spec.domain.base_servers
+    worst = result.worst_cases()
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(worst) + 3), 4.5))
+    x = np.arange(len(worst))
+    heights = [100 * (w.oversubscription or 0.0) for w in worst]
+    bars = ax.bar(x, heights, color="tab:blue", alpha=0.6, label="worst case (all traces, seeds)")
+    for bar, w in zip(bars, worst, strict=True):
+        label = "none passes" if w.extra_servers is None else f"+{bar.get_height():.1f}%"
+        if w.gain_over_none is not None and w.policy != "none":
+            label += f"\n({100 * w.gain_over_none:+.1f} vs none)"
+        ax.annotate(
+            label,
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center", va="bottom", fontsize=8,
+        )  # fmt: skip
+    names = [m.name for m in result.spec.members]
+    markers = "osv^D<>px*h"
+    for i, name in enumerate(names):
+        ys = [dict(w.per_trace_extra).get(name) for w in worst]
+        ax.scatter(
+            x + (i - (len(names) - 1) / 2) * 0.08,
+            [math.nan if y is None else 100 * y / base for y in ys],
+            marker=markers[i % len(markers)], s=18, zorder=3, label=name,
+        )  # fmt: skip
+    ax.set_xticks(x, [w.policy for w in worst])
+    ax.set_ylabel("largest safe oversubscription (%)")
+    ax.set_title(
+        f"{len(names)} traces x {len(result.spec.seeds)} seeds, base {base} servers "
+        "(markers: each trace's worst over seeds)",
+        fontsize=9,
+    )
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out, dpi=110)

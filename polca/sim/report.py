@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
 from rich.table import Table
 
 from polca.sim.metrics import Metrics
 from polca.sim.search import SearchResult
+from polca.sim.sweep import SweepResult
 
-__all__ = ["domain_table", "latency_table", "search_json", "search_table", "simulate_json"]
+__all__ = [
+    "domain_table",
+    "latency_table",
+    "search_json",
+    "search_table",
+    "simulate_json",
+    "sweep_json",
+    "sweep_table",
+    "sweep_trace_table",
+]
 
 
 def _ms(value_s: float) -> str:
@@ -168,6 +179,112 @@ def search_json(scenario: Mapping[str, Any], result: SearchResult) -> dict[str, 
             "load_scale": result.load_scale,
             "base_servers": result.base_servers,
             "policies": policies,
+        }
+    )
+    return out
+
+
+def _criteria_text(pairs: Sequence[tuple[str, int]]) -> str:
+    return ", ".join(f"{_CRITERION_NAMES.get(k, k)} ({n})" for k, n in pairs) or "–"
+
+
+_CRITERION_NAMES = {
+    "brakes": "brakes",
+    "high_p50": "high P50",
+    "low_throughput": "low throughput",
+    "low_p50": "low P50",
+}
+
+
+def _level(extra: int | None, base: int) -> str:
+    return "none passes" if extra is None else f"+{100 * extra / base:.1f}% ({base + extra})"
+
+
+def _opt_pct(value: float | None, *, signed: bool = False) -> str:
+    return "–" if value is None else _pct(value, signed=signed)
+
+
+def sweep_table(result: SweepResult) -> Table:
+    """The worst case per policy over every trace and seed of a sweep."""
+    spec = result.spec
+    base = spec.domain.base_servers
+    table = Table(
+        title=(
+            f"Worst case over {len(spec.members)} traces x {len(spec.seeds)} seeds "
+            f"(base {base} servers; largest level passing every cell at it and below)"
+        ),
+        title_justify="left",
+    )
+    for name in (
+        "policy",
+        "worst case (servers)",
+        "gain over none",
+        "binds at next level (cells)",
+        "failing traces",
+        "high e2e p50",
+        "low thr.",
+        "low e2e p50",
+        "TTFT p99 high/low ms",
+    ):
+        table.add_column(name, justify="left" if name in {"policy", "failing traces"} else "right")
+    for w in result.worst_cases():
+        ttft = dict(w.ttft_p99_s)
+        table.add_row(
+            w.policy,
+            _level(w.extra_servers, base)
+            + (" top of grid" if w.first_failing_extra is None else ""),
+            "–" if w.gain_over_none is None else f"{100 * w.gain_over_none:+.1f} pts",
+            _criteria_text(w.failures_at_first_failing),
+            ", ".join(w.failing_traces) or "–",
+            _opt_pct(w.high_e2e_p50_impact, signed=True),
+            _opt_pct(w.low_throughput_rel),
+            _opt_pct(w.low_e2e_p50_impact, signed=True),
+            f"{_ms(ttft.get('high', math.nan))} / {_ms(ttft.get('low', math.nan))}",
+        )
+    return table
+
+
+def sweep_trace_table(result: SweepResult) -> Table:
+    """Each trace's own worst case over seeds, per policy."""
+    base = result.spec.domain.base_servers
+    worst = result.worst_cases()
+    table = Table(title="Per trace (worst over seeds)", title_justify="left")
+    table.add_column("trace")
+    table.add_column("load scale", justify="right")
+    for w in worst:
+        table.add_column(w.policy, justify="right")
+    scales: dict[str, list[float]] = {}
+    for name, _seed, scale in result.load_scales:
+        scales.setdefault(name, []).append(scale)
+    for name, values in scales.items():
+        cells = [_level(dict(w.per_trace_extra).get(name), base) for w in worst]
+        span = (
+            f"{min(values):.4g}"
+            if min(values) == max(values)
+            else (f"{min(values):.4g}-{max(values):.4g}")
+        )
+        table.add_row(name, span, *cells)
+    return table
+
+
+def sweep_json(described: Mapping[str, Any], result: SweepResult) -> dict[str, Any]:
+    out: dict[str, Any] = _clean(
+        {
+            "sweep": described,
+            "load_scales": [
+                {"trace": name, "seed": seed, "load_scale": scale}
+                for name, seed, scale in result.load_scales
+            ],
+            "worst_case": [asdict(w) for w in result.worst_cases()],
+            "cells": [
+                {
+                    "trace": c.trace,
+                    "seed": c.seed,
+                    "extra_servers": c.extra_servers,
+                    "metrics": c.metrics.as_dict(),
+                }
+                for c in result.cells
+            ],
         }
     )
     return out

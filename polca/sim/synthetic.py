@@ -6,8 +6,15 @@ Model:
   whose rate is modulated minute by minute by ``exp(x)``, with ``x`` an AR(1) process
   (lag-1 correlation ``rate_ac1``, stationary standard deviation ``rate_log_sd``): the trace's
   per-minute counts drift slowly (191 to 507 requests a minute over its hour).
+* Diurnal shape (optional): the rate is also multiplied by
+  ``1 − diurnal_amplitude · cos(2π t / diurnal_period_s)``, a trough at ``t = 0`` and a peak
+  half a period later. A one-hour trace cannot show a day, so :func:`fit` leaves it off (0);
+  the evaluation set (:mod:`polca.sim.evalset`) sets the period to the run's duration so a
+  short run sees a whole trough-to-peak cycle.
 * Prompt (context) and output (generated) lengths: independent log-normals, clipped to the
   trace's range (their log-correlation in the trace is 0.09).
+
+Every parameter, its range in the evaluation set and why: ``docs/simulator.md`` section 2.
 
 :data:`CONV_PARAMS` holds the values :func:`fit` gives for
 ``AzureLLMInferenceTrace_conv.csv`` (19,366 requests over 3,502 s); ``polca simulate
@@ -25,7 +32,7 @@ import numpy.typing as npt
 
 from polca.sim.trace import Trace
 
-__all__ = ["CONV_PARAMS", "SyntheticParams", "fit", "generate"]
+__all__ = ["CONV_PARAMS", "SyntheticParams", "fit", "generate", "synthetic_trace"]
 
 _MINUTE_S = 60.0
 
@@ -44,6 +51,8 @@ class SyntheticParams:
     generated_log_sd: float
     generated_min: int
     generated_max: int
+    diurnal_amplitude: float = 0.0  # 0: no daily shape; < 1 so the rate stays positive
+    diurnal_period_s: float = 86400.0
 
     def __post_init__(self) -> None:
         if self.rate_per_s <= 0 or self.arrival_cv <= 0:
@@ -56,6 +65,8 @@ class SyntheticParams:
             raise ValueError("need 1 <= context_min <= context_max")
         if not 1 <= self.generated_min <= self.generated_max:
             raise ValueError("need 1 <= generated_min <= generated_max")
+        if not 0 <= self.diurnal_amplitude < 1 or not self.diurnal_period_s > 0:
+            raise ValueError("need 0 <= diurnal_amplitude < 1 and diurnal_period_s > 0")
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -119,6 +130,11 @@ def generate(params: SyntheticParams, duration_s: float, rng: np.random.Generato
     for i in range(1, minutes):
         x[i] = params.rate_ac1 * x[i - 1] + rng.normal(0.0, innovation_sd)
     factor = np.exp(x - params.rate_log_sd**2 / 2.0)
+    if params.diurnal_amplitude > 0:
+        mid_s = (np.arange(minutes) + 0.5) * _MINUTE_S
+        factor *= 1.0 - params.diurnal_amplitude * np.cos(
+            2.0 * math.pi * mid_s / params.diurnal_period_s
+        )
 
     # Gamma renewal in "operational time" (unit mean rate), mapped through the rate profile.
     shape = 1.0 / params.arrival_cv**2
@@ -145,3 +161,9 @@ def _clipped_lognormal(
     rng: np.random.Generator, log_mean: float, log_sd: float, n: int
 ) -> npt.NDArray[np.int64]:
     return np.rint(rng.lognormal(log_mean, log_sd, size=n)).astype(np.int64)
+
+
+def synthetic_trace(params: SyntheticParams, duration_s: float, seed: int) -> Trace:
+    """The synthetic trace of a run with this ``seed``: ``polca simulate`` and ``polca sweep``
+    draw from the same stream, so a sweep cell can be rerun on its own."""
+    return generate(params, duration_s, np.random.default_rng([seed, 7]))
