@@ -53,10 +53,7 @@ from polca_node.gpu.backend import GpuBackend, GpuInfo, GpuReading, Inventory
 from polca_node.gpu.errors import GpuError
 from polca_node.guard_loop import GuardBank, GuardOutcome, run_periodic
 from polca_node.kube_client import ApiError, KubeClient
-from polca_node.observed import LoopSink, ObservedCluster, PodKey
-from polca_node.policies import DecisionInputs, Mode, NodeDecision, decide_node
-from polca_node.status_writer import (
-    NodeStateClient,
+from polca_node.node_status import (
     PreviousRecord,
     StatusInputs,
     StatusSchedule,
@@ -65,6 +62,9 @@ from polca_node.status_writer import (
     previous_record,
     status_fingerprint,
 )
+from polca_node.observed import LoopSink, ObservedCluster, PodKey
+from polca_node.policies import DecisionInputs, Mode, NodeDecision, decide_node
+from polca_node.status_writer import NodeStateClient
 from polca_node.supervision import Supervisor
 from polca_node.tiering import (
     GpuOwners,
