@@ -2,12 +2,15 @@
 
 `NodeStateClient` creates the object (cluster-scoped, named after the node) if it is missing,
 replaces its status through the status subresource, merges single fields into it, reads it
-back, and posts Kubernetes Events about it. Blocking calls.
+back, and posts Kubernetes Events about it. Blocking calls. `EventPoster` posts those Events
+from the event loop without waiting for them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -16,7 +19,9 @@ from polca.api.powerpolicy import API_VERSION
 from polca_node.kube_client import ApiError, KubeClient
 from polca_node.node_status import MAX_MESSAGE
 
-__all__ = ["NODE_POWER_STATES", "NodeStateClient"]
+__all__ = ["NODE_POWER_STATES", "EventPoster", "NodeStateClient"]
+
+logger = logging.getLogger(__name__)
 
 NODE_POWER_STATES = "/apis/polca.dev/v1alpha1/nodepowerstates"
 COMPONENT = "polca-node"
@@ -123,3 +128,37 @@ class NodeStateClient:
             "reportingInstance": self.node_name,
         }
         self._client.request("POST", f"/api/v1/namespaces/{self.event_namespace}/events", body=body)
+
+
+class EventPoster:
+    """Posts Events in the background: a slow or failing API never holds up the caller."""
+
+    def __init__(self, client: NodeStateClient, *, wall_clock: Callable[[], datetime]) -> None:
+        self._client = client
+        self._wall_clock = wall_clock
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def post(self, reason: str, message: str, *, warning: bool = False) -> None:
+        """Post an Event about the NodePowerState (from the event loop); failures are logged."""
+        now = self._wall_clock()
+
+        async def post() -> None:
+            try:
+                await asyncio.to_thread(
+                    self._client.post_event, reason, message, now=now, warning=warning
+                )
+            except ApiError as exc:
+                logger.warning("could not post event %s: %s", reason, exc)
+
+        self._background(post())
+
+    async def flush(self) -> None:
+        """Wait for the Events being posted."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _background(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        # Keep a reference: the loop holds tasks only weakly.
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
