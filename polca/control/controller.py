@@ -20,6 +20,7 @@ Rules 3 and 4 are :mod:`polca.control.hysteresis`, which the node guard uses too
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cache
 
 from polca.control.hysteresis import Hysteresis, Move, Timers, entered, left, unsure
 from polca.control.plan import ControlPlan
@@ -90,7 +91,7 @@ def _hysteresis(plan: ControlPlan, state: ControllerState, now_s: float, util: f
     current = state.stage
     # Triggers never decrease, so "some higher stage's trigger is reached" is "the next one's is".
     can_rise = current < plan.last_stage
-    step = Hysteresis(settle_s=plan.settle_s, hold_s=plan.hold_s, trigger_inclusive=True).step(
+    step = _hysteresis_of(plan.settle_s, plan.hold_s).step(
         _timers(state),
         now_s=now_s,
         value=util,
@@ -106,13 +107,12 @@ def _hysteresis(plan: ControlPlan, state: ControllerState, now_s: float, util: f
         release = plan.stages[current].release_pct
         reason = f"power below {release:g}% release for {plan.hold_s:g}s"
         return _move(state, current - 1, now_s, reason, util)
-    waiting = {
-        Move.SETTLING: "settling before escalating",
-        Move.HOLDING: "holding before release",
-    }
     return Decision(
-        current, f"power {util:.1f}%: {waiting.get(step.move, 'steady')}", False, state, util
+        current, f"power {util:.1f}%: {_WAITING.get(step.move, 'steady')}", False, state, util
     )
+
+
+_WAITING = {Move.SETTLING: "settling before escalating", Move.HOLDING: "holding before release"}
 
 
 def _timers(state: ControllerState) -> Timers:
@@ -120,11 +120,18 @@ def _timers(state: ControllerState) -> Timers:
 
 
 def _with_timers(state: ControllerState, timers: Timers) -> ControllerState:
-    return replace(
-        state,
+    # Built directly, not with `replace`: the simulator calls this for every control step.
+    return ControllerState(
+        stage=state.stage,
         last_escalation_s=timers.last_escalation_s,
         below_release_since_s=timers.below_release_since_s,
+        last_change_s=state.last_change_s,
     )
+
+
+@cache
+def _hysteresis_of(settle_s: float, hold_s: float) -> Hysteresis:
+    return Hysteresis(settle_s=settle_s, hold_s=hold_s, trigger_inclusive=True)
 
 
 def _move(

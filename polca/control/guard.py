@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 
 from polca.control.hysteresis import Hysteresis, Move, Timers, unsure
 from polca.control.plan import TierAction
@@ -135,17 +136,24 @@ def decide_guard(
             _state(lower, step.timers),
             f"node below {release_w:.0f} W for {config.hold_s:g}s",
         )
-    reasons = {
-        Move.AT_TOP: "at the last guard level",
-        Move.SETTLING: "settling before escalating",
-        Move.HOLDING: "holding before release",
-    }
-    return result(current, _state(current, step.timers), reasons.get(step.move, "steady"))
+    return result(current, _state(current, step.timers), _WAITING.get(step.move, "steady"))
+
+
+_WAITING = {
+    Move.AT_TOP: "at the last guard level",
+    Move.SETTLING: "settling before escalating",
+    Move.HOLDING: "holding before release",
+}
 
 
 def _hysteresis(config: GuardConfig) -> Hysteresis:
+    return _hysteresis_of(config.settle_s, config.hold_s)
+
+
+@cache
+def _hysteresis_of(settle_s: float, hold_s: float) -> Hysteresis:
     # Only over the budget counts: a node exactly at its guard budget is within it.
-    return Hysteresis(settle_s=config.settle_s, hold_s=config.hold_s, trigger_inclusive=False)
+    return Hysteresis(settle_s=settle_s, hold_s=hold_s, trigger_inclusive=False)
 
 
 def _state(level: int, timers: Timers) -> GuardState:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 __all__ = ["Hysteresis", "Move", "Step", "Timers", "entered", "left", "unsure"]
 
@@ -34,16 +35,16 @@ class Move(Enum):
     STEADY = "steady"  # between the release and the trigger
 
 
-@dataclass(frozen=True, slots=True)
-class Timers:
+# Named tuples, not frozen dataclasses: as immutable, and cheap to build on every reading of the
+# guard's fast loop and every simulated control step.
+class Timers(NamedTuple):
     """What hysteresis remembers between readings (seconds on the caller's monotonic clock)."""
 
     last_escalation_s: float | None = None
     below_release_since_s: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
+class Step(NamedTuple):
     move: Move
     timers: Timers  # to keep after this reading, given the caller does what `move` says
 
