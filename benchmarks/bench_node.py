@@ -33,7 +33,7 @@ from polca_node.gpu.fake_nvml import FakeNvml
 from polca_node.gpu.load import ConstantLoad
 from polca_node.gpu.nvml_backend import NvmlBackend
 from polca_node.kube_client import KubeClient
-from polca_node.status_writer import PreviousRecord
+from polca_node.node_status import PreviousRecord
 from polca_testbed.cluster import start_cluster
 from polca_testbed.nodes import SimNodes
 from polca_testbed.procstat import cpu_seconds, rss_mb

@@ -13,12 +13,16 @@ Rules, in priority order:
    next; POLCA's stage 3 is "still ≥ 89% after stage 2").
 4. **De-escalation**: when power stays below the current stage's ``release_pct`` for
    ``plan.hold_s``, move down one stage; the hold restarts for the next one.
+
+Rules 3 and 4 are :mod:`polca.control.hysteresis`, which the node guard uses too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cache
 
+from polca.control.hysteresis import Hysteresis, Move, Timers, entered, left, unsure
 from polca.control.plan import ControlPlan
 
 __all__ = ["ControllerState", "Decision", "decide"]
@@ -70,7 +74,7 @@ def decide(
     )
     if stale:
         age = "missing" if sample_age_s is None or domain_power_w is None else f"{sample_age_s:g}s"
-        state = replace(state, below_release_since_s=None)
+        state = _with_timers(state, unsure(_timers(state)))
         if current < plan.failsafe_stage:
             return _move(state, plan.failsafe_stage, now_s, f"telemetry stale ({age}): failsafe")
         return Decision(current, f"telemetry stale ({age}): holding stage", False, state)
@@ -79,51 +83,65 @@ def decide(
     util = 100.0 * domain_power_w / budget_w
     if util >= plan.stages[-1].trigger_pct and current < plan.last_stage:
         return _move(state, plan.last_stage, now_s, f"power {util:.1f}% ≥ brake trigger", util)
-    wanted = max(
-        (i for i, s in enumerate(plan.stages) if i > 0 and util >= s.trigger_pct), default=0
-    )
-    if wanted > current:
-        return _escalate(plan, state, now_s, util)
-    if current > 0 and util < plan.stages[current].release_pct:
-        return _release(plan, state, now_s, util)
-    state = replace(state, below_release_since_s=None)
-    return Decision(current, f"power {util:.1f}%: steady", False, state, util)
+    return _hysteresis(plan, state, now_s, util)
 
 
-def _escalate(plan: ControlPlan, state: ControllerState, now_s: float, util: float) -> Decision:
-    settled = state.last_escalation_s is None or now_s - state.last_escalation_s >= plan.settle_s
-    if settled:
-        target = state.stage + 1
-        reason = f"power {util:.1f}% ≥ {plan.stages[target].trigger_pct:g}% trigger"
-        return _move(state, target, now_s, reason, util)
-    state = replace(state, below_release_since_s=None)
-    return Decision(
-        state.stage, f"power {util:.1f}%: settling before escalating", False, state, util
-    )
-
-
-def _release(plan: ControlPlan, state: ControllerState, now_s: float, util: float) -> Decision:
+def _hysteresis(plan: ControlPlan, state: ControllerState, now_s: float, util: float) -> Decision:
+    """Rules 3 and 4: one stage up at the next trigger, one down after the hold below release."""
     current = state.stage
-    since = state.below_release_since_s
-    if since is None:
-        since = now_s
-        state = replace(state, below_release_since_s=since)
-    if now_s - since >= plan.hold_s:
+    # Triggers never decrease, so "some higher stage's trigger is reached" is "the next one's is".
+    can_rise = current < plan.last_stage
+    step = _hysteresis_of(plan.settle_s, plan.hold_s).step(
+        _timers(state),
+        now_s=now_s,
+        value=util,
+        trigger=plan.stages[current + 1 if can_rise else current].trigger_pct,
+        release=plan.stages[current].release_pct if current > 0 else None,
+        can_rise=can_rise,
+    )
+    state = _with_timers(state, step.timers)
+    if step.move is Move.UP:
+        reason = f"power {util:.1f}% ≥ {plan.stages[current + 1].trigger_pct:g}% trigger"
+        return _move(state, current + 1, now_s, reason, util)
+    if step.move is Move.DOWN:
         release = plan.stages[current].release_pct
         reason = f"power below {release:g}% release for {plan.hold_s:g}s"
         return _move(state, current - 1, now_s, reason, util)
-    return Decision(current, f"power {util:.1f}%: holding before release", False, state, util)
+    return Decision(
+        current, f"power {util:.1f}%: {_WAITING.get(step.move, 'steady')}", False, state, util
+    )
+
+
+_WAITING = {Move.SETTLING: "settling before escalating", Move.HOLDING: "holding before release"}
+
+
+def _timers(state: ControllerState) -> Timers:
+    return Timers(state.last_escalation_s, state.below_release_since_s)
+
+
+def _with_timers(state: ControllerState, timers: Timers) -> ControllerState:
+    # Built directly, not with `replace`: the simulator calls this for every control step.
+    return ControllerState(
+        stage=state.stage,
+        last_escalation_s=timers.last_escalation_s,
+        below_release_since_s=timers.below_release_since_s,
+        last_change_s=state.last_change_s,
+    )
+
+
+@cache
+def _hysteresis_of(settle_s: float, hold_s: float) -> Hysteresis:
+    return Hysteresis(settle_s=settle_s, hold_s=hold_s, trigger_inclusive=True)
 
 
 def _move(
     state: ControllerState, target: int, now_s: float, reason: str, util: float | None = None
 ) -> Decision:
-    escalating = target > state.stage
+    timers = entered(now_s) if target > state.stage else left(_timers(state), now_s)
     new_state = ControllerState(
         stage=target,
-        last_escalation_s=now_s if escalating else state.last_escalation_s,
-        # A release restarts the hold for the next stage down.
-        below_release_since_s=None if escalating else now_s,
+        last_escalation_s=timers.last_escalation_s,
+        below_release_since_s=timers.below_release_since_s,
         last_change_s=now_s,
     )
     return Decision(target, reason, True, new_state, util)

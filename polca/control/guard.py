@@ -4,8 +4,9 @@ The guard runs on every node in a fast loop (≤ 0.5 s) independently of the ope
 operator or stale telemetry cannot let a node run away. It climbs a ladder of
 :class:`GuardStep` levels, throttling tiers in order (first-throttled tier first), one level per
 call while node power exceeds the guard budget, and climbs down one level once power has stayed
-below ``release_pct`` of the budget for ``hold_s``. Levels whose tiers have no GPU on this node
-are skipped, so every level change changes something.
+below ``release_pct`` of the budget for ``hold_s`` (:mod:`polca.control.hysteresis`, shared
+with the stage controller). Levels whose tiers have no GPU on this node are skipped, so every
+level change changes something.
 
 Its per-GPU actions combine with the stage's actions knob by knob, the tighter one winning
 (:meth:`polca.control.plan.ResolvedAction.stronger`).
@@ -14,8 +15,10 @@ Its per-GPU actions combine with the stage's actions knob by knob, the tighter o
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from functools import cache
 
+from polca.control.hysteresis import Hysteresis, Move, Timers, unsure
 from polca.control.plan import TierAction
 
 __all__ = [
@@ -105,43 +108,60 @@ def decide_guard(
             actions=_actions(config, level, gpu_tiers),
         )
 
+    timers = Timers(state.last_escalation_s, state.below_release_since_s)
     if node_power_w is None:
         # No reading: keep what is enforced, never release blind.
-        return result(
-            current,
-            replace(state, level=current, below_release_since_s=None),
-            "no power reading: holding",
-        )
+        return result(current, _state(current, unsure(timers)), "no power reading: holding")
 
-    if node_power_w > config.budget_w:
-        higher = [lv for lv in levels if lv > current]
-        settled = (
-            state.last_escalation_s is None or now_s - state.last_escalation_s >= config.settle_s
-        )
-        if higher and settled:
-            new = GuardState(level=higher[0], below_release_since_s=None, last_escalation_s=now_s)
-            return result(
-                higher[0], new, f"node {node_power_w:.0f} W > guard {config.budget_w:.0f} W"
-            )
-        reason = "at the last guard level" if not higher else "settling before escalating"
-        return result(current, replace(state, level=current, below_release_since_s=None), reason)
-
+    higher = [lv for lv in levels if lv > current]
     release_w = config.budget_w * config.release_pct / 100.0
-    if current > 0 and node_power_w < release_w:
-        since = state.below_release_since_s if state.below_release_since_s is not None else now_s
-        if now_s - since >= config.hold_s:
-            lower = max(lv for lv in levels if lv < current)
-            new = GuardState(
-                level=lower, below_release_since_s=now_s, last_escalation_s=state.last_escalation_s
-            )
-            return result(lower, new, f"node below {release_w:.0f} W for {config.hold_s:g}s")
+    step = _hysteresis(config).step(
+        timers,
+        now_s=now_s,
+        value=node_power_w,
+        trigger=config.budget_w,
+        release=release_w if current > 0 else None,
+        can_rise=bool(higher),
+    )
+    if step.move is Move.UP:
         return result(
-            current,
-            replace(state, level=current, below_release_since_s=since),
-            "holding before release",
+            higher[0],
+            _state(higher[0], step.timers),
+            f"node {node_power_w:.0f} W > guard {config.budget_w:.0f} W",
         )
+    if step.move is Move.DOWN:
+        lower = max(lv for lv in levels if lv < current)
+        return result(
+            lower,
+            _state(lower, step.timers),
+            f"node below {release_w:.0f} W for {config.hold_s:g}s",
+        )
+    return result(current, _state(current, step.timers), _WAITING.get(step.move, "steady"))
 
-    return result(current, replace(state, level=current, below_release_since_s=None), "steady")
+
+_WAITING = {
+    Move.AT_TOP: "at the last guard level",
+    Move.SETTLING: "settling before escalating",
+    Move.HOLDING: "holding before release",
+}
+
+
+def _hysteresis(config: GuardConfig) -> Hysteresis:
+    return _hysteresis_of(config.settle_s, config.hold_s)
+
+
+@cache
+def _hysteresis_of(settle_s: float, hold_s: float) -> Hysteresis:
+    # Only over the budget counts: a node exactly at its guard budget is within it.
+    return Hysteresis(settle_s=settle_s, hold_s=hold_s, trigger_inclusive=False)
+
+
+def _state(level: int, timers: Timers) -> GuardState:
+    return GuardState(
+        level=level,
+        below_release_since_s=timers.below_release_since_s,
+        last_escalation_s=timers.last_escalation_s,
+    )
 
 
 def _actions(config: GuardConfig, level: int, gpu_tiers: Sequence[str]) -> tuple[TierAction, ...]:

@@ -33,8 +33,8 @@ from polca_node.daemon import NodeDaemon
 from polca_node.gpu.fake_nvml import FakeNvml, ManualClock
 from polca_node.gpu.load import ConstantLoad
 from polca_node.gpu.nvml_backend import NvmlBackend
+from polca_node.node_status import PreviousRecord
 from polca_node.policies import DecisionInputs, Mode, NodeDecision, decide_node
-from polca_node.status_writer import PreviousRecord
 
 PolicyFactory = Callable[..., PowerPolicy]
 DaemonFactory = Callable[..., NodeDaemon]  # the `started` fixture (conftest)

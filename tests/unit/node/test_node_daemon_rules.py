@@ -19,8 +19,8 @@ from polca_node.gpu.fake_nvml import SETTER_FUNCTIONS, FakeHandle, FakeNvml, Man
 from polca_node.gpu.load import ConstantLoad
 from polca_node.gpu.nvml_backend import NvmlBackend
 from polca_node.kube_client import KubeClient
+from polca_node.node_status import PreviousRecord, build_status, previous_record
 from polca_node.policies import Mode
-from polca_node.status_writer import PreviousRecord, build_status, previous_record
 from polca_testbed.stub_kube import StubKube
 
 PolicyFactory = Callable[..., PowerPolicy]

@@ -157,7 +157,7 @@ async def test_a_daemon_task_that_fails_is_restarted_and_health_says_so(
         DaemonConfig(DAEMON_NODE), NvmlBackend(h100_fake), cast(KubeClient, kube),
         NodeMetrics(DAEMON_NODE), clock=fake_clock.now,
     )  # fmt: skip
-    resync = daemon._resync_loop
+    resync = daemon.reconciler.resync_loop
     calls = {"resync": 0}
 
     async def flaky_resync(stop: asyncio.Event) -> None:
@@ -169,8 +169,8 @@ async def test_a_daemon_task_that_fails_is_restarted_and_health_says_so(
     async def broken_status(_stop: asyncio.Event) -> None:
         raise KeyError("status")
 
-    monkeypatch.setattr(daemon, "_resync_loop", flaky_resync)
-    monkeypatch.setattr(daemon, "_status_loop", broken_status)
+    monkeypatch.setattr(daemon.reconciler, "resync_loop", flaky_resync)
+    monkeypatch.setattr(daemon.status, "status_loop", broken_status)
     stop = asyncio.Event()
     running = asyncio.create_task(daemon.run(stop))
     try:
