@@ -52,7 +52,7 @@ _TOKEN = re.compile(
 # Words that are never a metric name in expression position.
 _KEYWORDS = frozenset(
     {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right"}
-    | {"bool", "offset", "atan2", "inf", "nan"}
+    | {"bool", "offset", "atan2", "inf", "nan", "smoothed", "anchored"}  # range modifiers
 )
 # Followed by a parenthesised list of label names, which are not selectors.
 _LABEL_LIST_WORDS = frozenset({"by", "without", "on", "ignoring", "group_left", "group_right"})

@@ -33,6 +33,7 @@ def last(selector: str, window: str = "15000ms") -> str:
         ("topk(3, x) + Inf", f"topk(3, {last('x')}) + Inf"),
         # Range selectors and subqueries keep their author's range; their insides are bounded.
         ("rate(e_total[1m])", "rate(e_total[1m])"),
+        ("rate(e_total[1m] anchored)", "rate(e_total[1m] anchored)"),
         ("max_over_time((a + b)[5m:1m])", f"max_over_time(({last('a')} + {last('b')})[5m:1m])"),
         ("# watts\nx", f"# watts\n{last('x')}"),
     ],
