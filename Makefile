@@ -14,7 +14,7 @@ CLUSTER_DIR ?= $(HOME)/.cache/polca/cluster
         bench-replay clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -123,12 +123,16 @@ IMAGE_TAG ?= dev
 # real GPUs build the runtime image without it: `make image IMAGE_EXTRAS=` (about 140 MB less).
 IMAGE_EXTRAS ?= sim
 KIND_CLUSTER ?= polca
+# The chart values kind-deploy installs; the e2e test (tests/e2e/test_chart_on_node.py) starts from
+# the same file on both paths: `make e2e` adds deploy/real-node/values.yaml, `make kind-e2e` only
+# the image and no example policy (polca_testbed/e2e_target.py).
+KIND_VALUES := deploy/kind/values.yaml
 POLCA_NAMESPACE ?= polca-system
 # Docker and kind are not needed by `make test`; these targets say so plainly when they are missing.
 need = @command -v $(1) >/dev/null 2>&1 || { echo "make $@: '$(1)' is not installed; $(2)" >&2; exit 1; }
 need-engine = @docker info >/dev/null 2>&1 || { echo "make $@: no Docker engine answers ('docker info' failed); the image and kind targets need one" >&2; exit 1; }
 
-.PHONY: e2e image kind-up kind-load kind-deploy kind-down helm-lint
+.PHONY: e2e image kind-up kind-load kind-deploy kind-e2e kind-down helm-lint
 
 image: ## Build the POLCA image: Docker, else podman on a Debian-packages base (tools/build-image.sh)
 	@if docker info >/dev/null 2>&1 || command -v podman >/dev/null 2>&1; then \
@@ -155,13 +159,24 @@ kind-deploy: ## Install the chart in kind with fake GPUs (deploy/kind/values.yam
 	$(need-engine)
 	helm="$$(command -v helm || echo "$$(tools/build-control-plane.sh | tail -1)/helm")"; \
 	"$$helm" upgrade --install polca charts/polca --kube-context kind-$(KIND_CLUSTER) \
-	  -n $(POLCA_NAMESPACE) --create-namespace -f deploy/kind/values.yaml \
+	  -n $(POLCA_NAMESPACE) --create-namespace -f $(KIND_VALUES) \
 	  --set image.repository=$(IMAGE_REPO),image.tag=$(IMAGE_TAG) --wait --timeout 5m
+
+# The e2e chart test of `make e2e` on the kind cluster: after kind-up, image and kind-load, not
+# kind-deploy (the test installs and uninstalls its own release). POLCA_E2E_KUBECONFIG makes it
+# skip starting the local node.
+kind-e2e: venv ## Run the e2e chart test (tests/e2e) on the kind cluster (after kind-up, image, kind-load)
+	$(call need,kind,see https://kind.sigs.k8s.io)
+	$(need-engine)
+	kubeconfig="$$(mktemp)"; trap 'rm -f "$$kubeconfig"' EXIT; \
+	kind get kubeconfig --name $(KIND_CLUSTER) > "$$kubeconfig" && \
+	POLCA_E2E_KUBECONFIG="$$kubeconfig" POLCA_E2E_IMAGE=$(IMAGE_REPO):$(IMAGE_TAG) \
+	  $(VENV)/bin/pytest -p no:cacheprovider tests/e2e/test_chart_on_node.py
 
 kind-down: ## Delete the kind cluster
 	$(call need,kind,see https://kind.sigs.k8s.io)
 	kind delete cluster --name $(KIND_CLUSTER)
 
 helm-lint: control-plane ## helm lint --strict the chart with its default, kind and all-features values
-	@for values in "" deploy/kind/values.yaml charts/polca/ci/all-features-values.yaml; do \
+	@for values in "" $(KIND_VALUES) charts/polca/ci/all-features-values.yaml; do \
 	  $(CONTROL_PLANE_BIN)/helm lint --strict charts/polca $${values:+-f $$values} || exit 1; done

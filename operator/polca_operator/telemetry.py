@@ -5,7 +5,8 @@ Two sources implement :class:`TelemetrySource`:
 - :class:`PrometheusSource` asks the Prometheus HTTP API (production). GPU power is the
   daemons' ``polca_gpu_power_watts`` summed by ``node``; with ``nodePower.source: promql`` it is
   the policy's own query summed by its node label. A second query, ``timestamp(...)``, gives each
-  node's *sample* time, so a Prometheus that lost its targets cannot pass old data off as new.
+  node's *sample* time, so a Prometheus that lost its targets cannot pass old data off as new;
+  a query that is more than a bare selector has its selectors bounded to the staleness limit.
 - :class:`DirectSource` scrapes each daemon's ``/metrics`` (the URL the daemon publishes in its
   NodePowerState), concurrently, for small clusters, the demo and as the fallback.
 
@@ -26,6 +27,7 @@ from typing import Any, Literal, Protocol
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from polca.tooling.promql_lookback import PromQLSyntaxError, bound_lookback, is_plain_selector
 from polca_operator.domain_power import DomainNode, DomainPower, NodeSample, combine
 
 __all__ = [
@@ -152,11 +154,29 @@ class PrometheusSource:
         Only series sampled within the staleness limit count. After a Prometheus restart,
         or a relabelled series, the old series stay visible for the lookback window (5 min);
         counted, they would add their old power twice and make the node look stale.
+
+        ``timestamp()`` gives a sample's own time only for a bare selector; of a function or an
+        aggregation (``label_replace``, ``sum by``) it gives the query's time, so such a query
+        could never look stale. Its selectors are bounded to the staleness limit instead
+        (:func:`~polca.tooling.promql_lookback.bound_lookback`): a node whose samples stopped
+        drops out of the answer. Its sample time is then the query's, at most that old.
+
+        Raises TelemetryError for a query that cannot be tokenised.
         """
-        if query.promql is not None:
-            inner, label = f"({query.promql})", query.node_label
-        else:
+        if query.promql is None:
             inner, label = GPU_POWER_METRIC, NODE_LABEL
+        else:
+            label = query.node_label
+            try:
+                plain = is_plain_selector(query.promql)
+                if not plain:
+                    bounded = (
+                        f"sum by ({label}) ({bound_lookback(query.promql, query.staleness_s)})"
+                    )
+                    return bounded, f"timestamp({bounded})"
+            except PromQLSyntaxError as exc:
+                raise TelemetryError(f"spec.nodePower.query: {exc}") from exc
+            inner = f"({query.promql})"
         fresh = f"time() - timestamp({inner}) <= {query.staleness_s:g}"
         per_series = f"{inner} and ({fresh})"
         if query.promql is None:

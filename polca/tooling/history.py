@@ -6,8 +6,10 @@ same daemon scraped by two jobs gives each GPU two series) and summed per node, 
 policy's ``overheadWatts`` per node; or the policy's own ``nodePower.query`` summed by its node
 label. Only samples within the policy's ``stalenessSeconds`` of each step count (or within the
 step, when it is longer: a step holds the last sample of its span), so Prometheus' 5-minute
-lookback cannot hide a gap behind an old value. GPU power and GPU count per tier come
-from the same daemon series, labelled ``tier`` (empty: a GPU without a pod, the idle tier).
+lookback cannot hide a gap behind an old value: every instant selector is read through
+``last_over_time(…[window])`` (:mod:`polca.tooling.promql_lookback`). GPU power and GPU count
+per tier come from the same daemon series, labelled ``tier`` (empty: a GPU without a pod, the
+idle tier).
 
 A missing value is NaN, never zero: a step where a node of the domain has no fresh sample is a
 *gap*, and the domain's power there is unknown.
@@ -25,6 +27,7 @@ import numpy.typing as npt
 
 from polca.api.powerpolicy import PowerPolicySpec
 from polca.control.tiers import IDLE_TIER
+from polca.tooling.promql_lookback import bound_lookback
 
 __all__ = [
     "GPU_POWER_METRIC",
@@ -64,11 +67,6 @@ class Expressions:
     tier_gpus: str
 
 
-def _fresh(expr: str, window_s: float) -> str:
-    """`expr`'s values sampled within `window_s` of the evaluation time, as the operator asks."""
-    return f"({expr} and (time() - timestamp({expr}) <= {window_s:g}))"
-
-
 def expressions(spec: PowerPolicySpec, step_s: float, node_matcher: str = "") -> Expressions:
     """The PromQL the replay asks, for a policy; `node_matcher` e.g. ``node=~"row-a-.*"``."""
     window_s = max(spec.telemetry.staleness_seconds, step_s)
@@ -85,7 +83,9 @@ def expressions(spec: PowerPolicySpec, step_s: float, node_matcher: str = "") ->
                 "power is its rate, e.g. rate(…_joules_total[1m])"
             )
         label = spec.node_power.node_label
-        node_power = f"sum by ({label}) {_fresh(f'({query})', window_s)}"
+        # Every selector bounded to the window: timestamp() of a function's result would be
+        # the step's own time, and a gap behind label_replace or sum would never show.
+        node_power = f"sum by ({label}) ({bound_lookback(query, window_s)})"
     else:
         label = "node"
         node_power = f"sum by (node) (max by (node, gpu) ({fresh_gpu}))"

@@ -52,8 +52,83 @@ def find_bin_dir() -> Path:
     return Path(result.stdout.strip().splitlines()[-1])
 
 
+def run_tool(
+    executable: Path,
+    argv: Sequence[str],
+    *,
+    helm_home: Path,
+    stdin: str | None = None,
+    check: bool = True,
+    timeout_s: float = 60.0,
+) -> subprocess.CompletedProcess[str]:
+    """Run kubectl or helm (helm's caches in `helm_home`); raise with stderr when `check`."""
+    env = {
+        **os.environ,
+        "HELM_CACHE_HOME": str(helm_home / "cache"),
+        "HELM_CONFIG_HOME": str(helm_home / "config"),
+        "HELM_DATA_HOME": str(helm_home / "data"),
+    }
+    result = subprocess.run(
+        [str(executable), *argv],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout_s,
+        env=env,
+    )
+    if check and result.returncode != 0:
+        raise subprocess.CalledProcessError(
+            result.returncode, [executable.name, *argv], result.stdout, result.stderr
+        )
+    return result
+
+
+class KubectlHelm:
+    """`kubectl()` and `helm()` against one cluster, for its kubeconfig and tool binaries."""
+
+    @property
+    def kubeconfig(self) -> Path:
+        raise NotImplementedError
+
+    @property
+    def helm_home(self) -> Path:
+        """Where helm keeps its caches (never the user's own)."""
+        raise NotImplementedError
+
+    def tool_path(self, tool: str) -> Path:
+        raise NotImplementedError
+
+    def kubectl(
+        self,
+        *args: str,
+        input: str | None = None,  # noqa: A002 - mirrors subprocess.run
+        check: bool = True,
+        timeout_s: float = 60.0,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run kubectl against this cluster; raise with stderr when `check` and it fails."""
+        return self._run("kubectl", args, input, check, timeout_s)
+
+    def helm(
+        self,
+        *args: str,
+        input: str | None = None,  # noqa: A002
+        check: bool = True,
+        timeout_s: float = 120.0,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run helm against this cluster."""
+        return self._run("helm", args, input, check, timeout_s)
+
+    def _run(
+        self, tool: str, args: Sequence[str], stdin: str | None, check: bool, timeout_s: float
+    ) -> subprocess.CompletedProcess[str]:
+        argv = ["--kubeconfig", str(self.kubeconfig), *args]
+        return run_tool(self.tool_path(tool), argv, helm_home=self.helm_home, stdin=stdin,
+                        check=check, timeout_s=timeout_s)  # fmt: skip
+
+
 @dataclass
-class Cluster:
+class Cluster(KubectlHelm):
     """A running control plane and the helpers to talk to it."""
 
     state_dir: Path
@@ -74,52 +149,12 @@ class Cluster:
     def kubeconfig(self) -> Path:
         return self.state_dir / "kubeconfig"
 
-    def kubectl(
-        self,
-        *args: str,
-        input: str | None = None,  # noqa: A002 - mirrors subprocess.run
-        check: bool = True,
-        timeout_s: float = 60.0,
-    ) -> subprocess.CompletedProcess[str]:
-        """Run kubectl against this cluster; raise with stderr when `check` and it fails."""
-        return self._run("kubectl", ["--kubeconfig", str(self.kubeconfig), *args], input, check,
-                         timeout_s)  # fmt: skip
+    @property
+    def helm_home(self) -> Path:
+        return self.state_dir / "helm"
 
-    def helm(
-        self,
-        *args: str,
-        input: str | None = None,  # noqa: A002
-        check: bool = True,
-        timeout_s: float = 120.0,
-    ) -> subprocess.CompletedProcess[str]:
-        """Run helm against this cluster (its caches live in the cluster's state dir)."""
-        return self._run("helm", ["--kubeconfig", str(self.kubeconfig), *args], input, check,
-                         timeout_s)  # fmt: skip
-
-    def _run(
-        self, tool: str, argv: list[str], stdin: str | None, check: bool, timeout_s: float
-    ) -> subprocess.CompletedProcess[str]:
-        helm_home = self.state_dir / "helm"
-        env = {
-            **os.environ,
-            "HELM_CACHE_HOME": str(helm_home / "cache"),
-            "HELM_CONFIG_HOME": str(helm_home / "config"),
-            "HELM_DATA_HOME": str(helm_home / "data"),
-        }
-        result = subprocess.run(
-            [str(self.bin_dir / tool), *argv],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=timeout_s,
-            env=env,
-        )
-        if check and result.returncode != 0:
-            raise subprocess.CalledProcessError(
-                result.returncode, [tool, *argv], result.stdout, result.stderr
-            )
-        return result
+    def tool_path(self, tool: str) -> Path:
+        return self.bin_dir / tool
 
     def api_client(self) -> kubernetes.client.ApiClient:
         """A kubernetes-client ApiClient authenticated as the admin."""

@@ -1,4 +1,4 @@
-"""The chart installed for real on a real node: what a user does in kind, done here.
+"""The chart installed for real on a real node: what a user does in kind, done here or in kind.
 
 `helm install` with the project's image (imported into the node's containerd) and fake GPUs
 that a fake NVIDIA device plugin hands to pods; the operator and the daemon run as pods with
@@ -6,11 +6,16 @@ their service-account tokens, probes and securityContext. Workload pods (high, l
 request GPUs; a PowerPolicy throttles the GPUs of the low tier only; `helm upgrade` rolls the
 DaemonSet without lifting a cap; `helm uninstall` restores every GPU. What the GPUs have is read
 from the fake GPUs' own state file on the node, not from POLCA's reports.
+
+By default the node is started here (`make e2e`); with POLCA_E2E_KUBECONFIG the test runs on
+that cluster instead, e.g. kind with the image loaded (`make kind-e2e`), with the same values
+and without a device plugin (polca_testbed.e2e_target says what differs).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from polca_node.fake_gpus import read_fake_state
+from polca_testbed import e2e_target
 from polca_testbed.cluster import Cluster
 from polca_testbed.containers import IMAGE
 from polca_testbed.processes import free_port, wait_until
@@ -62,27 +67,37 @@ def policy(domain: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def workload(name: str, gpus: int, labels: dict[str, str], priority: str | None) -> dict[str, Any]:
+def workload(
+    target: e2e_target.Target, name: str, gpus: int, labels: dict[str, str], priority: str | None
+) -> dict[str, Any]:
+    """A pod on the target node holding `gpus` fake GPUs: requested from the device plugin, or
+    by annotation where none runs (kind)."""
+    container: dict[str, Any] = {
+        "name": "server", "image": target.image, "imagePullPolicy": "Never",
+        "command": ["sleep", "3600"],
+    }  # fmt: skip
+    annotations = {}
+    if target.gpu_annotation:
+        annotations[target.gpu_annotation] = str(gpus)
+    else:
+        container["resources"] = {"limits": {"nvidia.com/gpu": str(gpus)}}
     spec: dict[str, Any] = {
-        "hostNetwork": True, "terminationGracePeriodSeconds": 0,
-        "containers": [{"name": "server", "image": IMAGE, "imagePullPolicy": "Never",
-                        "command": ["sleep", "3600"],
-                        "resources": {"limits": {"nvidia.com/gpu": str(gpus)}}}],
+        "hostNetwork": True, "terminationGracePeriodSeconds": 0, "containers": [container],
+        "nodeSelector": {"kubernetes.io/hostname": target.node},
     }  # fmt: skip
     if priority:
         spec["priorityClassName"] = priority
     return {"apiVersion": "v1", "kind": "Pod", "spec": spec,
-            "metadata": {"name": name, "namespace": "default", "labels": labels}}  # fmt: skip
+            "metadata": {"name": name, "namespace": "default", "labels": labels,
+                         "annotations": annotations}}  # fmt: skip
 
 
-def ceilings(state_file: Path) -> dict[str, int | None]:
+def ceilings(state: e2e_target.GpuState) -> dict[str, int | None]:
     """uuid → the clock ceiling the fake GPU has now (None: unlocked)."""
-    return {
-        g["uuid"]: g.get("clock_ceiling_mhz") for g in read_fake_state(state_file).get("gpus", [])
-    }
+    return {g["uuid"]: g.get("clock_ceiling_mhz") for g in state.read().get("gpus", [])}
 
 
-def gpu_owners(cluster: Cluster, node: str) -> dict[str, str]:
+def gpu_owners(cluster: e2e_target.KubeTools, node: str) -> dict[str, str]:
     """uuid → pod name, from the daemon's NodePowerState (which read the kubelet)."""
     got = cluster.kubectl("get", "nodepowerstate", node, "-o", "json", check=False)
     if got.returncode != 0:
@@ -91,7 +106,7 @@ def gpu_owners(cluster: Cluster, node: str) -> dict[str, str]:
     return {g["uuid"]: g["pod"]["name"] for g in gpus if g.get("pod")}
 
 
-def daemon_pod_uids(cluster: Cluster) -> set[str]:
+def daemon_pod_uids(cluster: e2e_target.KubeTools) -> set[str]:
     selector = "app.kubernetes.io/component=node-daemon"
     got = cluster.kubectl("get", "pods", "-n", NAMESPACE, "-l", selector, "-o",
                           "jsonpath={.items[*].metadata.uid}")  # fmt: skip
@@ -120,14 +135,41 @@ def helm_args(node: RealNode, cluster: Cluster) -> list[str]:
 
 
 @pytest.fixture
-def release(gpu_node: list[str], real_node: RealNode, node_cluster: Cluster) -> Iterator[list[str]]:
-    kubectl = node_cluster.kubectl
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> e2e_target.Target:
+    """The cluster POLCA_E2E_KUBECONFIG names (`make kind-e2e`), else the real node started
+    here (`make e2e`) with the fake device plugin handing out its GPUs."""
+    try:
+        existing = e2e_target.existing_cluster_config(os.environ)
+        if existing is not None:
+            return e2e_target.existing_cluster_target(existing, tmp_path)
+    except e2e_target.TargetError as exc:
+        pytest.fail(str(exc))
+    real_node: RealNode = request.getfixturevalue("real_node")
+    cluster: Cluster = request.getfixturevalue("node_cluster")
+    request.getfixturevalue("gpu_node")
+    nodes = json.loads(cluster.kubectl("get", "nodes", "-o", "json").stdout)
+    return e2e_target.Target(
+        tools=cluster,
+        node=real_node.name,
+        domain=e2e_target.pick_node(nodes, real_node.name)[1],
+        image=IMAGE,
+        helm_args=tuple(helm_args(real_node, cluster)),
+        gpu_state=e2e_target.LocalGpuState(real_node.state_dir / "fake-gpus" / "state.json"),
+        gpu_annotation=None,
+        logs=real_node.logs,
+        keep_logs=real_node.keep_pod_logs,
+    )
+
+
+@pytest.fixture
+def release(target: e2e_target.Target) -> Iterator[list[str]]:
+    kubectl = target.tools.kubectl
     kubectl("create", "namespace", NAMESPACE)
     kubectl("label", "namespace", NAMESPACE, "pod-security.kubernetes.io/enforce=privileged")
     kubectl("apply", "-f", "-", input=json.dumps({
         "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
         "metadata": {"name": "polca-e2e-low"}, "value": -10}))  # fmt: skip
-    args = helm_args(real_node, node_cluster)
+    args = list(target.helm_args)
     try:
         yield args
     finally:
@@ -136,13 +178,13 @@ def release(gpu_node: list[str], real_node: RealNode, node_cluster: Cluster) -> 
             ("get", "all,nodepowerstates,powerpolicies", "-A", "-o", "wide"),
             ("describe", "daemonsets,deployments,pods", "-n", NAMESPACE),
             ("get", "events", "-A", "--sort-by=.lastTimestamp"))]  # fmt: skip
-        (real_node.logs / "cluster-state.txt").write_text("\n".join(dump))
-        real_node.keep_pod_logs()
+        (target.logs / "cluster-state.txt").write_text("\n".join(dump))
+        target.keep_logs()
         for name in WORKLOADS:
             kubectl("delete", "pod", name, "--ignore-not-found", "--wait=true", "--timeout=60s",
                     check=False, timeout_s=70)  # fmt: skip
-        if node_cluster.helm("status", RELEASE, "-n", NAMESPACE, check=False).returncode == 0:
-            node_cluster.helm("uninstall", RELEASE, "-n", NAMESPACE, "--no-hooks", "--wait",
+        if target.tools.helm("status", RELEASE, "-n", NAMESPACE, check=False).returncode == 0:
+            target.tools.helm("uninstall", RELEASE, "-n", NAMESPACE, "--no-hooks", "--wait",
                               check=False, timeout_s=180)  # fmt: skip
         kubectl("delete", "namespace", NAMESPACE, "--wait=true", "--timeout=120s", check=False,
                 timeout_s=130)  # fmt: skip
@@ -151,7 +193,7 @@ def release(gpu_node: list[str], real_node: RealNode, node_cluster: Cluster) -> 
 class CapWatch:
     """Samples the fake GPUs' ceilings in the background; remembers any lifted cap."""
 
-    def __init__(self, state_file: Path, capped: set[str]) -> None:
+    def __init__(self, state_file: e2e_target.GpuState, capped: set[str]) -> None:
         self._state_file, self._capped = state_file, capped
         self.lifted: list[str] = []
         self.samples = 0
@@ -170,28 +212,27 @@ class CapWatch:
         self._thread.join()
 
 
-def test_install_throttle_upgrade_uninstall(
-    release: list[str], real_node: RealNode, node_cluster: Cluster
-) -> None:
+def test_install_throttle_upgrade_uninstall(release: list[str], target: e2e_target.Target) -> None:
     started = time.monotonic()
-    helm, kubectl = node_cluster.helm, node_cluster.kubectl
+    helm, kubectl = target.tools.helm, target.tools.kubectl
     helm("install", RELEASE, str(CHART), "-n", NAMESPACE, *release, "--wait", "--timeout=4m",
          timeout_s=260)  # fmt: skip
     for name, (gpus, labels, priority) in WORKLOADS.items():
-        kubectl("apply", "-f", "-", input=json.dumps(workload(name, gpus, labels, priority)))
+        pod = workload(target, name, gpus, labels, priority)
+        kubectl("apply", "-f", "-", input=json.dumps(pod))
     for name in WORKLOADS:
         kubectl("wait", f"pod/{name}", "--for=condition=Ready", "--timeout=120s", timeout_s=130)
 
-    kubectl("apply", "-f", "-", input=json.dumps(policy("row-e2e")))
+    kubectl("apply", "-f", "-", input=json.dumps(policy(target.domain)))
     # The daemon learns who holds which GPU through the kubelet's PodResources socket.
     owners: dict[str, str] = {}
 
     def owners_known() -> bool:
-        owners.update(gpu_owners(node_cluster, real_node.name))
+        owners.update(gpu_owners(target.tools, target.node))
         return set(owners.values()) == set(WORKLOADS)
 
     wait_until(owners_known, timeout_s=90, what="NodePowerState naming every workload's GPUs")
-    state_file = real_node.state_dir / "fake-gpus" / "state.json"
+    state_file = target.gpu_state
     high = {u for u, pod in owners.items() if pod == "llm-high"}
     capped = set(ceilings(state_file) or owners) - high  # low, training and idle GPUs
 
@@ -203,17 +244,17 @@ def test_install_throttle_upgrade_uninstall(
     wait_until(throttled, timeout_s=90, what="low-tier and idle GPUs at 1275 MHz, high unlocked")
 
     # A rolling restart of every daemon pod: no sample may see a cap lifted.
-    before = daemon_pod_uids(node_cluster)
+    before = daemon_pod_uids(target.tools)
     watch = CapWatch(state_file, capped)
     try:
         upgraded = helm("upgrade", RELEASE, str(CHART), "-n", NAMESPACE, *release,
                         "--set-string", f"node.podAnnotations.polca\\.dev/rolled={time.time_ns()}",
                         "--wait", "--timeout=4m", check=False, timeout_s=260)  # fmt: skip
         assert upgraded.returncode == 0, upgraded.stderr
-        after = daemon_pod_uids(node_cluster)
+        after = daemon_pod_uids(target.tools)
         assert after, "no daemon pod after the upgrade"
         assert not after & before, "the DaemonSet did not roll"
-        wait_until(lambda: bool(gpu_owners(node_cluster, real_node.name)), timeout_s=60,
+        wait_until(lambda: bool(gpu_owners(target.tools, target.node)), timeout_s=60,
                    what="the new daemon reporting")  # fmt: skip
     finally:
         watch.stop()
@@ -225,4 +266,4 @@ def test_install_throttle_upgrade_uninstall(
     now = ceilings(state_file)
     assert now, "the fake GPUs' state file is gone"
     assert all(c is None for c in now.values()), now
-    (real_node.logs / "chart-e2e-seconds.txt").write_text(f"{time.monotonic() - started:.1f}\n")
+    (target.logs / "chart-e2e-seconds.txt").write_text(f"{time.monotonic() - started:.1f}\n")

@@ -6,8 +6,10 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -15,8 +17,19 @@ import yaml
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from polca.api.powerpolicy import PowerPolicy
+from polca.control.plan import POLCA_PLAN
 from polca_operator.domain_power import DomainNode
-from polca_operator.telemetry import PowerQuery, PrometheusSource, TelemetryError
+from polca_operator.fakes import (
+    DOMAIN_LABEL,
+    RecordingEvents,
+    RecordingSink,
+    StaticView,
+    policy_body,
+)
+from polca_operator.indexes import NodeReport
+from polca_operator.loop import ControlLoop, CycleOutcome, LoopDeps
+from polca_operator.metrics import Health, OperatorMetrics
+from polca_operator.telemetry import PowerQuery, PowerReader, PrometheusSource, TelemetryError
 from polca_testbed.processes import free_port
 from polca_testbed.prometheus import Prometheus, start_prometheus
 
@@ -126,6 +139,104 @@ async def test_stopped_prometheus_is_an_error_not_zero(
     prometheus.stop()
     with pytest.raises(TelemetryError):
         await source.node_samples(query(prometheus), {"n1", "n2"})
+
+
+# --- staleness when samples stop without staleness markers ----------------------------------
+
+# The daemons' own series (nodePower gpu), and whole-node queries over the same gauges: one
+# that relabels (as examples/promql-node-power.yaml does), one that aggregates.
+RELABELLED = 'label_replace(polca_gpu_power_watts, "host", "$1", "node", "(.*)")'
+NODE_POWER = {
+    "gpu-series": {"source": "gpu"},
+    "label_replace": {"source": "promql", "query": RELABELLED, "nodeLabel": "host"},
+    "aggregation": {"source": "promql", "query": "sum by (node) (polca_gpu_power_watts)"},
+}
+
+
+@dataclass
+class Operator:
+    """The operator's control loop for one policy, reading only Prometheus (no direct scrape)."""
+
+    loop: ControlLoop
+    sink: RecordingSink
+    metrics: OperatorMetrics
+
+
+def operator(session: aiohttp.ClientSession) -> Operator:
+    sink, metrics = RecordingSink(), OperatorMetrics()
+    deps = LoopDeps(
+        reader=PowerReader(PrometheusSource(session, timeout_s=2), None),
+        status_sink=sink,
+        metrics=metrics,
+        health=Health(),
+    )
+    return Operator(ControlLoop("row-a", deps, RecordingEvents()), sink, metrics)
+
+
+async def cycle_until(
+    loop: ControlLoop, body: dict[str, Any], view: StaticView, *, stale: bool
+) -> CycleOutcome:
+    """Cycles (one per 0.5 s, at most 30 s) until Prometheus answers and the domain's power is
+    fresh, or stale (`stale`); a failed query (Prometheus restarting) is neither."""
+    deadline = time.monotonic() + 30
+    while True:
+        outcome = await loop.cycle(body, view)
+        reading = outcome.reading
+        if reading is not None and not reading.errors and (reading.power is None) == stale:
+            return outcome
+        if time.monotonic() > deadline:
+            return outcome
+        await asyncio.sleep(0.5)
+
+
+@pytest.mark.parametrize("counted_by", NODE_POWER)
+async def test_samples_that_stop_without_staleness_markers_make_the_domain_stale(
+    counted_by: str, daemons: Daemons, prometheus: Prometheus
+) -> None:
+    """Prometheus restarted without its targets: the old series stay visible for 5 minutes
+    and get no staleness markers. timestamp() of label_replace(...) or sum(...) would be the
+    query's time, so only a bounded lookback sees that the samples stopped."""
+    body = policy_body(
+        telemetry={
+            "source": "prometheus",
+            "prometheusURL": prometheus.url,
+            "stalenessSeconds": STALENESS_S,
+            "directFallback": False,
+        },
+        nodePower=NODE_POWER[counted_by],
+    )
+    view = StaticView(
+        labels={n: {DOMAIN_LABEL: "row-a"} for n in ("n1", "n2")},
+        node_reports={n: NodeReport(gpu_count=2) for n in ("n1", "n2")},
+    )
+    async with aiohttp.ClientSession() as session:
+        op = operator(session)
+        fresh = await cycle_until(op.loop, body, view, stale=False)
+        assert fresh.reading is not None
+        assert fresh.reading.power is not None
+        assert fresh.reading.power.power_w == 600.0
+        assert fresh.decision is not None
+        assert fresh.decision.stage == 0
+
+        prometheus.stop()
+        restarted = start_prometheus(prometheus.state_dir, [], port=prometheus.port)
+        try:
+            # The old samples are still answered, and through label_replace look brand new.
+            ages = restarted.query(f"time() - timestamp({RELABELLED})")
+            assert len(ages) == 3, "old series visible"
+            assert all(float(a["value"][1]) == 0 for a in ages)
+            stale = await cycle_until(op.loop, body, view, stale=True)
+            assert len(restarted.query("polca_gpu_power_watts")) == 3, "old series still visible"
+        finally:
+            restarted.stop()
+    assert stale.reading is not None
+    assert stale.reading.errors == (), "Prometheus answered"
+    assert stale.reading.power is None
+    assert stale.decision is not None
+    assert stale.decision.stage == POLCA_PLAN.failsafe_stage
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in op.sink.last["conditions"]}
+    assert conditions["TelemetryStale"] == ("True", "NoFreshPower")
+    assert op.metrics.registry.get_sample_value("polca_domain_failsafe", {"policy": "row-a"}) == 1
 
 
 # --- nodePower.source promql with dcgm-exporter's series (GPU Operator clusters) ------------

@@ -197,6 +197,33 @@ def test_gap_is_reported_and_never_zero_power(
     assert recorded["stage_seconds"]["stage2"] >= 300 - 15 - 10
 
 
+def test_gap_shows_through_a_relabelling_promql_query(
+    prometheus: Prometheus, row: RowHistory, gap: tuple[float, float], tmp_path: Path
+) -> None:
+    """nodePower.source promql with label_replace: its result carries each step's own time, so
+    only the bounded lookback shows gpu-node-3's gap where it is (without the bound, the last
+    sample before the gap stands in for Prometheus' 5-minute lookback: the gap showed 300 s
+    late)."""
+    query = 'label_replace(polca_gpu_power_watts{job="polca-0"}, "host", "$1", "node", "(.*)")'
+    policy = tmp_path / "relabelled.yaml"  # JSON is YAML
+    policy.write_text(json.dumps({
+        "apiVersion": "polca.dev/v1alpha1", "kind": "PowerPolicy",
+        "metadata": {"name": "relabelled"},
+        "spec": {"allNodes": True, "budgetWatts": 100000,
+                 "telemetry": {"source": "prometheus", "prometheusURL": prometheus.url},
+                 "nodePower": {"source": "promql", "query": query, "nodeLabel": "host"}},
+    }))  # fmt: skip
+    out = run_json(
+        "replay", "--policy", str(policy), "--from", f"{gap[0] - 1800:.0f}",
+        "--to", f"{gap[1] + 1800:.0f}", "--open-loop", "--oversubscription", "0", "--allow-gaps",
+    )  # fmt: skip
+    assert out["history"]["nodes"] == list(row.nodes)
+    (reported,) = out["history"]["gaps"]
+    assert reported["nodes"] == ["gpu-node-3"]
+    assert gap[0] <= reported["start_s"] <= gap[0] + 15
+    assert gap[1] - 15 <= reported["end_s"] <= gap[1] + 15
+
+
 def test_bad_input_gets_a_clear_message_and_exit_code(
     prometheus: Prometheus, row: RowHistory, policy_file: Path, tmp_path: Path
 ) -> None:

@@ -1,9 +1,10 @@
 """Pre-delete hook of the POLCA chart: delete every PowerPolicy, wait until all are gone.
 
-Restoring GPU defaults happens only when a policy is deleted or the chart is uninstalled
-(safety rule 1). Each PowerPolicy carries the operator's finalizer, which restores the default
-clocks and power limits on the domain's nodes before it lets the policy go, while the operator
-and the node daemons still run: Helm deletes them only after this hook succeeds.
+Restoring GPU defaults happens only when a policy is deleted or the chart is uninstalled,
+never because a process stopped. Each PowerPolicy carries the operator's finalizer, which
+restores the default clocks and power limits on the domain's nodes before it lets the policy
+go, while the operator and the node daemons still run: Helm deletes them only after this hook
+succeeds.
 
 Exit 0 when no PowerPolicy is left. Exit 1, naming what is left, when the timeout passes or
 the policies cannot be read: Helm then stops the uninstall and POLCA keeps running, so no GPU

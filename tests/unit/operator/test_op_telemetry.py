@@ -117,6 +117,25 @@ def test_prometheus_expressions_ask_for_sample_times() -> None:
     )
 
 
+def test_prometheus_expressions_bound_the_selectors_of_a_function_or_aggregation() -> None:
+    """timestamp() of label_replace(...) is the query's time: the lookback is bounded instead."""
+    bmc = PowerQuery(
+        nodes=(),
+        promql='label_replace(bmc_watts, "node", "$1", "instance", "(.*)")',
+        staleness_s=15,
+    )
+    power = (
+        'sum by (node) (label_replace(last_over_time(bmc_watts[15000ms]), "node", "$1", '
+        '"instance", "(.*)"))'
+    )
+    assert PrometheusSource.expressions(bmc) == (power, f"timestamp({power})")
+
+
+def test_prometheus_expressions_refuse_a_query_that_does_not_tokenise() -> None:
+    with pytest.raises(TelemetryError, match=r"spec.nodePower.query: unclosed '\('"):
+        PrometheusSource.expressions(PowerQuery(nodes=(), promql="sum(x", staleness_s=5))
+
+
 # --- sources over HTTP ----------------------------------------------------------------------
 
 

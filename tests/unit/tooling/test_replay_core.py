@@ -64,9 +64,13 @@ def test_promql_source_and_counters() -> None:
                                          "nodeLabel": "instance"})  # fmt: skip
     exprs = expressions(ok, STEP_S)
     assert exprs.node_label == "instance"
-    assert exprs.node_power == (
-        "sum by (instance) ((rate(e_total[1m])) and "
-        "(time() - timestamp((rate(e_total[1m]))) <= 15))"
+    assert exprs.node_power == "sum by (instance) (rate(e_total[1m]))"  # its own range stands
+    relabelled = spec(telemetry=prom, nodePower={"source": "promql", "query": (
+        'label_replace(bmc_watts, "node", "$1", "instance", "(.*)")')})  # fmt: skip
+    # timestamp() of label_replace is each step's own time: the window bounds the selector.
+    assert expressions(relabelled, STEP_S).node_power == (
+        'sum by (node) (label_replace(last_over_time(bmc_watts[15000ms]), "node", "$1", '
+        '"instance", "(.*)"))'
     )
     raw = spec(telemetry=prom, nodePower={"source": "promql", "query": "e_joules_total"})
     with pytest.raises(HistoryError, match="counter reset"):
