@@ -517,6 +517,10 @@ def live(cluster: Cluster, work: Path, config: LiveConfig, response: StepRespons
         "    "
         + _summary("from the averaged crossing", reactions["averaged"])
         + " (negative: capped before the averaged reading crossed)",
+        "    "
+        + _summary("from the instant crossing to the operator's decision", to_decision)
+        + " (seen on its decisions counter, polled every 50 ms; the rest is the status write, "
+        "the daemons' watch and NVML)",
         f"  PowerPolicy writes: {per_min:.1f}/min in steady state, {per_change:.2f} per stage "
         f"change ({int(changes)} changes); for scale, the {node_count} daemons' NodePowerState "
         f"writes: {nps_per_min:.1f}/min",
