@@ -1,4 +1,4 @@
-"""The operator's figures (issue 5). Printed, never asserted.
+"""The operator's figures (issues 5 and 11). Printed, never asserted.
 
 1. Controller cost per decision, in process: one `ControlLoop.cycle` (domain membership,
    telemetry combination, the pure controller, the status writer; no HTTP) for domains of
@@ -15,9 +15,11 @@
    The load steps are written by this process (wall time of each node's write). The instant
    crossing is taken at the write that takes the domain's power over the trigger: the instant
    field shows a step within one 100 ms refresh (measured), so the figure from it is an upper
-   bound, by up to 0.1 s. The averaged crossing follows from the fake NVML's own sensor
-   (`polca.power.sensor`: 100 ms refresh, mean of the last second), run here on a fake clock
-   for the same GPUs and loads, each node's response summed at its write time. "Capped" is
+   bound, by up to 0.1 s (the fake in each daemon applies a new load file from the refresh
+   period after its previous read, so a daemon may see the step up to 0.1 s sooner than a
+   real instant field would show it). The averaged crossing follows from the fake NVML's own
+   sensor (`polca.power.sensor`: 100 ms refresh, mean of the last second), run here on a fake
+   clock for the same GPUs and loads, each node's response summed at its write time. "Capped" is
    when the last fake GPU state file was written (the fake writes it after each setter call).
    API writes to PowerPolicies counted by the kube-apiserver itself
    (`apiserver_request_total`), per minute in steady state and per stage change.
