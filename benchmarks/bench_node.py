@@ -396,7 +396,7 @@ def report(loops: int, loop_s: Mapping[str, float], figures: Mapping[str, Proces
             if path == "production"
             else ""
         )
-        print(f"  {path:<10} CPU {f.cpu_pct:5.2f}% of one core ({f.cpu_ms_per_loop:.2f} ms per "
+        print(f"  {path:<10} CPU {f.cpu_pct:5.3f}% of one core ({f.cpu_ms_per_loop:.2f} ms per "
               f"0.5 s loop), RSS {f.rss_mb:5.1f} MB now, {f.peak_rss_mb:5.1f} MB peak, "
               f"{f.throttled_gpus:.0f} GPUs throttled{targets}")  # fmt: skip
 
