@@ -104,7 +104,7 @@ cluster-down: venv ## Stop the cluster started by cluster-up
 bench-operator: venv control-plane prometheus ## Operator figures: reaction time, API writes, cost, RSS
 	POLCA_CONTROL_PLANE_BIN="$(CONTROL_PLANE_BIN)" $(PY) benchmarks/bench_operator.py
 
-bench-node: venv control-plane ## Node daemon cost: CPU per control loop and RSS, 8 fake GPUs at 0.5 s
+bench-node: venv control-plane ## Node daemon CPU and RSS, production read path (pynvml, no numpy) and fake, 8 GPUs at 0.5 s
 	POLCA_CONTROL_PLANE_BIN="$(CONTROL_PLANE_BIN)" $(PY) benchmarks/bench_node.py
 
 bench-sim: venv ## Simulator speed: one simulated hour of a 50-server row at 100 ms, one core
