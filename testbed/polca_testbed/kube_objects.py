@@ -26,6 +26,7 @@ __all__ = [
     "node_state",
     "ready_reason",
     "set_stage",
+    "try_set_stage",
 ]
 
 POWER_POLICIES = "/apis/polca.dev/v1alpha1/powerpolicies"
@@ -46,6 +47,15 @@ def set_stage(api: KubeClient, name: str, stage: str, index: int, nodes: int = 1
         body={"status": {"stage": stage, "stageIndex": index, "nodeCount": nodes}},
         content_type="application/merge-patch+json",
     )  # fmt: skip
+
+
+def try_set_stage(api: KubeClient, name: str, stage: str, index: int) -> bool:
+    """`set_stage`, False when the API server does not take it (yet)."""
+    try:
+        set_stage(api, name, stage, index)
+    except ApiError:
+        return False
+    return True
 
 
 def node_state(api: KubeClient, node: str) -> dict[str, Any]:

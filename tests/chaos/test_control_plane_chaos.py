@@ -15,23 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from polca_node.kube_client import ApiError, KubeClient
+from polca_node.kube_client import KubeClient
 from polca_testbed.cluster import Cluster
-from polca_testbed.kube_objects import set_stage
+from polca_testbed.kube_objects import try_set_stage
 from polca_testbed.limits_watch import LimitsWatch
 from polca_testbed.polling import eventually
 from polca_testbed.scenarios import BRAKE, TIGHTEN_GRACE_S, CappedNode
 
 pytestmark = pytest.mark.timeout(120)
 STOP_GRACE_S = 1.0
-
-
-def try_set_stage(api: KubeClient, policy: str) -> bool:
-    try:
-        set_stage(api, policy, BRAKE.stage, BRAKE.index)
-    except ApiError:
-        return False
-    return True
 
 
 @pytest.mark.parametrize("component", ["kube-apiserver", "etcd"])
@@ -55,8 +47,8 @@ def test_a_control_plane_outage_lifts_no_cap(
                    down_s + 5, interval_s=0.05)  # fmt: skip
         start()
         # The first moment the server takes the decision; the daemons must follow it.
-        eventually("the API server to take a tighter stage",
-                   lambda: try_set_stage(api, capped.policy), 90, interval_s=0.05)  # fmt: skip
+        braked = lambda: try_set_stage(api, capped.policy, BRAKE.stage, BRAKE.index)  # noqa: E731
+        eventually("the API server to take a tighter stage", braked, 90, interval_s=0.05)
         watch.demand(node, BRAKE.demand, grace_s=TIGHTEN_GRACE_S, why="brake after the outage")
         applied = [k.clock_ceiling_mhz for k in BRAKE.demand]
         eventually("the brake on the GPUs", lambda: node.clock_ceilings_mhz() == applied, 30,
