@@ -22,6 +22,7 @@ from polca_testbed.polling import eventually
 
 __all__ = [
     "BRAKE",
+    "DOMAIN_LABEL",
     "HIGH_GPU",
     "LOW_GPU",
     "STAGE3",
