@@ -20,7 +20,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -140,6 +141,7 @@ class Cluster(KubectlHelm):
     # With the scheduler and controller-manager (a real node): the API server then keeps the
     # ServiceAccount admission plugin, so a restart must start it with the same flags.
     controllers: bool = False
+    etcd_peer_port: int = 0  # 0: not started by this process (a restart takes a free one)
 
     @property
     def server(self) -> str:
@@ -175,11 +177,12 @@ class Cluster(KubectlHelm):
         except (urllib.error.URLError, OSError):
             return False
 
-    def stop_apiserver(self) -> None:
-        """Stop the API server alone (etcd keeps the data): an API outage for the tests."""
+    def stop_apiserver(self, *, grace_s: float = 10.0) -> None:
+        """Stop the API server alone (etcd keeps the data): an API outage for the tests. It
+        drains open watches for longer than `grace_s`, then it is killed."""
         pid = self.pids.pop("kube-apiserver", None)
         if pid is not None:
-            stop_group(pid)
+            stop_group(pid, grace_s=grace_s)
         self._save_state()
 
     def start_apiserver(self, *, tie_to_parent: bool = True, wait: bool = True) -> None:
@@ -197,6 +200,28 @@ class Cluster(KubectlHelm):
             return
         wait_until(self.ready, timeout_s=START_TIMEOUT_S, what="kube-apiserver",
                    alive=lambda: api.poll() is None, log_path=log_path)  # fmt: skip
+
+    def stop_etcd(self, *, grace_s: float = 10.0) -> None:
+        """Stop etcd alone (its data stays): the API server stays up and answers with errors."""
+        pid = self.pids.pop("etcd", None)
+        if pid is not None:
+            stop_group(pid, grace_s=grace_s)
+        self._save_state()
+
+    def start_etcd(self, *, tie_to_parent: bool = True) -> None:
+        """Start etcd on its ports over its data again (after `stop_etcd` or at start-up);
+        return once it reports healthy. Its log is appended to the same file."""
+        if "etcd" in self.pids and group_alive(self.pids["etcd"]):
+            raise RuntimeError("etcd is already running")
+        self.etcd_peer_port = self.etcd_peer_port or free_port()
+        log_path = self.state_dir / "logs" / "etcd.log"
+        argv = _etcd_argv(self.bin_dir, self.state_dir / "etcd-data", self.etcd_port,
+                          self.etcd_peer_port)  # fmt: skip
+        etcd = start_process(argv, log_path=log_path, tie_to_parent=tie_to_parent)
+        self.pids["etcd"] = etcd.pid
+        self._save_state()
+        wait_until(lambda: _etcd_healthy(self.etcd_port), timeout_s=START_TIMEOUT_S,
+                   what="etcd", alive=lambda: etcd.poll() is None, log_path=log_path)  # fmt: skip
 
     def stop(self) -> None:
         """Stop the controllers, then the API server (it holds etcd connections), then etcd."""
@@ -335,16 +360,8 @@ def start_cluster(
     cluster = Cluster(state_dir=state_dir, bin_dir=bins, pki=make_pki(state_dir / "pki"),
                       api_port=free_port(), etcd_port=free_port(),
                       controllers=controllers)  # fmt: skip
-    logs = state_dir / "logs"
     try:
-        etcd_log = logs / "etcd.log"
-        etcd = start_process(
-            _etcd_argv(bins, state_dir / "etcd-data", cluster.etcd_port, free_port()),
-            log_path=etcd_log, tie_to_parent=tie_to_parent,
-        )  # fmt: skip
-        cluster.pids["etcd"] = etcd.pid
-        wait_until(lambda: _etcd_healthy(cluster.etcd_port), timeout_s=START_TIMEOUT_S,
-                   what="etcd", alive=lambda: etcd.poll() is None, log_path=etcd_log)  # fmt: skip
+        cluster.start_etcd(tie_to_parent=tie_to_parent)
         _write_kubeconfig(cluster)
         cluster.start_apiserver(tie_to_parent=tie_to_parent)
         for name in CONTROLLERS if controllers else ():
@@ -354,6 +371,16 @@ def start_cluster(
         raise
     cluster._save_state()
     return cluster
+
+
+@contextmanager
+def running_cluster(state_dir: Path) -> Iterator[Cluster]:
+    """A control plane (`start_cluster`) for the `with` block, stopped at its end."""
+    running = start_cluster(state_dir)
+    try:
+        yield running
+    finally:
+        running.stop()
 
 
 def _start_controller(cluster: Cluster, name: str, *, tie_to_parent: bool) -> None:

@@ -14,7 +14,8 @@ For the demo it also runs as a process that serves a JSON file and re-reads it w
 
     {"pods": [{"namespace": "default", "name": "llm-0",
                "containers": {"server": {"nvidia.com/gpu": ["GPU-..."]}}}],
-     "allocatable": {"nvidia.com/gpu": ["GPU-...", "GPU-..."]}}
+     "allocatable": {"nvidia.com/gpu": ["GPU-...", "GPU-..."]},
+     "failWith": "UNAVAILABLE", "delaySeconds": 8}      # optional: a failing or slow kubelet
 """
 
 from __future__ import annotations
@@ -153,9 +154,15 @@ class FakeKubelet:
             for pod in data.get("pods", [])
         }
         allocatable = {resource: list(ids) for resource, ids in data.get("allocatable", {}).items()}
+        fail_with = data.get("failWith")
+        failures: dict[str | None, grpc.StatusCode] = {}
+        if fail_with is not None:
+            failures[None] = grpc.StatusCode[fail_with]
         with self._lock:
             self._pods = pods
             self._allocatable = allocatable
+            self._failures = failures
+            self.delay_s = float(data.get("delaySeconds", 0.0))
 
     # -- serving -----------------------------------------------------------------------------
 

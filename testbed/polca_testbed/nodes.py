@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,8 @@ from typing import Any
 from polca_node.fake_gpus import fake_gpu_uuids, read_fake_state
 from polca_node.kube_client import ApiError, KubeClient, kubeconfig_credentials
 from polca_node.status_writer import NODE_POWER_STATES
+from polca_testbed.limits_invariant import GpuKnobs
+from polca_testbed.polling import eventually
 from polca_testbed.processes import (
     free_port,
     group_alive,
@@ -71,6 +74,8 @@ class SimNode:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     pods: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     kubelet_forgets_pods: bool = False  # the fake kubelet answers as if no pod held a GPU
+    kubelet_fails_with: str | None = None  # a gRPC status code name every call answers with
+    kubelet_delay_s: float = 0.0  # every kubelet call waits this long first
     kubelet_pid: int | None = None
     daemon_pid: int | None = None
 
@@ -115,6 +120,20 @@ class SimNode:
         by_index = {g["index"]: g.get("clock_ceiling_mhz") for g in gpus}
         return [by_index.get(i) for i in range(len(self.gpu_uuids))]
 
+    def gpu_knobs(self) -> tuple[GpuKnobs, ...] | None:
+        """Each fake GPU's clock ceiling and power limit by index, from one read of the state
+        file (None: not readable, e.g. never written)."""
+        gpus = self.fake_state().get("gpus")
+        if not gpus:
+            return None
+        by_index = {g["index"]: g for g in gpus}
+        return tuple(
+            GpuKnobs(by_index[i].get("clock_ceiling_mhz"), by_index[i].get("power_limit_w"))
+            if i in by_index
+            else GpuKnobs()
+            for i in range(len(self.gpu_uuids))
+        )
+
     def metric(self, name: str, **labels: str) -> float | None:
         """One sample of the daemon's /metrics (None when absent or the daemon is down)."""
         return metric_value(self.metrics_url, name, **labels)
@@ -143,6 +162,12 @@ class SimNode:
         self.kubelet_forgets_pods = forgets
         self._write_kubelet_state()
 
+    def set_kubelet_fault(self, *, fails_with: str | None = None, delay_s: float = 0.0) -> None:
+        """Make the fake kubelet answer every call with this gRPC status code (e.g.
+        "UNAVAILABLE"), or after `delay_s`; the defaults make it answer normally again."""
+        self.kubelet_fails_with, self.kubelet_delay_s = fails_with, delay_s
+        self._write_kubelet_state()
+
     def _write_kubelet_state(self) -> None:
         listed = {} if self.kubelet_forgets_pods else self.pods
         pods = [
@@ -153,9 +178,12 @@ class SimNode:
             }
             for (namespace, name), indices in sorted(listed.items())
         ]
-        _write_atomically(
-            self.kubelet_state, {"pods": pods, "allocatable": {GPU_RESOURCE: self.gpu_uuids}}
-        )
+        state: dict[str, Any] = {"pods": pods, "allocatable": {GPU_RESOURCE: self.gpu_uuids}}
+        if self.kubelet_fails_with is not None:
+            state["failWith"] = self.kubelet_fails_with
+        if self.kubelet_delay_s:
+            state["delaySeconds"] = self.kubelet_delay_s
+        _write_atomically(self.kubelet_state, state)
 
     # -- processes ---------------------------------------------------------------------------
 
@@ -191,12 +219,15 @@ class SimNode:
             "--guard-period-s", str(self.guard_period_s),
         ]  # fmt: skip
 
-    def start_daemon(self) -> None:
+    def start_daemon(self, *, wait: bool = True) -> None:
+        """Start `polca-node`; with `wait`, return once /healthz answers (without, at once)."""
         if not self.load_file.exists():
             self.set_load({})
         env = {**os.environ, **self.extra_env}
         process = start_process(self.daemon_argv(), log_path=self.daemon_log, env=env)
         self.daemon_pid = process.pid
+        if not wait:
+            return
         wait_until(
             self.daemon_healthy,
             timeout_s=START_TIMEOUT_S,
@@ -208,10 +239,24 @@ class SimNode:
     def daemon_healthy(self) -> bool:
         return http_ok(f"http://127.0.0.1:{self.metrics_port}/healthz")
 
+    def daemon_ready(self) -> bool:
+        """The daemon's readiness: NVML open, watches listed, a recent reconcile, every task up."""
+        return http_ok(f"http://127.0.0.1:{self.metrics_port}/readyz")
+
     def stop_daemon(self) -> None:
         if self.daemon_pid is not None:
             stop_group(self.daemon_pid)
             self.daemon_pid = None
+
+    def kill_daemon(self) -> None:
+        """SIGKILL the daemon's process group, as a crash or an OOM kill would: no shutdown."""
+        pid = self.daemon_pid
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        eventually("the killed daemon to be gone", lambda: not group_alive(pid), 10)
+        self.daemon_pid = None
 
     def restart_daemon(self) -> None:
         self.stop_daemon()

@@ -6,15 +6,29 @@ same way: on loopback metrics, against the testbed's kubeconfig, in its own proc
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from polca_testbed.cluster import Cluster
+from polca_testbed.polling import eventually
 from polca_testbed.processes import free_port, group_alive, http_ok, start_process, stop_group
+from polca_testbed.sampling import metric_value
 
-__all__ = ["OperatorHandle", "operator_healthy", "start_operator"]
+__all__ = [
+    "RESTORE_FINALIZER",
+    "OperatorHandle",
+    "operator_healthy",
+    "release_finalizers",
+    "start_operator",
+]
+
+RESTORE_FINALIZER = "polca.dev/restore-defaults"
 
 
 @dataclass(frozen=True)
@@ -28,6 +42,25 @@ class OperatorHandle:
 
     def alive(self) -> bool:
         return group_alive(self.pid)
+
+    def kill(self) -> None:
+        """A crash: SIGKILL, no chance to leave the peering or finish anything."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        eventually("the killed operator is gone", lambda: not group_alive(self.pid), 10)
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        return metric_value(f"http://127.0.0.1:{self.metrics_port}/metrics", name, **labels)
+
+    def decisions(self, policy: str) -> float:
+        """Control cycles run for `policy`, whatever they changed (0 before the first)."""
+        return sum(
+            self.metric("polca_decisions_total", policy=policy, change=change) or 0.0
+            for change in ("none", "up", "down")
+        )
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def start_operator(
@@ -56,3 +89,16 @@ def start_operator(
 def operator_healthy(port: int) -> bool:
     """True when the operator on `port` answers /healthz."""
     return http_ok(f"http://127.0.0.1:{port}/healthz")
+
+
+def release_finalizers(cluster: Cluster) -> None:
+    """No operator runs any more: drop its finalizer from every PowerPolicy, so deleting one
+    does not wait for a restore nobody will confirm."""
+    listed = json.loads(cluster.kubectl("get", "powerpolicies", "-o", "json").stdout)
+    for item in listed["items"]:
+        finalizers = item["metadata"].get("finalizers") or []
+        if RESTORE_FINALIZER in finalizers:
+            kept = [f for f in finalizers if f != RESTORE_FINALIZER]
+            patch = json.dumps({"metadata": {"finalizers": kept or None}})
+            cluster.kubectl("patch", "powerpolicy", item["metadata"]["name"], "--type=merge",
+                            "-p", patch, check=False)  # fmt: skip

@@ -12,7 +12,6 @@ before it ends, whatever happens.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
@@ -23,8 +22,9 @@ from pathlib import Path
 import pytest
 
 from polca_node.checkpoint import CHECKPOINT_FILE
-from polca_node.kube_client import ApiError, KubeClient
+from polca_node.kube_client import KubeClient
 from polca_testbed.cluster import Cluster
+from polca_testbed.kube_objects import POWER_POLICIES, ready_reason, set_stage, try_set_stage
 from polca_testbed.nodes import SimNode, SimNodes
 from polca_testbed.polling import eventually
 
@@ -32,8 +32,6 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 DOMAIN_LABEL = "polca.dev/test-domain"
-POLICIES = "/apis/polca.dev/v1alpha1/powerpolicies"
-STATES = "/apis/polca.dev/v1alpha1/nodepowerstates"
 GUARD_PERIOD_S = 0.5
 # From the daemon's resume (its log line) to a tighter limit on the GPUs: the first sample or
 # the next one (a reconcile may come first), plus the write; 4 periods leave room for the
@@ -59,7 +57,7 @@ def outage(cluster: Cluster) -> Iterator[Cluster]:
 
 def create_guarded_policy(api: KubeClient, name: str, domain: str) -> None:
     """A policy whose guard triggers at 1.2 kW per node (as in the issue's finding)."""
-    api.request("POST", POLICIES, body={
+    api.request("POST", POWER_POLICIES, body={
         "apiVersion": "polca.dev/v1alpha1", "kind": "PowerPolicy",
         "metadata": {"name": name},
         "spec": {
@@ -68,31 +66,6 @@ def create_guarded_policy(api: KubeClient, name: str, domain: str) -> None:
             "guard": {"nodeBudgetWatts": 1000, "triggerPercent": 120, "releasePercent": 110},
         },
     })  # fmt: skip
-
-
-def set_stage(api: KubeClient, name: str, stage: str, index: int) -> None:
-    api.request(
-        "PATCH", f"{POLICIES}/{name}/status",
-        body={"status": {"stage": stage, "stageIndex": index, "nodeCount": 1}},
-        content_type="application/merge-patch+json",
-    )  # fmt: skip
-
-
-def try_set_stage(api: KubeClient, name: str, stage: str, index: int) -> bool:
-    try:
-        set_stage(api, name, stage, index)
-    except ApiError:
-        return False
-    return True
-
-
-def ready_reason(api: KubeClient, node: str) -> str:
-    with contextlib.suppress(ApiError):
-        state = api.request("GET", f"{STATES}/{node}")
-        for entry in (state.get("status") or {}).get("conditions") or ():
-            if entry["type"] == "Ready":
-                return str(entry.get("reason", ""))
-    return ""
 
 
 def checkpointed_stage(node: SimNode) -> str | None:

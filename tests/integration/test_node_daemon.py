@@ -21,8 +21,16 @@ from typing import Any
 
 import pytest
 
-from polca_node.kube_client import ApiError, KubeClient
+from polca_node.kube_client import KubeClient
 from polca_testbed.cluster import Cluster
+from polca_testbed.kube_objects import (
+    POWER_POLICIES,
+    condition,
+    create_pod,
+    node_state,
+    ready_reason,
+    set_stage,
+)
 from polca_testbed.nodes import SimNode, SimNodes
 from polca_testbed.polling import eventually
 from polca_testbed.sampling import BackgroundSampler
@@ -32,43 +40,14 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 DOMAIN_LABEL = "polca.dev/test-domain"
-POLICIES = "/apis/polca.dev/v1alpha1/powerpolicies"
-STATES = "/apis/polca.dev/v1alpha1/nodepowerstates"
 REACTION_BOUND_S = 1.0  # issue 4: daemons react to a PowerPolicy status change within 1 s
 WAIT_S = 30.0
 TRAINING = {"training.kubeflow.org/job-name": "pretrain"}
 
 
-@pytest.fixture
-def namespace(
-    cluster: Cluster, unique_name: Callable[[str], str], cleanup: Callable[..., None]
-) -> str:
-    name = unique_name("ns")
-    cleanup(f"namespace/{name}")
-    cluster.kubectl("create", "namespace", name)
-    return name
-
-
 def wait_for(what: str, check: Callable[[], Any], timeout_s: float = WAIT_S) -> Any:
     """Poll every 20 ms: the stage-change test measures sub-second reactions."""
     return eventually(what, check, timeout_s, interval_s=0.02)
-
-
-def node_state(api: KubeClient, node: str) -> dict[str, Any]:
-    try:
-        found: dict[str, Any] = api.request("GET", f"{STATES}/{node}")
-    except ApiError as exc:
-        if exc.not_found:
-            return {}
-        raise
-    return found
-
-
-def condition(state: dict[str, Any], type_: str) -> dict[str, Any]:
-    for entry in (state.get("status") or {}).get("conditions") or ():
-        if entry["type"] == type_:
-            return dict(entry)
-    return {}
 
 
 def status_ceilings(state: dict[str, Any]) -> list[int | None]:
@@ -77,46 +56,11 @@ def status_ceilings(state: dict[str, Any]) -> list[int | None]:
 
 
 def create_policy(api: KubeClient, name: str, domain: str) -> None:
-    api.request("POST", POLICIES, body={
+    api.request("POST", POWER_POLICIES, body={
         "apiVersion": "polca.dev/v1alpha1", "kind": "PowerPolicy",
         "metadata": {"name": name},
         "spec": {"nodeSelector": {"matchLabels": {DOMAIN_LABEL: domain}}, "budgetWatts": 100000},
     })  # fmt: skip
-
-
-def set_stage(api: KubeClient, name: str, stage: str, index: int, nodes: int) -> None:
-    api.request(
-        "PATCH",
-        f"{POLICIES}/{name}/status",
-        body={"status": {"stage": stage, "stageIndex": index, "nodeCount": nodes}},
-        content_type="application/merge-patch+json",
-    )
-
-
-def create_pod(
-    cluster: Cluster, node: SimNode, namespace: str, name: str, gpus: list[int],
-    labels: dict[str, str], *, running: bool = False,
-) -> None:  # fmt: skip
-    """A pod bound to the node, and the fake kubelet giving it these GPUs (first, as a kubelet
-    assigns devices before the pod's containers start). With `running`, the pod asks for its
-    GPUs as a device-plugin pod does and its status says Running (there is no real kubelet)."""
-    node.assign_pod(namespace, name, gpus)
-    container: dict[str, Any] = {"name": "main", "image": "none"}
-    if running:
-        container["resources"] = {"limits": {"nvidia.com/gpu": str(len(gpus))}}
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps({
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
-        "spec": {"nodeName": node.name, "containers": [container]},
-    }))  # fmt: skip
-    if running:
-        cluster.kubectl(
-            "patch", "pod", name, "-n", namespace, "--subresource=status", "--type=merge",
-            "-p", json.dumps({"status": {"phase": "Running"}}),
-        )  # fmt: skip
-
-
-def ready_reason(api: KubeClient, node: str) -> str:
-    return str(condition(node_state(api, node), "Ready").get("reason", ""))
 
 
 def test_two_daemons_apply_a_stage_change_within_one_second(
@@ -131,8 +75,8 @@ def test_two_daemons_apply_a_stage_change_within_one_second(
     cleanup(f"powerpolicy/{policy}")
     trainer = sim.add(unique_name("gpu"), labels={DOMAIN_LABEL: domain}, profile="H100-SXM:4")
     server = sim.add(unique_name("gpu"), labels={DOMAIN_LABEL: domain}, profile="H100-SXM:4")
-    create_pod(cluster, trainer, namespace, "train-0", [0, 1], TRAINING)
-    create_pod(cluster, server, namespace, "llm-0", [0], {"app": "llm"})
+    create_pod(cluster, trainer, namespace, "train-0", [0, 1], labels=TRAINING)
+    create_pod(cluster, server, namespace, "llm-0", [0], labels={"app": "llm"})
     create_policy(api, policy, domain)
     owners = {trainer.name: "train-0", server.name: "llm-0"}
 
@@ -262,7 +206,7 @@ def create_capping_policy(
 ) -> None:
     """A policy whose one stage "cap" (default: idle GPUs at 1275 MHz) is decided at once, as
     the operator would."""
-    api.request("POST", POLICIES, body={
+    api.request("POST", POWER_POLICIES, body={
         "apiVersion": "polca.dev/v1alpha1", "kind": "PowerPolicy", "metadata": {"name": name},
         "spec": {"nodeSelector": {"matchLabels": {DOMAIN_LABEL: domain}}, "budgetWatts": 100000,
                  "stages": stages, "failsafeStage": "cap"},
@@ -392,7 +336,7 @@ def test_an_empty_kubelet_answer_never_uncaps_the_gpus_of_running_pods(
     domain, policy = unique_name("dom"), unique_name("policy")
     cleanup(f"powerpolicy/{policy}")
     node = sim.add(unique_name("gpu"), labels={DOMAIN_LABEL: domain}, profile="H100-SXM:4")
-    create_pod(cluster, node, namespace, "train-0", [0, 1], TRAINING, running=True)
+    create_pod(cluster, node, namespace, "train-0", [0, 1], labels=TRAINING, running=True)
     create_capping_policy(api, policy, domain, CAP_LOW_ONLY)  # caps low, never idle
     capped = [1110, 1110, None, None]
     wait_for("the training pod's GPUs capped", lambda: node.clock_ceilings_mhz() == capped)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,12 +22,16 @@ import pytest
 from polca.api.defaults import DEFAULT_STAGES
 from polca_testbed.cluster import Cluster
 from polca_testbed.nodes import SimNode, SimNodes
-from polca_testbed.operators import OperatorHandle, operator_healthy
+from polca_testbed.operators import (
+    RESTORE_FINALIZER,
+    OperatorHandle,
+    operator_healthy,
+    release_finalizers,
+)
 from polca_testbed.operators import start_operator as start_operator_process
 from polca_testbed.polling import eventually
-from polca_testbed.processes import group_alive
 from polca_testbed.prometheus import Prometheus, start_prometheus
-from polca_testbed.sampling import BackgroundSampler, metric_value
+from polca_testbed.sampling import BackgroundSampler
 from polca_testbed.skew import FUTURE_FIELD, SKEWED_BUDGET_W, newer_powerpolicy_crd
 
 pytestmark = pytest.mark.slow
@@ -36,7 +39,6 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 PEERING_CRD = REPO / "testbed" / "polca_testbed" / "manifests" / "kopf-peering.yaml"
 DOMAIN_LABEL = "polca.dev/power-domain"
-FINALIZER = "polca.dev/restore-defaults"
 BUDGET_W = 7000.0
 IDLE_LOAD = {"decode": 0.3}
 BUSY_LOAD = {"decode": 1.0}
@@ -178,60 +180,19 @@ def env(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                 "--wait=false",
                 check=False,
             )
-            _release_finalizers(cluster)
-
-
-def _release_finalizers(cluster: Cluster) -> None:
-    """Our operators are gone: drop their finalizer so later tests can delete policies."""
-    listed = json.loads(cluster.kubectl("get", "powerpolicies", "-o", "json").stdout)
-    for item in listed["items"]:
-        finalizers = item["metadata"].get("finalizers") or []
-        if FINALIZER in finalizers:
-            kept = [f for f in finalizers if f != FINALIZER]
-            patch = json.dumps({"metadata": {"finalizers": kept or None}})
-            cluster.kubectl(
-                "patch",
-                "powerpolicy",
-                item["metadata"]["name"],
-                "--type=merge",
-                "-p",
-                patch,
-                check=False,
-            )
-
-
-@dataclass(frozen=True)
-class OperatorProcess(OperatorHandle):
-    def kill(self) -> None:
-        """A crash: no chance to leave the peering or finish anything."""
-        os.killpg(self.pid, signal.SIGKILL)
-        eventually("the killed operator is gone", lambda: not group_alive(self.pid), 10)
-
-    def metric(self, name: str, **labels: str) -> float | None:
-        return metric_value(f"http://127.0.0.1:{self.metrics_port}/metrics", name, **labels)
-
-    def decisions(self, policy: str) -> float:
-        """Control cycles run for `policy`, whatever they changed (0 before the first)."""
-        return sum(
-            self.metric("polca_decisions_total", policy=policy, change=change) or 0.0
-            for change in ("none", "up", "down")
-        )
-
-    def log_tail(self) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])
+            release_finalizers(cluster)
 
 
 @pytest.fixture
-def start_operator(env: Env, tmp_path: Path) -> Iterator[Callable[..., OperatorProcess]]:
-    started: list[OperatorProcess] = []
+def start_operator(env: Env, tmp_path: Path) -> Iterator[Callable[..., OperatorHandle]]:
+    started: list[OperatorHandle] = []
 
-    def start(*extra: str, name: str = "operator") -> OperatorProcess:
-        handle = start_operator_process(
+    def start(*extra: str, name: str = "operator") -> OperatorHandle:
+        operator = start_operator_process(
             env.cluster.kubeconfig,
             tmp_path / f"{name}.log",
             extra=["--telemetry-timeout", "1", "--restore-wait", "5", *extra],
         )
-        operator = OperatorProcess(handle.pid, handle.metrics_port, handle.log_path)
         started.append(operator)
         eventually("operator /healthz", lambda: operator_healthy(operator.metrics_port), 30)
         return operator
@@ -289,7 +250,7 @@ def policy(env: Env, unique_name: Names) -> Iterator[str]:
     env.cluster.kubectl(
         "delete", "powerpolicy", name, "--ignore-not-found", "--wait=false", check=False
     )
-    _release_finalizers(env.cluster)
+    release_finalizers(env.cluster)
 
 
 class Sampler:
@@ -317,7 +278,7 @@ class Sampler:
 
 
 def test_load_up_throttles_idle_gpus_and_releases_after_the_hold(
-    env: Env, domain: str, policy: str, start_operator: Callable[..., OperatorProcess]
+    env: Env, domain: str, policy: str, start_operator: Callable[..., OperatorHandle]
 ) -> None:
     operator = start_operator()
     apply_policy(env, policy, domain)
@@ -358,7 +319,7 @@ def test_load_up_throttles_idle_gpus_and_releases_after_the_hold(
 
 
 def test_prometheus_lost_falls_back_to_direct_then_failsafe(
-    env: Env, domain: str, policy: str, start_operator: Callable[..., OperatorProcess]
+    env: Env, domain: str, policy: str, start_operator: Callable[..., OperatorHandle]
 ) -> None:
     operator = start_operator()
     apply_policy(
@@ -414,7 +375,7 @@ def hold_stage1(env: Env, policy: str, domain: str) -> None:
 
 
 def test_operator_restart_mid_stage_never_uncaps(
-    env: Env, domain: str, policy: str, start_operator: Callable[..., OperatorProcess]
+    env: Env, domain: str, policy: str, start_operator: Callable[..., OperatorHandle]
 ) -> None:
     first = start_operator(name="first")
     hold_stage1(env, policy, domain)
@@ -442,7 +403,7 @@ def test_operator_restart_mid_stage_never_uncaps(
 
 
 def test_policy_update_changes_thresholds(
-    env: Env, domain: str, policy: str, start_operator: Callable[..., OperatorProcess]
+    env: Env, domain: str, policy: str, start_operator: Callable[..., OperatorHandle]
 ) -> None:
     start_operator()
     env.set_load({"decode": 0.6})
@@ -463,7 +424,7 @@ def test_policy_update_changes_thresholds(
 
 
 def test_invalid_update_keeps_the_stage(
-    env: Env, domain: str, policy: str, start_operator: Callable[..., OperatorProcess]
+    env: Env, domain: str, policy: str, start_operator: Callable[..., OperatorHandle]
 ) -> None:
     start_operator()
     apply_policy(env, policy, domain, holdSeconds=600)
@@ -496,7 +457,7 @@ def test_restarted_operator_reads_stored_data_and_never_drops_the_stage(
     env: Env,
     domain: str,
     policy: str,
-    start_operator: Callable[..., OperatorProcess],
+    start_operator: Callable[..., OperatorHandle],
     newer_crd: None,
 ) -> None:
     """Safety rule 6 (issue 12, finding 1): what the server stores is read; what cannot be read
@@ -540,7 +501,7 @@ def test_restarted_operator_reads_stored_data_and_never_drops_the_stage(
 
 
 def test_selector_matching_no_node_is_not_ready(
-    env: Env, policy: str, start_operator: Callable[..., OperatorProcess]
+    env: Env, policy: str, start_operator: Callable[..., OperatorHandle]
 ) -> None:
     # The schema cannot know the cluster's nodes: the operator says so in a condition.
     start_operator()
@@ -555,7 +516,7 @@ def test_standby_takes_over_after_a_crash_without_uncapping(
     domain: str,
     policy: str,
     unique_name: Names,
-    start_operator: Callable[..., OperatorProcess],
+    start_operator: Callable[..., OperatorHandle],
 ) -> None:
     peering = unique_name("peering")
     env.cluster.kubectl(
@@ -607,14 +568,14 @@ def test_standby_takes_over_after_a_crash_without_uncapping(
 
 
 def test_deleting_the_policy_records_the_restore(
-    env: Env, domain: str, policy: str, start_operator: Callable[..., OperatorProcess]
+    env: Env, domain: str, policy: str, start_operator: Callable[..., OperatorHandle]
 ) -> None:
     start_operator()
     apply_policy(env, policy, domain, holdSeconds=600)
     env.set_load(BUSY_LOAD)
     eventually("ceilings applied", lambda: env.ceilings() == stage1_ceilings(), 40)
     meta = env.api.get_cluster_custom_object("polca.dev", "v1alpha1", "powerpolicies", policy)
-    assert FINALIZER in meta["metadata"]["finalizers"]
+    assert RESTORE_FINALIZER in meta["metadata"]["finalizers"]
 
     env.cluster.kubectl("delete", "powerpolicy", policy, "--wait=false")
     eventually("the daemons restored the defaults", lambda: env.ceilings() == UNCAPPED, 30)
