@@ -27,8 +27,7 @@ Every step (``dt_s``, 100 ms by default), vectorised over servers:
    guard reads the GPUs' instant power field (the last 100 ms). With 1 s steps both the meter
    and the guard see each step's mean, and intervals round to whole steps.
 
-Per-step work is O(servers + queued and decoding requests): requests that got their first token
-or finished stay in their arrays, marked, until they are half of them (``_live``).
+Per-step work is O(servers + queued and decoding requests) (:mod:`polca.sim.request_set`).
 """
 
 from __future__ import annotations
@@ -55,6 +54,7 @@ from polca.power.model import (
 from polca.power.sensor import AVERAGE_WINDOW_S, OVERSHOOT_RATIO, TRANSIENT_S
 from polca.sim.domain import TIER_HIGH, TIER_LOW, TIER_TRAIN, DomainConfig, gpu_limits
 from polca.sim.policies import PolicyConfig
+from polca.sim.request_set import RequestSet
 from polca.sim.workload import Requests
 
 __all__ = ["BRAKE_CLOCK_PCT", "MAX_STEPS", "SimConfig", "SimResult", "check_steps", "simulate"]
@@ -194,14 +194,10 @@ class _Run:
         self.done = np.zeros(self.s)
         self.iter_count = np.zeros(self.s)
         self.n_act = np.zeros(self.s, dtype=np.int64)
-        self.pend_idx = np.empty(0, dtype=np.int64)
-        self.pend_thr = np.empty(0)
-        self.pend_srv = np.empty(0, dtype=np.int64)
-        self.pend_dead = 0  # prefilled entries not yet dropped from the pend_* arrays
-        self.act_idx = np.empty(0, dtype=np.int64)
-        self.act_fin = np.empty(0)
-        self.act_srv = np.empty(0, dtype=np.int64)
-        self.act_dead = 0  # finished entries not yet dropped from the act_* arrays
+        # Waiting for their prefill (threshold: the server's cumulative prefill work) and
+        # decoding (threshold: the server's iteration count at their last token).
+        self.pending = RequestSet()
+        self.active = RequestSet()
 
     def _init_settings(self) -> None:
         # Training job (one synchronous job over all training servers).
@@ -379,9 +375,7 @@ class _Run:
             return
         srv = self.req.server[lo:hi]
         self.enq += np.bincount(srv, weights=self.work_s[lo:hi], minlength=self.s)
-        self.pend_idx = np.concatenate([self.pend_idx, np.arange(lo, hi)])
-        self.pend_thr = np.concatenate([self.pend_thr, self.thr[lo:hi]])
-        self.pend_srv = np.concatenate([self.pend_srv, srv])
+        self.pending.add(np.arange(lo, hi), self.thr[lo:hi], srv)
 
     def _serve(self, k: int, t: float) -> float:
         dt = self.dt
@@ -431,51 +425,36 @@ class _Run:
     ) -> FloatArray:
         """Retire finished requests; returns each server's unused iterations of the step."""
         unused = np.zeros(self.s)
-        if not self.act_idx.size:
+        if not self.active.size:
             return unused
-        pos = np.flatnonzero(self.act_fin <= self.iter_count[self.act_srv])
+        pos = self.active.reached(self.iter_count)
         if not pos.size:
             return unused
-        srv, act_fin = self.act_srv[pos], self.act_fin[pos]
+        srv, act_fin = self.active.server[pos], self.active.threshold[pos]
         unused += np.bincount(srv, weights=self.iter_count[srv] - act_fin, minlength=self.s)
-        self.finish[self.act_idx[pos]] = t + tp[srv] + (act_fin - before[srv]) * it_s[srv]
+        self.finish[self.active.index[pos]] = t + tp[srv] + (act_fin - before[srv]) * it_s[srv]
         self.n_act -= np.bincount(srv, minlength=self.s)
-        # Finished entries stay in place, never to match again, until they are half the arrays:
-        # compacting every step cost more than the comparisons they add.
-        self.act_fin[pos] = np.inf
-        self.act_dead += pos.size
-        if 2 * self.act_dead >= self.act_idx.size:
-            self.act_fin, (self.act_idx, self.act_srv) = _live(
-                self.act_fin, (self.act_idx, self.act_srv)
-            )
-            self.act_dead = 0
+        self.active.retire(pos)
         return unused
 
     def _finish_prefills(self, t: float, done_before: FloatArray) -> None:
-        if not self.pend_idx.size:
+        if not self.pending.size:
             return
-        pos = np.flatnonzero(self.pend_thr <= self.done[self.pend_srv] + 1e-9)
+        pos = self.pending.reached(self.done, 1e-9)
         if not pos.size:
             return
-        idx, srv = self.pend_idx[pos], self.pend_srv[pos]
+        idx, srv = self.pending.index[pos], self.pending.server[pos]
         speed = self.sp_p[srv]
-        at = t + (self.pend_thr[pos] - done_before[srv]) / speed
+        at = t + (self.pending.threshold[pos] - done_before[srv]) / speed
+        self.pending.retire(pos)
         self.first[idx] = np.maximum(at, self.req.arrival_s[idx] + self.work_s[idx] / speed)
         need = self.req.generated_tokens[idx] - 1.0  # the first token comes with the prefill
         one_token = need <= 0
         self.finish[idx[one_token]] = self.first[idx[one_token]]
         more = ~one_token
-        self.act_idx = np.concatenate([self.act_idx, idx[more]])
-        self.act_fin = np.concatenate([self.act_fin, self.iter_count[srv[more]] + need[more]])
-        self.act_srv = np.concatenate([self.act_srv, srv[more]])
-        self.n_act += np.bincount(srv[more], minlength=self.s)
-        self.pend_thr[pos] = np.inf  # retired (see _finish_decodes)
-        self.pend_dead += pos.size
-        if 2 * self.pend_dead >= self.pend_idx.size:
-            self.pend_thr, (self.pend_idx, self.pend_srv) = _live(
-                self.pend_thr, (self.pend_idx, self.pend_srv)
-            )
-            self.pend_dead = 0
+        joining = srv[more]
+        self.active.add(idx[more], self.iter_count[joining] + need[more], joining)
+        self.n_act += np.bincount(joining, minlength=self.s)
 
     def _train_step(self) -> FloatArray:
         """Advance the synchronous training job by one step; power of each training server."""
@@ -625,14 +604,6 @@ class _Run:
             stage_changes=self.stage_changes,
             guard_actions=self.guard_actions,
         )
-
-
-def _live(
-    key: FloatArray, others: tuple[npt.NDArray[np.int64], ...]
-) -> tuple[FloatArray, tuple[npt.NDArray[np.int64], ...]]:
-    """Parallel arrays without their retired entries (key set to inf), order kept."""
-    keep = key != np.inf
-    return key[keep], tuple(a[keep] for a in others)
 
 
 def _fifo_thresholds(server: npt.NDArray[np.int64], work_s: FloatArray) -> FloatArray:
