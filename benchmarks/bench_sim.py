@@ -7,7 +7,8 @@
   week in under 60 s. A run holds at most ``MAX_REQUESTS`` (10 M) requests and the hall draws
   ~1.6 M an hour at that load (about 1 G a week), so the day is measured as consecutive
   hour-long runs (each its own requests, seeds 0, 1, ...) and the week is 7x the day,
-  extrapolated, and printed as such.
+  extrapolated, and printed as such. Per hour: wall seconds generating the requests and in the
+  engine, and the CPU seconds of both.
 
 Run with ``make bench-sim`` (which pins NumPy/BLAS to one thread and the process to one core).
 Besides wall time it prints the process's CPU time: on a shared machine wall time also counts
@@ -136,7 +137,7 @@ def bench_hall(args: argparse.Namespace, trace: Trace) -> None:
         f"budget, polca-k8s, at {args.hall_dt:g} s: {args.hall_hours} hour-long runs of "
         f"{steps} steps (+120 s drain each)"
     )
-    header = ("hour", "requests", "requests s", "engine s", "engine cpu", "mean %", "peak %")
+    header = ("hour", "requests", "requests s", "engine s", "cpu s", "mean %", "peak %")
     print(" ".join(f"{h:>10}" for h in header))
     requests_total = gen_total = sim_total = cpu_total = 0.0
     for seed in range(args.hall_hours):
