@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from polca.control.controller import ControllerState, decide
+from polca.control.plan import ControlPlan
 from polca.power.profiles import get_profile
 from polca.sim.domain import DomainConfig
 from polca.sim.engine import simulate
@@ -173,6 +175,26 @@ def bench_hall(args: argparse.Namespace, trace: Trace) -> None:
         f"a week, extrapolated ({scale:.0f}x the measured): {week:.0f} s wall, {week_cpu:.0f} s "
         f"CPU — {verdict} the {TARGET_S:.0f} s target"
     )
+    assert policy.plan is not None
+    calls = 20_000
+    per_call_s = _controller_cpu_s(policy.plan, calls) / calls
+    print(
+        f"of which the controller: {1e6 * per_call_s:.1f} us of CPU per decide() call "
+        f"({calls} calls), {per_call_s * WEEK_S:.0f} s for a week of 1 s control intervals"
+    )
+
+
+def _controller_cpu_s(plan: ControlPlan, calls: int) -> float:
+    """CPU seconds of ``calls`` controller decisions, power crossing the triggers every 50."""
+    state = ControllerState()
+    budget_w = 1e6
+    start = time.process_time()
+    for i in range(calls):
+        power_w = budget_w * (0.95 if (i // 50) % 2 else 0.7)
+        state = decide(
+            plan, state, now_s=float(i), domain_power_w=power_w, budget_w=budget_w, sample_age_s=1.1
+        ).state
+    return time.process_time() - start
 
 
 if __name__ == "__main__":
