@@ -53,8 +53,15 @@ def test_missing_dask_is_a_clear_error(
     assert len(err.strip().splitlines()) == 1, err
 
 
-def test_scheduler_address_needs_the_dask_backend(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["sweep", *GRID, "--scheduler-address", "tcp://127.0.0.1:1"]) == 2
+def test_scheduler_address_needs_the_dask_backend_and_no_workers(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    address = ["--scheduler-address", "tcp://127.0.0.1:1"]  # refused before any connection
+    assert main(["sweep", *GRID, *address]) == 2
     err = capsys.readouterr().err
     assert "--backend dask" in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert main(["sweep", *GRID, *address, "--backend", "dask"]) == 2  # GRID sets --workers
+    err = capsys.readouterr().err
+    assert "--workers sizes a local cluster" in err
     assert len(err.strip().splitlines()) == 1, err
