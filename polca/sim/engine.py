@@ -13,7 +13,9 @@ Every step (``dt_s``, 100 ms by default), vectorised over servers:
    idle rest of a step draws idle-with-context power (a serving process holds a context). A
    phase the board's limiter holds down (compute-bound prefill or training above the limit)
    draws its unlimited demand, at most 1.39× the limit, in the step where it starts: the limiter
-   lags one 100 ms refresh (:mod:`polca.power.sensor`, measured on the H200);
+   lags one 100 ms refresh (:mod:`polca.power.sensor`, measured on the H200). In steps longer
+   than that transient (1 s steps, for hall-scale runs) only its first ``TRANSIENT_S`` does, at
+   most once per server and step (a prefill starts unless it ran to the end of the last step);
 5. the metered domain power is the mean over ``meter_window_s`` (1 s: what NVML's
    ``GetPowerUsage`` reports, measured, and what PDU meters average over); above the budget it
    triggers the hardware brake (every GPU near halt for ``brake_hold_s``), counted as a brake
@@ -22,7 +24,10 @@ Every step (``dt_s``, 100 ms by default), vectorised over servers:
 6. the controller (:func:`polca.control.controller.decide`) runs every control interval on the
    latest telemetry sample; the local guard (:func:`polca.control.guard.decide_guard`) runs
    on each node every guard interval on the node's power in the last step, as the daemon's
-   guard reads the GPUs' instant power field (the last 100 ms).
+   guard reads the GPUs' instant power field (the last 100 ms). With 1 s steps both the meter
+   and the guard see each step's mean, and intervals round to whole steps.
+
+Per-step work is O(servers + queued and decoding requests) (:mod:`polca.sim.request_set`).
 """
 
 from __future__ import annotations
@@ -46,9 +51,10 @@ from polca.power.model import (
     phase_power_w,
     phase_speed,
 )
-from polca.power.sensor import AVERAGE_WINDOW_S, OVERSHOOT_RATIO
+from polca.power.sensor import AVERAGE_WINDOW_S, OVERSHOOT_RATIO, TRANSIENT_S
 from polca.sim.domain import TIER_HIGH, TIER_LOW, TIER_TRAIN, DomainConfig, gpu_limits
 from polca.sim.policies import PolicyConfig
+from polca.sim.request_set import RequestSet
 from polca.sim.workload import Requests
 
 __all__ = ["BRAKE_CLOCK_PCT", "MAX_STEPS", "SimConfig", "SimResult", "check_steps", "simulate"]
@@ -188,12 +194,10 @@ class _Run:
         self.done = np.zeros(self.s)
         self.iter_count = np.zeros(self.s)
         self.n_act = np.zeros(self.s, dtype=np.int64)
-        self.pend_idx = np.empty(0, dtype=np.int64)
-        self.pend_thr = np.empty(0)
-        self.pend_srv = np.empty(0, dtype=np.int64)
-        self.act_idx = np.empty(0, dtype=np.int64)
-        self.act_fin = np.empty(0)
-        self.act_srv = np.empty(0, dtype=np.int64)
+        # Waiting for their prefill (threshold: the server's cumulative prefill work) and
+        # decoding (threshold: the server's iteration count at their last token).
+        self.pending = RequestSet()
+        self.active = RequestSet()
 
     def _init_settings(self) -> None:
         # Training job (one synchronous job over all training servers).
@@ -227,8 +231,14 @@ class _Run:
             )
             for phase in (Phase.PREFILL, Phase.TRAIN)
         )
-        self.prefilling = np.zeros(self.inf.size, dtype=bool)  # prefilled in the last step
+        # Start transients (module docstring, step 4). Steps no longer than the transient: a
+        # phase starts in a step if it did not run in the last one, and draws its start power
+        # for its whole time in the step. Longer steps (1 s): only TRANSIENT_S of it does, and
+        # a phase starts unless it ran to the end of the last step.
+        self.fine = self.dt <= TRANSIENT_S
+        self.prefilling = np.zeros(self.inf.size, dtype=bool)  # …in the last step / at its end
         self.train_computing = False  # the training job computed in the last step
+        self.train_burst_left = TRANSIENT_S  # of the current compute phase's transient
 
     def _init_control(self, plan: ControlPlan | None) -> None:
         config = self.cfg
@@ -256,6 +266,7 @@ class _Run:
             )
             self.guard_steps = max(1, round(g.interval_s / self.dt))
         self.guard_states = [GuardState() for _ in range(self.n)]
+        self.guard_level = np.zeros(self.n, dtype=np.int64)  # each state's level, as an array
         self.node_w = np.zeros(self.n)  # each node's power in the last step
 
     def _init_recording(self) -> None:
@@ -318,6 +329,18 @@ class _Run:
         demand = np.minimum(phase_power_w(self.prof, phase, clock), OVERSHOOT_RATIO * lim)
         return np.asarray(np.maximum(settled, demand), dtype=np.float64)
 
+    def _burst_w(
+        self,
+        settled: FloatArray,
+        start: FloatArray,
+        phase_s: FloatArray | float,
+        burst_s: FloatArray | float,
+    ) -> FloatArray:
+        """Mean power of a phase over its ``phase_s`` in this step, ``burst_s`` of which is the
+        start transient (steps longer than TRANSIENT_S: 1 s steps)."""
+        share = np.asarray(burst_s, dtype=np.float64) / np.maximum(phase_s, 1e-12)
+        return np.asarray(settled + share * (start - settled), dtype=np.float64)
+
     # -- the loop -------------------------------------------------------------------------
 
     def run(self, progress: Callable[[float], None] | None) -> SimResult:
@@ -352,15 +375,13 @@ class _Run:
             return
         srv = self.req.server[lo:hi]
         self.enq += np.bincount(srv, weights=self.work_s[lo:hi], minlength=self.s)
-        self.pend_idx = np.concatenate([self.pend_idx, np.arange(lo, hi)])
-        self.pend_thr = np.concatenate([self.pend_thr, self.thr[lo:hi]])
-        self.pend_srv = np.concatenate([self.pend_srv, srv])
+        self.pending.add(np.arange(lo, hi), self.thr[lo:hi], srv)
 
     def _serve(self, k: int, t: float) -> float:
         dt = self.dt
         # Prefill first.
         queued = self.enq - self.done
-        tp = np.clip(queued / self.sp_p, 0.0, dt)
+        tp = np.minimum(np.maximum(queued / self.sp_p, 0.0), dt)
         done_before = self.done
         self.done = self.done + tp * self.sp_p
         # Decode the batch that was active at the start of the step.
@@ -380,13 +401,22 @@ class _Run:
         df = td / dt
         idle = 1.0 - pf - df
         prefilling = pf > 0
-        pw_p = np.where(prefilling & ~self.prefilling, self.pw_p_start, self.pw_p)
-        self.prefilling = prefilling
+        starting = prefilling & ~self.prefilling
+        if self.fine:
+            pw_p = np.where(starting, self.pw_p_start, self.pw_p)
+            self.prefilling = prefilling
+        else:  # prefill comes first in a step: at most one start per step
+            burst_w = self._burst_w(self.pw_p, self.pw_p_start, tp, np.minimum(tp, TRANSIENT_S))
+            pw_p = np.where(starting, burst_w, self.pw_p)
+            self.prefilling = tp >= dt
         gpu_w = pf * pw_p + df * self.pw_d_inf + idle * self.prof.idle_context_w
-        node_w = np.empty(self.n)
-        node_w[self.inf] = self.gpus * gpu_w + self.overhead_w
+        inference_w = self.gpus * gpu_w + self.overhead_w
         if self.train.size:
+            node_w = np.empty(self.n)
+            node_w[self.inf] = inference_w
             node_w[self.train] = self._train_step()
+        else:  # every server serves: no scatter needed
+            node_w = inference_w
         self.node_w = node_w
         return float(node_w.sum())
 
@@ -395,61 +425,51 @@ class _Run:
     ) -> FloatArray:
         """Retire finished requests; returns each server's unused iterations of the step."""
         unused = np.zeros(self.s)
-        if not self.act_idx.size:
+        if not self.active.size:
             return unused
-        fin = self.act_fin <= self.iter_count[self.act_srv]
-        if not fin.any():
+        pos = self.active.reached(self.iter_count)
+        if not pos.size:
             return unused
-        srv = self.act_srv[fin]
-        unused += np.bincount(
-            srv, weights=self.iter_count[srv] - self.act_fin[fin], minlength=self.s
-        )
-        self.finish[self.act_idx[fin]] = t + tp[srv] + (self.act_fin[fin] - before[srv]) * it_s[srv]
+        srv, act_fin = self.active.server[pos], self.active.threshold[pos]
+        unused += np.bincount(srv, weights=self.iter_count[srv] - act_fin, minlength=self.s)
+        self.finish[self.active.index[pos]] = t + tp[srv] + (act_fin - before[srv]) * it_s[srv]
         self.n_act -= np.bincount(srv, minlength=self.s)
-        keep = ~fin
-        self.act_idx, self.act_fin, self.act_srv = (
-            self.act_idx[keep],
-            self.act_fin[keep],
-            self.act_srv[keep],
-        )
+        self.active.retire(pos)
         return unused
 
     def _finish_prefills(self, t: float, done_before: FloatArray) -> None:
-        if not self.pend_idx.size:
+        if not self.pending.size:
             return
-        ok = self.pend_thr <= self.done[self.pend_srv] + 1e-9
-        if not ok.any():
+        pos = self.pending.reached(self.done, 1e-9)
+        if not pos.size:
             return
-        idx, srv = self.pend_idx[ok], self.pend_srv[ok]
+        idx, srv = self.pending.index[pos], self.pending.server[pos]
         speed = self.sp_p[srv]
-        at = t + (self.pend_thr[ok] - done_before[srv]) / speed
+        at = t + (self.pending.threshold[pos] - done_before[srv]) / speed
+        self.pending.retire(pos)
         self.first[idx] = np.maximum(at, self.req.arrival_s[idx] + self.work_s[idx] / speed)
         need = self.req.generated_tokens[idx] - 1.0  # the first token comes with the prefill
         one_token = need <= 0
         self.finish[idx[one_token]] = self.first[idx[one_token]]
         more = ~one_token
-        self.act_idx = np.concatenate([self.act_idx, idx[more]])
-        self.act_fin = np.concatenate([self.act_fin, self.iter_count[srv[more]] + need[more]])
-        self.act_srv = np.concatenate([self.act_srv, srv[more]])
-        self.n_act += np.bincount(srv[more], minlength=self.s)
-        keep = ~ok
-        self.pend_idx, self.pend_thr, self.pend_srv = (
-            self.pend_idx[keep],
-            self.pend_thr[keep],
-            self.pend_srv[keep],
-        )
+        joining = srv[more]
+        self.active.add(idx[more], self.iter_count[joining] + need[more], joining)
+        self.n_act += np.bincount(joining, minlength=self.s)
 
     def _train_step(self) -> FloatArray:
         """Advance the synchronous training job by one step; power of each training server."""
         speed = float(self.sp_t[self.train].min())
         left_dt = self.dt
-        compute_s = 0.0
+        compute_s = burst_s = 0.0
         while left_dt > 1e-12:
             if self.train_in_compute:
                 needed = self.train_left / speed
                 used = min(needed, left_dt)
                 self.train_left -= used * speed
                 compute_s += used
+                in_burst = min(used, self.train_burst_left)
+                burst_s += in_burst
+                self.train_burst_left -= in_burst
                 if used >= needed - 1e-12:
                     self.train_in_compute = False
                     self.train_left = self.svc.train_comm_s
@@ -459,12 +479,17 @@ class _Run:
                 if self.train_left <= 1e-12:
                     self.train_in_compute = True
                     self.train_left = self.svc.train_compute_s
+                    self.train_burst_left = TRANSIENT_S
                     self.train_iterations += 1
             left_dt -= used
         cf = compute_s / self.dt
         starting = cf > 0 and not self.train_computing
         self.train_computing = cf > 0
-        pw_t = (self.pw_t_start if starting else self.pw_t)[self.train]
+        pw_t = self.pw_t[self.train]
+        if self.fine and starting:
+            pw_t = self.pw_t_start[self.train]
+        elif not self.fine and burst_s > 0:
+            pw_t = self._burst_w(pw_t, self.pw_t_start[self.train], compute_s, burst_s)
         # Communication keeps the GPUs' memory and links busy: modelled at decode power.
         gpu_w = cf * pw_t + (1.0 - cf) * self.pw_d[self.train]
         out: FloatArray = self.gpus * gpu_w + self.overhead_w
@@ -527,8 +552,7 @@ class _Run:
         assert self.guard_cfg is not None
         # The daemon's guard reads the instant power field: the last 100 ms, i.e. one step.
         node_w = self.node_w
-        levels = np.array([s.level for s in self.guard_states])
-        for i in np.flatnonzero((node_w > self.guard_cfg.budget_w) | (levels > 0)):
+        for i in np.flatnonzero((node_w > self.guard_cfg.budget_w) | (self.guard_level > 0)):
             d = decide_guard(
                 self.guard_cfg,
                 self.guard_states[i],
@@ -537,6 +561,7 @@ class _Run:
                 gpu_tiers=(self.plan_tiers[i],),
             )
             self.guard_states[i] = d.state
+            self.guard_level[i] = d.state.level
             if d.changed:
                 self.guard_actions += 1
                 resolved = d.actions[0].resolve(self.limits)

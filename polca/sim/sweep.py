@@ -5,7 +5,8 @@ case per policy.
 one row size: its uncapped baseline and every policy, as ``polca simulate --oversubscription``
 runs them (:func:`polca.sim.runner.run_level`), so a cell can be rerun on its own. Cells run in
 parallel in a :class:`concurrent.futures.ProcessPoolExecutor` (the engine is single-threaded
-NumPy; processes, not threads, use every core).
+NumPy; processes, not threads, use every core), or on a Dask cluster
+(:mod:`polca.sim.sweep_backends`); the results do not depend on where a cell ran.
 
 **Load.** Unless a load scale is given, the load of each (member, seed) is calibrated, as
 ``polca simulate`` calibrates it, so that its base row peaks at the target share of the budget:
@@ -27,10 +28,9 @@ from __future__ import annotations
 
 import copyreg
 import math
-import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import Executor, Future, as_completed
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from types import MappingProxyType
@@ -40,6 +40,7 @@ from polca.sim.evalset import EvalTrace, load_eval_trace
 from polca.sim.metrics import CRITERIA_KEYS, Criteria, Metrics
 from polca.sim.policies import PolicyConfig
 from polca.sim.runner import Scenario, calibrate_load, run_level
+from polca.sim.sweep_backends import DEFAULT_BACKEND, sweep_executor
 from polca.sim.trace import Trace
 
 __all__ = [
@@ -301,11 +302,17 @@ def _run_cell(
 
 
 def run_sweep(
-    spec: SweepSpec, *, workers: int | None = None, progress: SweepProgress = _quiet
+    spec: SweepSpec,
+    *,
+    workers: int | None = None,
+    progress: SweepProgress = _quiet,
+    backend: str = DEFAULT_BACKEND,
+    scheduler_address: str | None = None,
 ) -> SweepResult:
-    """Run every cell of ``spec`` on ``workers`` processes (default: every core)."""
-    workers = workers or os.cpu_count() or 1
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    """Run every cell of ``spec`` on ``workers`` local processes (default: every core), or on
+    a Dask cluster (``backend="dask"``: a local one, or the scheduler at ``scheduler_address``).
+    """
+    with sweep_executor(backend, workers=workers, scheduler_address=scheduler_address) as pool:
         scales = _load_scales(spec, pool, progress)
         futures: dict[Future[list[Cell]], str] = {}
         # Largest rows first: they take longest, so the pool drains evenly at the end.
@@ -334,7 +341,7 @@ def run_sweep(
 
 
 def _load_scales(
-    spec: SweepSpec, pool: ProcessPoolExecutor, progress: SweepProgress
+    spec: SweepSpec, pool: Executor, progress: SweepProgress
 ) -> dict[tuple[str, int], float]:
     """Load scale per (member name, seed)."""
     if spec.load_scale is not None:

@@ -28,6 +28,12 @@ from polca.sim.engine import check_steps
 from polca.sim.evalset import CONV_TRACE_NAME, EvalTrace, evaluation_set
 from polca.sim.metrics import Criteria
 from polca.sim.sweep import SweepSpec, run_sweep
+from polca.sim.sweep_backends import (
+    BACKENDS,
+    DASK_INSTALL,
+    DEFAULT_BACKEND,
+    BackendUnavailableError,
+)
 from polca.sim.trace import TraceError
 
 __all__ = ["parse_levels", "parse_seeds", "register", "run"]
@@ -52,6 +58,7 @@ Examples:
   polca sweep --duration 300 --save-json sweep.json     (tables on stdout, JSON in a file)
   polca sweep --members code,bursty --policy none --policy polca-k8s --seeds 0,1
   polca sweep --trace a.csv --trace b.csv --levels 0.25,0.5 --load-scale 14.45
+  polca sweep --backend dask --scheduler-address tcp://10.0.0.5:8786   (a Dask cluster)
 Progress goes to stderr, one line per finished cell. Exit status: 0 on success (whatever the
 criteria say), 2 on bad input.
 """
@@ -130,7 +137,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=count,
         default=None,
         metavar="N",
-        help="worker processes (default: every core)",
+        help="worker processes (default: every core); with --backend dask, of its local cluster",
+    )
+    out.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=DEFAULT_BACKEND,
+        help="where cells run: local worker processes (default), or a Dask cluster (the "
+        f"distributed extra: {DASK_INSTALL}), local unless --scheduler-address",
+    )
+    out.add_argument(
+        "--scheduler-address",
+        metavar="ADDR",
+        help="with --backend dask: a running Dask scheduler, e.g. tcp://10.0.0.5:8786 (its "
+        "workers need polca installed)",
     )
     out.add_argument("--json", action="store_true", help="print JSON instead of tables")
     out.add_argument(
@@ -148,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     try:
         return _run(args, err)
-    except (TraceError, ValueError, OSError, yaml.YAMLError) as exc:
+    except (TraceError, ValueError, OSError, yaml.YAMLError, BackendUnavailableError) as exc:
         err.print(f"[red]polca sweep: {escape(str(exc))}[/red]", soft_wrap=True)
         return 2
 
@@ -240,7 +260,13 @@ def _run(args: argparse.Namespace, err: Console) -> int:
             file=sys.stderr,
             flush=True,
         )
-    result = run_sweep(spec, workers=args.workers, progress=progress)
+    result = run_sweep(
+        spec,
+        workers=args.workers,
+        progress=progress,
+        backend=args.backend,
+        scheduler_address=args.scheduler_address,
+    )
 
     from polca.sim.report import sweep_json, sweep_table, sweep_trace_table
 

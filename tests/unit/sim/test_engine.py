@@ -169,6 +169,39 @@ class TestTraining:
         assert result.raw_power_w.min() == pytest.approx(comm_w)
 
 
+class TestOneSecondSteps:
+    """Steps longer than the 100 ms transient: it counts for TRANSIENT_S, not the whole step."""
+
+    def test_training_transients_cost_the_same_energy_as_at_100_ms(self) -> None:
+        # Iterations (1.2 s compute + 0.3 s all-reduce) start on 100 ms boundaries, so at 100 ms
+        # each start step is one whole transient; at 1 s most starts fall inside a step.
+        cfg = config(servers=2, mix=Mix(0, 0, 1), duration_s=12.0, brake=False)
+        fine = simulate(cfg, requests([]))
+        coarse = simulate(replace(cfg, dt_s=1.0), requests([]))
+        assert coarse.train_iterations == fine.train_iterations
+        assert coarse.energy_j == pytest.approx(fine.energy_j, rel=1e-6)  # float32 records
+        # …and the transient is there: without it the row would draw less.
+        settled_w = 2 * (8 * H100.default_limit_w + 1500)
+        assert coarse.raw_power_w.max() > settled_w
+
+    def test_prefill_transient_lasts_100_ms_of_a_1_s_step(self) -> None:
+        # A prefill above the limit (prefill_w raised over the H100's 700 W): one request whose
+        # prefill takes 0.45 s, from t = 0.
+        profile = replace(H100, prefill_w=1000.0)
+        domain = DomainConfig(profile, base_servers=1, mix=Mix(1, 0, 0))
+        cfg = SimConfig(domain, NONE, duration_s=3.0, brake_enabled=False, drain_s=0.0)
+        context = round((0.45 - 0.015) * 14000)
+        reqs = requests([0.0], context=context, generated=1)
+        fine = simulate(cfg, reqs)
+        coarse = simulate(replace(cfg, dt_s=1.0), reqs)
+        idle_w = 8 * H100.idle_context_w + 1500.0
+        # Same prefill energy: the 1 s step holds 0.45 s of prefill and 0.55 s idle, the first
+        # five 100 ms steps the same prefill and 0.05 s idle.
+        fine_j = float(fine.raw_power_w[:5].astype(np.float64).sum()) * 0.1 + 0.5 * idle_w
+        assert float(coarse.raw_power_w[0]) == pytest.approx(fine_j, rel=1e-6)
+        assert float(fine.raw_power_w[0]) > float(fine.raw_power_w[1])  # the transient
+
+
 def test_deterministic() -> None:
     reqs = requests([0.03 * i for i in range(500)], servers=3)
     cfg = config(servers=3, policy=make_policy("polca-k8s"), oversubscription=0.0)
