@@ -13,6 +13,15 @@ Rules, in priority order:
    next; POLCA's stage 3 is "still ≥ 89% after stage 2").
 4. **De-escalation**: when power stays below the current stage's ``release_pct`` for
    ``plan.hold_s``, move down one stage; the hold restarts for the next one.
+
+**Prediction** (``plan.predict_s`` > 0): rule 3 compares the triggers with the power predicted
+``predict_s`` ahead, the latest sample plus its rise since the previous sample (never less
+than the sample: a falling power predicts nothing lower). Set to the time from a sample to the
+GPUs carrying the reaction, it escalates while there is still time to act before power reaches
+a trigger, so triggers can sit close to the budget and the row runs unthrottled for longer.
+Release (rule 4) stays on the measured power: a one-sample rise is noisy (the difference of
+two 1 s averages) and a stage held on it would be held on noise; the hold time guards the
+release. The brake (rule 2) stays on the measured power too: a forecast never brakes.
 """
 
 from __future__ import annotations
@@ -36,6 +45,10 @@ class ControllerState:
     last_escalation_s: float | None = None
     below_release_since_s: float | None = None
     last_change_s: float | None = None
+    # The trend for prediction: the latest sample (watts, its time) and its rise per second.
+    sample_w: float | None = None
+    sample_s: float | None = None
+    rise_w_per_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +58,7 @@ class Decision:
     changed: bool
     state: ControllerState
     utilization_pct: float | None = None
+    predicted_pct: float | None = None  # the utilisation the thresholds were compared with
 
 
 def decide(
@@ -70,31 +84,72 @@ def decide(
     )
     if stale:
         age = "missing" if sample_age_s is None or domain_power_w is None else f"{sample_age_s:g}s"
-        state = replace(state, below_release_since_s=None)
+        # A trend across a gap in telemetry means nothing: start afresh.
+        state = replace(
+            state, below_release_since_s=None, sample_w=None, sample_s=None, rise_w_per_s=0.0
+        )
         if current < plan.failsafe_stage:
             return _move(state, plan.failsafe_stage, now_s, f"telemetry stale ({age}): failsafe")
         return Decision(current, f"telemetry stale ({age}): holding stage", False, state)
 
     assert domain_power_w is not None  # narrowed by `stale`
+    assert sample_age_s is not None
     util = 100.0 * domain_power_w / budget_w
+    state = _track(state, domain_power_w, now_s - sample_age_s)
     if util >= plan.stages[-1].trigger_pct and current < plan.last_stage:
         return _move(state, plan.last_stage, now_s, f"power {util:.1f}% ≥ brake trigger", util)
+    ahead = _ahead_pct(plan, state, util, budget_w)
     wanted = max(
-        (i for i, s in enumerate(plan.stages) if i > 0 and util >= s.trigger_pct), default=0
+        (i for i, s in enumerate(plan.stages[:-1]) if i > 0 and ahead >= s.trigger_pct),
+        default=0,
     )
+    if util >= plan.stages[-1].trigger_pct:
+        wanted = plan.last_stage
     if wanted > current:
-        return _escalate(plan, state, now_s, util)
+        return _with_prediction(_escalate(plan, state, now_s, util, ahead), ahead)
     if current > 0 and util < plan.stages[current].release_pct:
-        return _release(plan, state, now_s, util)
+        return _with_prediction(_release(plan, state, now_s, util), ahead)
     state = replace(state, below_release_since_s=None)
-    return Decision(current, f"power {util:.1f}%: steady", False, state, util)
+    return Decision(current, f"power {util:.1f}%: steady", False, state, util, ahead)
 
 
-def _escalate(plan: ControlPlan, state: ControllerState, now_s: float, util: float) -> Decision:
+def _ahead_pct(
+    plan: ControlPlan, state: ControllerState, util_pct: float, budget_w: float
+) -> float:
+    """The utilisation ``plan.predict_s`` ahead of a sample at ``util_pct``, by the trend."""
+    return util_pct + 100.0 * state.rise_w_per_s * plan.predict_s / budget_w
+
+
+def _track(state: ControllerState, power_w: float, sample_s: float) -> ControllerState:
+    """Remember the sample and its rise per second since the previous one (never negative).
+
+    The same sample read twice (a controller faster than its telemetry) keeps the last rise."""
+    if state.sample_s is None or state.sample_w is None:
+        return replace(state, sample_w=power_w, sample_s=sample_s, rise_w_per_s=0.0)
+    if sample_s <= state.sample_s:
+        return state
+    rise = max(0.0, (power_w - state.sample_w) / (sample_s - state.sample_s))
+    return replace(state, sample_w=power_w, sample_s=sample_s, rise_w_per_s=rise)
+
+
+def _with_prediction(decision: Decision, ahead: float) -> Decision:
+    return replace(decision, predicted_pct=ahead)
+
+
+def _escalate(
+    plan: ControlPlan, state: ControllerState, now_s: float, util: float, ahead: float
+) -> Decision:
     settled = state.last_escalation_s is None or now_s - state.last_escalation_s >= plan.settle_s
     if settled:
         target = state.stage + 1
-        reason = f"power {util:.1f}% ≥ {plan.stages[target].trigger_pct:g}% trigger"
+        trigger = plan.stages[target].trigger_pct
+        if util >= trigger:
+            reason = f"power {util:.1f}% ≥ {trigger:g}% trigger"
+        else:
+            reason = (
+                f"power {util:.1f}% rising to {ahead:.1f}% in {plan.predict_s:g}s "
+                f"≥ {trigger:g}% trigger"
+            )
         return _move(state, target, now_s, reason, util)
     state = replace(state, below_release_since_s=None)
     return Decision(
@@ -119,7 +174,8 @@ def _move(
     state: ControllerState, target: int, now_s: float, reason: str, util: float | None = None
 ) -> Decision:
     escalating = target > state.stage
-    new_state = ControllerState(
+    new_state = replace(
+        state,
         stage=target,
         last_escalation_s=now_s if escalating else state.last_escalation_s,
         # A release restarts the hold for the next stage down.
