@@ -36,6 +36,7 @@ def plan_from_spec(spec: PowerPolicySpec) -> plan.ControlPlan:
         settle_s=spec.settle_seconds,
         hold_s=spec.hold_seconds,
         staleness_s=spec.telemetry.staleness_seconds,
+        predict_s=spec.prediction_seconds,
     )
 
 

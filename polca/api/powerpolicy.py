@@ -250,6 +250,13 @@ PROMQL_NEEDS_PROMETHEUS = CelRule(
     message="nodePower.source promql needs telemetry.source prometheus",
     field_path=".nodePower.source",
 )
+PREDICTION_WITHIN_STALENESS = CelRule(
+    rule="!has(self.predictionSeconds) || "
+    "self.predictionSeconds <= self.telemetry.stalenessSeconds",
+    message="predictionSeconds must not exceed telemetry.stalenessSeconds: a trend is not "
+    "projected further ahead than a sample is trusted",
+    field_path=".predictionSeconds",
+)
 
 MAP_LIST: dict[str, Any] = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}
 
@@ -270,6 +277,7 @@ class PowerPolicySpec(ApiModel):
         FAILSAFE_NOT_FIRST,
         GUARD_STAGE_EXISTS,
         PROMQL_NEEDS_PROMETHEUS,
+        PREDICTION_WITHIN_STALENESS,
     )
     model_config = ConfigDict(json_schema_extra=cel_rules(*SPEC_RULES))
 
@@ -314,6 +322,17 @@ class PowerPolicySpec(ApiModel):
         le=3600,
         description="Power must stay below a stage's releasePercent this long before the "
         "domain steps down, one stage at a time.",
+    )
+    prediction_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        le=60,
+        description="Escalate on the domain power predicted this far ahead: the latest sample "
+        "plus its rise per second since the previous sample times this (never below the "
+        "sample). Set it to the time from a sample to the GPUs carrying a stage (telemetry "
+        "period + control interval + actuation) to act before power reaches a trigger, so "
+        "triggers can sit close to the budget. Release, and the brake-equivalent last stage, "
+        "go by measured power only. 0: escalate on measured power.",
     )
     tiers: Annotated[list[Tier], Field(min_length=1, max_length=MAX_TIERS)] = Field(
         default=list(defaults.DEFAULT_TIERS),
@@ -389,6 +408,8 @@ class PowerPolicySpec(ApiModel):
             out.append(f"spec.guard.reactionStage: {GUARD_STAGE_EXISTS.message}")
         if self.node_power.source == "promql" and self.telemetry.source != "prometheus":
             out.append(f"spec.nodePower.source: {PROMQL_NEEDS_PROMETHEUS.message}")
+        if self.prediction_seconds > self.telemetry.staleness_seconds:
+            out.append(f"spec.predictionSeconds: {PREDICTION_WITHIN_STALENESS.message}")
         return out
 
     def _selection_violations(self) -> list[str]:

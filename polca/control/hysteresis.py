@@ -89,15 +89,19 @@ class Hysteresis:
         now_s: float,
         value: float,
         trigger: float,
+        forecast: float | None = None,
         release: float | None,
         can_rise: bool = True,
     ) -> Step:
         """One reading against the next level's ``trigger`` and this level's ``release``.
 
         ``release`` is None at the bottom level (nothing to leave); ``can_rise`` is False at
-        the top one (then a reading over ``trigger`` is :attr:`Move.AT_TOP`).
+        the top one (then a reading over ``trigger`` is :attr:`Move.AT_TOP`). ``forecast``, where
+        given, is what the trigger judges instead of ``value`` (the controller's prediction); the
+        release always judges ``value``, the measured reading, so nothing is let go on a forecast.
         """
-        over = value >= trigger if self.trigger_inclusive else value > trigger
+        up = value if forecast is None else forecast
+        over = up >= trigger if self.trigger_inclusive else up > trigger
         if over:
             if not can_rise:
                 return Step(Move.AT_TOP, unsure(timers))

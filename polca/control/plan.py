@@ -156,7 +156,11 @@ class Stage:
 
 @dataclass(frozen=True, slots=True)
 class ControlPlan:
-    """Stages (index 0 is normal, without actions), tiers first-throttled→last, and timing."""
+    """Stages (index 0 is normal, without actions), tiers first-throttled→last, and timing.
+
+    ``predict_s``: escalate on the power predicted this far ahead from its latest rise
+    (:mod:`polca.control.controller`); 0 escalates on the measured power.
+    """
 
     stages: tuple[Stage, ...]
     tiers: tuple[str, ...]
@@ -164,6 +168,7 @@ class ControlPlan:
     settle_s: float
     hold_s: float
     staleness_s: float
+    predict_s: float = 0.0
 
     def __post_init__(self) -> None:
         if len(self.stages) < 2:
@@ -184,7 +189,7 @@ class ControlPlan:
                 raise ValueError(f"stage {stage.name!r} acts on unknown tiers {sorted(unknown)}")
         if not 0 <= self.failsafe_stage < len(self.stages):
             raise ValueError(f"failsafe_stage must index a stage, got {self.failsafe_stage}")
-        for name in ("settle_s", "hold_s", "staleness_s"):
+        for name in ("settle_s", "hold_s", "staleness_s", "predict_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
 
@@ -296,7 +301,8 @@ def plan_from_dict(data: Mapping[str, Any]) -> ControlPlan:
 
     Keys mirror the dataclasses: ``stages`` (list of {name, trigger_pct, release_pct, actions:
     {tier: {clock_ceiling_mhz | clock_ceiling_pct, power_limit_w | power_limit_pct}}}),
-    ``tiers``, ``failsafe_stage``, ``settle_s``, ``hold_s``, ``staleness_s``.
+    ``tiers``, ``failsafe_stage``, ``settle_s``, ``hold_s``, ``staleness_s`` and optionally
+    ``predict_s``.
     """
     try:
         stages = tuple(
@@ -318,6 +324,7 @@ def plan_from_dict(data: Mapping[str, Any]) -> ControlPlan:
             settle_s=float(data["settle_s"]),
             hold_s=float(data["hold_s"]),
             staleness_s=float(data["staleness_s"]),
+            predict_s=float(data.get("predict_s", 0.0)),
         )
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"invalid control plan: {exc!r}") from exc

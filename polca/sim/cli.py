@@ -24,7 +24,14 @@ from polca.sim.domain import DomainConfig, Mix
 from polca.sim.engine import check_steps
 from polca.sim.evalset import EvalTrace, load_eval_trace, synthetic_members
 from polca.sim.metrics import Criteria
-from polca.sim.policies import NAMED_PLANS, POLICY_NAMES, GuardSettings, PolicyConfig, make_policy
+from polca.sim.policies import (
+    DEFAULT_POLICIES,
+    NAMED_PLANS,
+    POLICY_NAMES,
+    GuardSettings,
+    PolicyConfig,
+    make_policy,
+)
 from polca.sim.runner import Progress as ProgressFn
 from polca.sim.runner import Scenario, calibrate_load, run_level
 from polca.sim.synthetic import CONV_PARAMS, fit, synthetic_trace
@@ -226,7 +233,7 @@ def add_policy_options(group: argparse._ArgumentGroup) -> None:
         "--policy",
         action="append",
         choices=POLICY_NAMES,
-        help=f"policy to run; repeat for several (default: all of {', '.join(POLICY_NAMES)})",
+        help=f"policy to run; repeat for several (default: {', '.join(DEFAULT_POLICIES)})",
     )
     group.add_argument(
         "--polca-delay",
@@ -386,7 +393,7 @@ def _read_plan(path: Path | None) -> ControlPlan | None:
 
 def policies_from_args(args: argparse.Namespace) -> list[PolicyConfig]:
     plans = {"polca": _read_plan(args.polca_plan), "polca-k8s": _read_plan(args.plan)}
-    names = args.policy or list(POLICY_NAMES)
+    names = args.policy or list(DEFAULT_POLICIES)
     return [
         make_policy(
             name,

@@ -1,4 +1,5 @@
-"""Policies the simulator compares: ``none``, ``polca`` (the paper) and ``polca-k8s`` (ours).
+"""Policies the simulator compares: ``none``, ``polca`` (the paper), ``polca-k8s`` (ours) and
+``physics`` (ours, designed from the measured-GPU power model).
 
 All three run the hardware brake (every GPU near halt while the metered domain power is above
 the budget). ``polca`` and ``polca-k8s`` run :func:`polca.control.controller.decide`, the code
@@ -15,6 +16,12 @@ the operator runs; they differ in their plans, delays, thresholds and the local 
   reaction time (:func:`derive_top_trigger`): the highest throttling stages fire when power is
   within the largest rise seen over one reaction time (plus a margin) of the budget. A per-node
   local guard (:mod:`polca.control.guard`) runs every 0.5 s.
+* ``physics``: ``polca-k8s``'s in-band timing and guard with :data:`PHYSICS_PLAN`, whose
+  stages pick each tier's knob by what the model says it sheds (see there), triggers close to
+  the budget as written (not derived from a trace), and the controller's prediction over the
+  sensor's averaging window (``ControlPlan.predict_s``) in place of trigger derivation; a short
+  hold, since in-band actuation undoes a stage within seconds. ``examples/physics.yaml`` is
+  the same plan as a PowerPolicy (a test checks they agree).
 """
 
 from __future__ import annotations
@@ -36,10 +43,13 @@ from polca.control.plan import (
     shift_triggers,
 )
 from polca.power.profiles import get_profile
+from polca.power.sensor import AVERAGE_WINDOW_S
 
 __all__ = [
+    "DEFAULT_POLICIES",
     "K8S_PLAN",
     "NAMED_PLANS",
+    "PHYSICS_PLAN",
     "POLCA_TABLE",
     "POLICY_NAMES",
     "GuardSettings",
@@ -48,7 +58,8 @@ __all__ = [
     "make_policy",
 ]
 
-POLICY_NAMES = ("none", "polca", "polca-k8s")
+DEFAULT_POLICIES = ("none", "polca", "polca-k8s")  # what `polca simulate` runs unless told
+POLICY_NAMES = (*DEFAULT_POLICIES, "physics")
 _MIN_TOP_TRIGGER_PCT = 50.0  # below this a workload is too spiky for the policy to matter
 _A100_MAX_MHZ = get_profile("A100-80GB").max_sm_clock_mhz  # POLCA's clocks are A100 clocks
 
@@ -93,9 +104,46 @@ K8S_PLAN = ControlPlan(
 )
 
 
+# In-band reaction: telemetry period + Prometheus query + control interval + actuation (see
+# make_policy); PHYSICS_PLAN settles over it.
+_IN_BAND_REACTION_S = 1.0 + 0.1 + 1.0 + 0.2
+
+# ``physics``'s plan, from the model of polca/power/model.py (docs/simulator.md §3 has the
+# numbers). A power limit sheds only compute-bound work (prefill, GEMM) and leaves memory-bound
+# decode, drawing less than the limit, at full clock: 65% of the default limit stays above
+# decode on every profile (A100 250 of 400 W is the highest share). A clock ceiling sheds
+# decode power at a small loss of decode speed (at 70% of the max clock ~26% less decode power
+# for ~4% less speed on the H100) and sheds nothing from prefill the limiter already holds
+# lower. So: the low tier's power limit first (its prefill bursts are what push the 1 s meter
+# over the budget), then the low tier's clock (decode, the steady load), then the high tier's
+# power limit (its prefill only: its decode, most of its end-to-end latency, keeps full speed),
+# then a deeper low-tier clock, then the brake. Triggers sit just below the budget, where only
+# a real excursion reaches them, and the controller escalates on the power predicted one
+# averaging window (1 s) ahead: the 1 s average lags the instant power by up to a window, and
+# its last rise projected over that window estimates where the instant power already is.
+_PHYS_LOW_CAP = TierAction(power_limit_pct=65.0)
+_PHYS_LOW_CLOCK = TierAction(clock_ceiling_pct=70.0)
+_PHYS_HIGH_CAP = TierAction(power_limit_pct=85.0)
+PHYSICS_PLAN = ControlPlan(
+    stages=(
+        Stage("normal", 0.0, 0.0),
+        Stage("low-cap", 97.0, 93.0, _low(_PHYS_LOW_CAP)),
+        Stage("low-clock", 98.0, 94.0, _low(_PHYS_LOW_CLOCK)),
+        Stage("high-cap", 99.0, 95.0, {**_low(_PHYS_LOW_CLOCK), "high": _PHYS_HIGH_CAP}),
+        Stage("low-deep", 99.0, 95.0, {**_low(_DEEP_LOW), "high": _PHYS_HIGH_CAP}),
+        Stage("brake", 100.0, 89.0, {"idle": _BRAKE, "low": _BRAKE, "high": _BRAKE}),
+    ),
+    tiers=("idle", "low", "high"),
+    failsafe_stage=3,
+    settle_s=round(_IN_BAND_REACTION_S, 6),
+    hold_s=5.0,
+    staleness_s=10.0,
+    predict_s=AVERAGE_WINDOW_S,
+)
+
 POLCA_TABLE = relative_clocks(POLCA_PLAN, _A100_MAX_MHZ)
 NAMED_PLANS: Mapping[str, ControlPlan] = MappingProxyType(
-    {"polca-table": POLCA_TABLE, "k8s": K8S_PLAN}
+    {"polca-table": POLCA_TABLE, "k8s": K8S_PLAN, "physics": PHYSICS_PLAN}
 )
 
 
@@ -160,7 +208,7 @@ def make_policy(
     derive_triggers: bool = True,
 ) -> PolicyConfig:
     """A named policy with its defaults; ``plan`` replaces its stage table (POLCA's for
-    ``polca``, :data:`K8S_PLAN` for ``polca-k8s``)."""
+    ``polca``, :data:`K8S_PLAN` for ``polca-k8s``, :data:`PHYSICS_PLAN` for ``physics``)."""
     if name == "none":
         return PolicyConfig(name="none", plan=None)
     if name == "polca":
@@ -172,18 +220,21 @@ def make_policy(
             control_interval_s=control_interval_s,
             actuation_delay_s=polca_delay_s,
         )
-    if name == "polca-k8s":
+    if name in ("polca-k8s", "physics"):
         latency_s = 0.1
         reaction_s = telemetry_period_s + latency_s + control_interval_s + k8s_actuation_s
+        physics = name == "physics"
+        chosen = plan or (PHYSICS_PLAN if physics else K8S_PLAN)
         return PolicyConfig(
-            name="polca-k8s",
-            plan=replace(plan or K8S_PLAN, settle_s=reaction_s),
+            name=name,
+            plan=replace(chosen, settle_s=reaction_s),
             telemetry_period_s=telemetry_period_s,
             telemetry_latency_s=latency_s,
             control_interval_s=control_interval_s,
             actuation_delay_s=k8s_actuation_s,
             guard=(guard or GuardSettings()) if use_guard else None,
-            derive_triggers=derive_triggers,
+            # physics's triggers are written from the model, not derived from a trace.
+            derive_triggers=derive_triggers and not physics,
         )
     raise ValueError(f"unknown policy {name!r}; valid policies: {', '.join(POLICY_NAMES)}")
 

@@ -39,6 +39,14 @@ def test_timing_and_failsafe_come_from_the_spec() -> None:
     assert plan.failsafe_stage == 3
 
 
+def test_prediction_comes_from_the_spec_and_defaults_to_none() -> None:
+    assert plan_from_spec(spec()).predict_s == 0.0
+    assert plan_from_spec(spec(predictionSeconds=2.5)).predict_s == 2.5
+    # Up to the staleness bound, which a longer staleness raises.
+    at_bound = spec(predictionSeconds=20, telemetry={"stalenessSeconds": 20})
+    assert plan_from_spec(at_bound).predict_s == 20
+
+
 def test_percent_and_power_actions_convert() -> None:
     plan = plan_from_spec(
         spec(

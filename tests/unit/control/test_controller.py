@@ -157,3 +157,63 @@ class TestRobustness:
     def test_budget_must_be_positive(self) -> None:
         with pytest.raises(ValueError, match="budget"):
             decide(PLAN, ControllerState(), now_s=0, domain_power_w=1, budget_w=0, sample_age_s=0)
+
+
+class TestPrediction:
+    """``predict_s``: thresholds see the power predicted that far ahead from the latest rise."""
+
+    AHEAD = replace(PLAN, predict_s=2.0)
+
+    def test_a_rise_escalates_before_the_trigger_is_reached(self) -> None:
+        # 70 → 76%: +6%/s; 2 s ahead that is 88% ≥ the 80% trigger, while 76% is below it.
+        got = run(self.AHEAD, [70, 76])
+        assert stages(got) == [0, 1]
+        assert "rising to 88.0%" in got[1].reason
+        assert got[1].predicted_pct == pytest.approx(88.0)
+
+    def test_without_prediction_the_same_rise_waits_for_the_trigger(self) -> None:
+        assert stages(run(PLAN, [70, 76])) == [0, 0]
+
+    def test_flat_or_falling_power_predicts_nothing_more(self) -> None:
+        assert stages(run(self.AHEAD, [79, 79, 79])) == [0, 0, 0]
+        assert stages(run(self.AHEAD, [79.5, 78, 77])) == [0, 0, 0]
+
+    def test_a_forecast_never_brakes(self) -> None:
+        # 80 → 96%: 16%/s, 128% ahead; measured 96% is below the brake's 100%.
+        got = run(self.AHEAD, [80, 96])
+        assert got[1].stage < PLAN.last_stage
+        assert run(self.AHEAD, [80, 100])[1].stage == PLAN.last_stage
+
+    def test_release_goes_by_the_measured_power(self) -> None:
+        # In stage 1 (release below 75%): 70 → 73% rises 3%/s (79% in 2 s), but a rise is
+        # noisy: the hold runs on what is measured, and releases after hold_s.
+        start = ControllerState(stage=1)
+        got = run(self.AHEAD, [70, *[73] * 31], state=start)
+        assert got[1].state.below_release_since_s == 0.0
+        assert stages(got)[29:] == [1, 0, 0]
+
+    def test_the_same_sample_read_twice_keeps_the_trend(self) -> None:
+        # The controller runs every 1 s, telemetry every 2 s: age grows, the sample repeats.
+        state = ControllerState()
+        seen = []
+        for now_s, util, age_s in ((0.0, 70, 0.0), (2.0, 76, 0.0), (3.0, 76, 1.0)):
+            d = decide(
+                self.AHEAD,
+                state,
+                now_s=now_s,
+                domain_power_w=util * BUDGET_W / 100,
+                budget_w=BUDGET_W,
+                sample_age_s=age_s,
+            )
+            state = d.state
+            seen.append(state.rise_w_per_s)
+        assert seen == [0.0, pytest.approx(3_000.0), pytest.approx(3_000.0)]
+
+    def test_stale_telemetry_forgets_the_trend(self) -> None:
+        got = run(self.AHEAD, [70, 76, None, 77])
+        assert got[2].state.sample_s is None
+        assert got[3].state.rise_w_per_s == 0.0  # one fresh sample: no trend yet
+
+    def test_negative_prediction_is_refused(self) -> None:
+        with pytest.raises(ValueError, match="predict_s"):
+            replace(PLAN, predict_s=-1.0)
