@@ -9,7 +9,7 @@
    a real Prometheus scraping them every 1 s, the operator at a 1 s control interval; the
    daemons publish the GPUs' instant power (NVML_FI_DEV_POWER_INSTANT).
    Reaction time: from the moment the domain's *instant* power crosses its stage-1 trigger to
-   every targeted (idle-tier) GPU carrying its 1275 MHz ceiling (target p95 ≤ 1 s; POLCA's
+   every targeted (idle-tier) GPU carrying its stage-1 ceiling (target p95 ≤ 1 s; POLCA's
    out-of-band path: up to 40 s), and beside it the same trials timed from the moment the
    *averaged* reading (nvmlDeviceGetPowerUsage, the mean of the last second) crosses.
    The load steps are written by this process (wall time of each node's write). The instant
@@ -67,6 +67,7 @@ from polca_operator.loop import ControlLoop, LoopDeps
 from polca_operator.metrics import Health, OperatorMetrics
 from polca_operator.telemetry import PowerQuery, PowerReader, SourceName
 from polca_testbed.cluster import Cluster, start_cluster
+from polca_testbed.default_clocks import applied_ceiling_mhz
 from polca_testbed.nodes import SimNodes
 from polca_testbed.operators import operator_healthy, start_operator
 from polca_testbed.polling import eventually
@@ -77,7 +78,7 @@ from polca_testbed.prometheus import start_prometheus
 REPO = Path(__file__).resolve().parents[1]
 GPUS_PER_NODE = 8
 HIGH_GPUS = (0, 1, 2, 3)  # held by a high-tier pod on every node; the rest are idle
-STAGE1_MHZ = 1275
+STAGE1_MHZ = applied_ceiling_mhz("stage1", "idle", "H100-SXM")  # the default's, on these GPUs
 IDLE_LOAD = {"decode": 0.3}  # about 44% of the budget (idle share with a CUDA context)
 BUSY_LOAD = {"decode": 1.0}  # about 87%: stage 1 (80%) but not stage 2 (89%)
 BUDGET_PER_NODE_W = 3500.0

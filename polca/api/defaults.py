@@ -7,11 +7,12 @@ names the stages as the paper numbers them and adds descriptions for `kubectl ex
 from __future__ import annotations
 
 from polca.api.meta import LabelSelector, LabelSelectorRequirement
-from polca.api.stages import A100_MAX_CLOCK_MHZ, Stage, TierAction
+from polca.api.stages import Stage, TierAction
 from polca.api.tiers import PriorityRange, Tier, TierRule
 from polca.control import plan
 from polca.control.selectors import Selector
 from polca.control.tiers import TRAINING_SELECTORS
+from polca.power.profiles import PROFILES
 
 LOW_TIER = "low"
 HIGH_TIER = "high"
@@ -27,9 +28,16 @@ DEFAULT_HOLD_S = plan.POLCA_PLAN.hold_s
 DEFAULT_STALENESS_S = plan.POLCA_PLAN.staleness_s
 
 
-def clock_percent_of_a100(clock_mhz: int) -> float:
-    """An A100 clock as a percentage of its 1410 MHz maximum, to one decimal."""
-    return round(100.0 * clock_mhz / A100_MAX_CLOCK_MHZ, 1)
+def _gpu_clocks(clock_pct: float) -> str:
+    """What a clock percentage is on each GPU model we profile: `A100 1275 MHz, H100/H200 1790
+    MHz` (models with the same maximum clock grouped)."""
+    limits_by_max: dict[int, tuple[list[str], int]] = {}
+    for profile in PROFILES.values():
+        mhz = plan.TierAction(clock_ceiling_pct=clock_pct).resolve(profile.limits).clock_ceiling_mhz
+        assert mhz is not None  # a clock percentage always resolves to a clock
+        names, _ = limits_by_max.setdefault(profile.max_sm_clock_mhz, ([], mhz))
+        names.append(profile.name.split("-")[0])
+    return ", ".join(f"{'/'.join(names)} {mhz} MHz" for names, mhz in limits_by_max.values())
 
 
 _STAGE_PURPOSE = {
@@ -38,25 +46,25 @@ _STAGE_PURPOSE = {
     "stage2": "POLCA stage 2",
     "stage3": "POLCA stage 3, entered when power stays at its trigger for settleSeconds after "
     "stage 2",
-    "brake": "Power brake, every GPU near halt (clamped to each GPU's minimum clock)",
+    "brake": "Power brake, every GPU near halt (never below each GPU's minimum clock)",
 }
 
 
 def _clock_limits(stage: plan.Stage, *, long: bool) -> str:
-    """`idle, low at 1275 MHz (90.4%...)`: tiers grouped by clock, with A100 percentages."""
-    by_clock: dict[int, list[str]] = {}
+    """`idle, low at 90.43% (A100 1275 MHz, ...)`: tiers grouped by clock percentage."""
+    by_clock: dict[float, list[str]] = {}
     for tier, action in stage.actions.items():
-        if action.clock_ceiling_mhz is not None:
-            by_clock.setdefault(action.clock_ceiling_mhz, []).append(tier)
-    of_a100 = f" of an A100's {A100_MAX_CLOCK_MHZ} MHz" if long else ""
+        if action.clock_ceiling_pct is not None:
+            by_clock.setdefault(action.clock_ceiling_pct, []).append(tier)
+    of_max = " of max SM clock" if long else ""
     return " and ".join(
-        f"{', '.join(tiers)} at {mhz} MHz ({clock_percent_of_a100(mhz)}%{of_a100})"
-        for mhz, tiers in by_clock.items()
+        f"{', '.join(tiers)} at {pct:g}%{of_max} ({_gpu_clocks(pct)})"
+        for pct, tiers in by_clock.items()
     )
 
 
 def _describe(name: str, stage: plan.Stage) -> str:
-    """The stage's purpose and its clocks, also as percentages of the A100's maximum."""
+    """The stage's purpose and its clocks, with what they are on each GPU model."""
     limits = _clock_limits(stage, long=True)
     return f"{_STAGE_PURPOSE[name]}: {limits}." if limits else _STAGE_PURPOSE[name]
 
@@ -123,8 +131,9 @@ def _table_summary() -> str:
         for name, stage in zip(STAGE_NAMES[1:], plan.POLCA_PLAN.stages[1:], strict=True)
     ]
     return (
-        f"POLCA's table with A100 clocks (percentages of the A100's {A100_MAX_CLOCK_MHZ} "
-        f"MHz in brackets): {STAGE_NAMES[0]}, then " + "; ".join(rows)
+        "POLCA's table, GPU-relative: clock ceilings are percentages of each GPU's maximum SM "
+        f"clock, the paper's A100 clocks over the A100's {plan.A100_MAX_SM_CLOCK_MHZ} MHz (what "
+        f"they are on each GPU model in brackets): {STAGE_NAMES[0]}, then " + "; ".join(rows)
     )
 
 

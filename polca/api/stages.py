@@ -8,9 +8,9 @@ from pydantic import ConfigDict, Field, model_validator
 
 from polca.api.base import ApiModel, CelRule, cel_rules
 from polca.api.meta import DnsLabel
+from polca.control.plan import A100_MAX_SM_CLOCK_MHZ, a100_clock_percent
 from polca.control.tiers import IDLE_TIER
 
-A100_MAX_CLOCK_MHZ = 1410
 MAX_STAGES = 16
 MAX_ACTIONS = 17  # every declared tier (at most 16) plus idle
 MAX_PERCENT_OF_BUDGET = 200.0
@@ -55,15 +55,19 @@ class TierAction(ApiModel):
         alias="clockCeilingMHz",
         ge=1,
         le=10_000,
-        description="Maximum SM clock in MHz (POLCA on A100: 1275, 1110 or 1305 MHz; the "
-        "A100's maximum is 1410 MHz).",
+        description="Maximum SM clock in MHz, the same on every GPU: for a fleet of one GPU "
+        f"model (POLCA's A100 clocks: 1275, 1110 or 1305 MHz of {A100_MAX_SM_CLOCK_MHZ} MHz). "
+        "On other or mixed models use clockCeilingPercent, as the defaults do.",
     )
     clock_ceiling_percent: float | None = Field(
         default=None,
         gt=0,
         le=100,
-        description="Maximum SM clock as a percentage of the GPU's maximum SM clock (POLCA's "
-        "A100 ceilings: 1275 MHz = 90.4%, 1110 MHz = 78.7%, 1305 MHz = 92.6% of 1410 MHz).",
+        description="Maximum SM clock as a percentage of the GPU's maximum SM clock, so one "
+        "value means the same on every GPU model. The defaults are POLCA's A100 ceilings made "
+        "relative: "
+        + ", ".join(f"{mhz} MHz = {a100_clock_percent(mhz):g}%" for mhz in (1275, 1110, 1305))
+        + f" of {A100_MAX_SM_CLOCK_MHZ} MHz (rounded up, so an A100 gets exactly these).",
     )
     power_limit_watts: float | None = Field(
         default=None,

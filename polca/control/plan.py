@@ -17,14 +17,15 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 __all__ = [
+    "A100_MAX_SM_CLOCK_MHZ",
     "POLCA_PLAN",
     "ControlPlan",
     "GpuLimits",
     "ResolvedAction",
     "Stage",
     "TierAction",
+    "a100_clock_percent",
     "plan_from_dict",
-    "relative_clocks",
     "shift_triggers",
 ]
 
@@ -204,25 +205,6 @@ class ControlPlan:
         return MappingProxyType({tier: chosen.action_for(tier) for tier in self.tiers})
 
 
-def relative_clocks(plan: ControlPlan, reference_max_sm_clock_mhz: int) -> ControlPlan:
-    """The plan with absolute clock ceilings turned into percentages of a reference GPU's max.
-
-    POLCA's table names A100 clocks (max 1410 MHz); on an H100 the same *relative* throttling
-    keeps the policy's intent (1275 MHz on A100 = 90.4% → 1790 MHz on H100).
-    """
-
-    def convert(action: TierAction) -> TierAction:
-        if action.clock_ceiling_mhz is None:
-            return action
-        pct = min(100.0, 100.0 * action.clock_ceiling_mhz / reference_max_sm_clock_mhz)
-        return replace(action, clock_ceiling_mhz=None, clock_ceiling_pct=pct)
-
-    stages = tuple(
-        replace(s, actions={t: convert(a) for t, a in s.actions.items()}) for s in plan.stages
-    )
-    return replace(plan, stages=stages)
-
-
 def shift_triggers(plan: ControlPlan, top_trigger_pct: float) -> ControlPlan:
     """Move every throttling stage but the last so the highest one triggers at ``top_trigger_pct``.
 
@@ -246,6 +228,26 @@ def shift_triggers(plan: ControlPlan, top_trigger_pct: float) -> ControlPlan:
 
 _ALL_TIERS = ("idle", "low", "high")
 
+# POLCA's clocks are A100 clocks; the plan keeps them as fractions of this maximum.
+A100_MAX_SM_CLOCK_MHZ = 1410
+
+
+def a100_clock_percent(clock_mhz: int) -> float:
+    """An A100 clock as a percentage of the A100's max SM clock, rounded *up* to two decimals.
+
+    Two decimals read well in a CRD default; rounding up makes :meth:`TierAction.resolve` (which
+    floors) give back exactly ``clock_mhz`` on an A100, so the default is POLCA's table there.
+    """
+    return math.ceil(10_000 * clock_mhz / A100_MAX_SM_CLOCK_MHZ) / 100
+
+
+def _a100_clock(clock_mhz: int) -> TierAction:
+    return TierAction(clock_ceiling_pct=a100_clock_percent(clock_mhz))
+
+
+# GPU-relative: each ceiling is a percentage of every GPU's own max SM clock, so stage 1 means
+# 90.43% everywhere (1275 MHz on an A100, 1790 MHz on an H100/H200), not 1275 MHz, which
+# would be 64% of an H100's 1980 MHz.
 POLCA_PLAN = ControlPlan(
     stages=(
         Stage(name="normal", trigger_pct=0.0, release_pct=0.0),
@@ -254,20 +256,14 @@ POLCA_PLAN = ControlPlan(
             name="stage1",
             trigger_pct=80.0,
             release_pct=75.0,
-            actions={
-                "idle": TierAction(clock_ceiling_mhz=1275),
-                "low": TierAction(clock_ceiling_mhz=1275),
-            },
+            actions={"idle": _a100_clock(1275), "low": _a100_clock(1275)},
         ),
         # ≥ 89% → low-priority at 1110 MHz.
         Stage(
             name="stage2",
             trigger_pct=89.0,
             release_pct=84.0,
-            actions={
-                "idle": TierAction(clock_ceiling_mhz=1110),
-                "low": TierAction(clock_ceiling_mhz=1110),
-            },
+            actions={"idle": _a100_clock(1110), "low": _a100_clock(1110)},
         ),
         # Still ≥ 89% one settle period after stage 2 → high-priority at 1305 MHz too.
         Stage(
@@ -275,9 +271,9 @@ POLCA_PLAN = ControlPlan(
             trigger_pct=89.0,
             release_pct=84.0,
             actions={
-                "idle": TierAction(clock_ceiling_mhz=1110),
-                "low": TierAction(clock_ceiling_mhz=1110),
-                "high": TierAction(clock_ceiling_mhz=1305),
+                "idle": _a100_clock(1110),
+                "low": _a100_clock(1110),
+                "high": _a100_clock(1305),
             },
         ),
         # The brake: every GPU near halt (A100 brake clock ~288 MHz; clamped to each GPU's min).
@@ -285,7 +281,7 @@ POLCA_PLAN = ControlPlan(
             name="brake",
             trigger_pct=100.0,
             release_pct=89.0,
-            actions={tier: TierAction(clock_ceiling_mhz=288) for tier in _ALL_TIERS},
+            actions={tier: _a100_clock(288) for tier in _ALL_TIERS},
         ),
     ),
     tiers=_ALL_TIERS,

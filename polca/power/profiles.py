@@ -63,6 +63,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from polca.control.plan import GpuLimits
+
 __all__ = ["PROFILES", "GpuProfile", "get_profile"]
 
 
@@ -107,6 +109,17 @@ class GpuProfile:
             )
         if self.train_w <= self.default_limit_w:
             raise ValueError(f"{self.name}: train_w must exceed the default limit (GEMM work)")
+
+    @property
+    def limits(self) -> GpuLimits:
+        """What a plan's actions resolve against on this GPU model."""
+        return GpuLimits(
+            max_sm_clock_mhz=self.max_sm_clock_mhz,
+            min_sm_clock_mhz=self.min_sm_clock_mhz,
+            min_limit_w=self.min_limit_w,
+            max_limit_w=self.max_limit_w,
+            default_limit_w=self.default_limit_w,
+        )
 
 
 def _clock_grid(max_mhz: int, min_mhz: int, step_mhz: int = 15) -> tuple[int, ...]:

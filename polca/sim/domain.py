@@ -139,10 +139,4 @@ class DomainConfig:
 
 
 def gpu_limits(profile: GpuProfile) -> GpuLimits:
-    return GpuLimits(
-        max_sm_clock_mhz=profile.max_sm_clock_mhz,
-        min_sm_clock_mhz=profile.min_sm_clock_mhz,
-        min_limit_w=profile.min_limit_w,
-        max_limit_w=profile.max_limit_w,
-        default_limit_w=profile.default_limit_w,
-    )
+    return profile.limits

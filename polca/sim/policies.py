@@ -5,7 +5,8 @@ All three run the hardware brake (every GPU near halt while the metered domain p
 the budget). ``polca`` and ``polca-k8s`` run :func:`polca.control.controller.decide`, the code
 the operator runs; they differ in their plans, delays, thresholds and the local guard:
 
-* ``polca``: POLCA's table (80/89/89% triggers, A100 clocks made relative to the GPU's max),
+* ``polca``: POLCA's table, :data:`polca.control.plan.POLCA_PLAN` (80/89/89% triggers, A100
+  clocks as percentages of each GPU's max, resolved per GPU profile),
   out-of-band actuation of ``actuation_delay_s`` = 40 s (the paper's BMC path takes up to
   40 s; we take the worst case), settle time equal to that delay, so stage 3 only follows once
   stage 2 has taken effect.
@@ -39,10 +40,9 @@ from polca.control.plan import (
     ControlPlan,
     Stage,
     TierAction,
-    relative_clocks,
+    a100_clock_percent,
     shift_triggers,
 )
-from polca.power.profiles import get_profile
 from polca.power.sensor import AVERAGE_WINDOW_S
 
 __all__ = [
@@ -61,14 +61,13 @@ __all__ = [
 DEFAULT_POLICIES = ("none", "polca", "polca-k8s")  # what `polca simulate` runs unless told
 POLICY_NAMES = (*DEFAULT_POLICIES, "physics")
 _MIN_TOP_TRIGGER_PCT = 50.0  # below this a workload is too spiky for the policy to matter
-_A100_MAX_MHZ = get_profile("A100-80GB").max_sm_clock_mhz  # POLCA's clocks are A100 clocks
 
 
 def _low(action: TierAction) -> dict[str, TierAction]:
     return {"idle": action, "low": action}
 
 
-_BRAKE = TierAction(clock_ceiling_pct=100.0 * 288 / 1410)
+_BRAKE = POLCA_PLAN.stages[-1].action_for("high")  # POLCA's brake, as a share of max clock
 _DEEP_LOW = TierAction(clock_ceiling_pct=45.0)
 
 # polca-k8s's default plan: shed power from the low tier in finer and deeper steps before the
@@ -84,7 +83,7 @@ K8S_PLAN = ControlPlan(
             "low-79",
             85.0,
             80.0,
-            _low(TierAction(clock_ceiling_pct=100.0 * 1110 / 1410, power_limit_pct=60.0)),
+            _low(TierAction(clock_ceiling_pct=a100_clock_percent(1110), power_limit_pct=60.0)),
         ),
         Stage("low-60", 89.0, 84.0, _low(TierAction(clock_ceiling_pct=60.0))),
         Stage("low-45", 89.0, 84.0, _low(_DEEP_LOW)),
@@ -92,7 +91,7 @@ K8S_PLAN = ControlPlan(
             "high-93",
             89.0,
             84.0,
-            {**_low(_DEEP_LOW), "high": TierAction(clock_ceiling_pct=100.0 * 1305 / 1410)},
+            {**_low(_DEEP_LOW), "high": TierAction(clock_ceiling_pct=a100_clock_percent(1305))},
         ),
         Stage("brake", 100.0, 89.0, {"idle": _BRAKE, "low": _BRAKE, "high": _BRAKE}),
     ),
@@ -141,7 +140,7 @@ PHYSICS_PLAN = ControlPlan(
     predict_s=AVERAGE_WINDOW_S,
 )
 
-POLCA_TABLE = relative_clocks(POLCA_PLAN, _A100_MAX_MHZ)
+POLCA_TABLE = POLCA_PLAN  # one source of truth with the operator's default policy
 NAMED_PLANS: Mapping[str, ControlPlan] = MappingProxyType(
     {"polca-table": POLCA_TABLE, "k8s": K8S_PLAN, "physics": PHYSICS_PLAN}
 )

@@ -11,9 +11,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from polca.power.profiles import H100_SXM
 from polca_node.kube_client import KubeClient
 from polca_testbed.cluster import Cluster
+from polca_testbed.default_clocks import applied_ceiling_mhz
 from polca_testbed.kube_objects import create_pod, create_policy, ready_reason, set_stage
 from polca_testbed.limits_invariant import GpuKnobs
 from polca_testbed.limits_watch import ceilings
@@ -48,10 +48,19 @@ class Decision:
     demand: tuple[GpuKnobs, ...]
 
 
-# POLCA's stage 3 caps every tier: high 1305 MHz, low and idle 1110 MHz.
-STAGE3 = Decision("stage3", 3, ceilings(1305, 1110, 1110, 1110))
-# The brake: every GPU at its lowest clock (the plan's 288 MHz, clamped to the H100's minimum).
-BRAKE = Decision("brake", 4, ceilings(*[H100_SXM.min_sm_clock_mhz] * 4))
+# The default (GPU-relative) policy's ceilings on the node's fake H100s, per stage and tier.
+_GPU = "H100-SXM"
+# POLCA's stage 3 caps every tier (A100: high 1305 MHz, low and idle 1110 MHz).
+STAGE3 = Decision(
+    "stage3",
+    3,
+    ceilings(
+        applied_ceiling_mhz("stage3", "high", _GPU),
+        *[applied_ceiling_mhz("stage3", "low", _GPU)] * 3,
+    ),
+)
+# The brake: every GPU near halt (POLCA's 288 of 1410 MHz, the same share of the H100's max).
+BRAKE = Decision("brake", 4, ceilings(*[applied_ceiling_mhz("brake", "high", _GPU)] * 4))
 # A stage change must reach the GPUs within 1 s (issue 4) and within 2 s of the API server
 # answering after an outage (issue 12): the grace a tightening gets, with room for the loaded
 # machine (a limit held before binds meanwhile all the same).

@@ -27,5 +27,6 @@ def test_the_watch_finds_a_lifted_cap(
     with pytest.raises(AssertionError, match="was lifted") as failure:
         watch.assert_held()
     message = str(failure.value)
-    assert f"{node.name} GPU 0: clock ceiling MHz unlocked above the demanded 1305" in message
+    demanded = capped.decision.demand[0].clock_ceiling_mhz
+    assert f"{node.name} GPU 0: clock ceiling MHz unlocked above the demanded {demanded}" in message
     assert str(node.directory) in message  # where its daemon's log is

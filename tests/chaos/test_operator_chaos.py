@@ -19,6 +19,7 @@ import pytest
 from polca.api.defaults import DEFAULT_STAGES
 from polca_node.kube_client import KubeClient
 from polca_testbed.cluster import Cluster
+from polca_testbed.default_clocks import applied_ceiling_mhz
 from polca_testbed.kube_objects import POWER_POLICIES
 from polca_testbed.limits_watch import LimitsWatch, ceilings
 from polca_testbed.operators import (
@@ -33,8 +34,11 @@ from polca_testbed.scenarios import CappedNode, Decision
 
 pytestmark = pytest.mark.timeout(150)
 
-STAGE1 = Decision("stage1", 1, ceilings(None, 1275, 1275, 1275))
-FAILSAFE = Decision("stage2", 2, ceilings(None, 1110, 1110, 1110))
+# The default (GPU-relative) policy's ceilings on the node's fake H100s.
+STAGE1_MHZ = applied_ceiling_mhz("stage1", "low", "H100-SXM")
+STAGE2_MHZ = applied_ceiling_mhz("stage2", "low", "H100-SXM")
+STAGE1 = Decision("stage1", 1, ceilings(None, STAGE1_MHZ, STAGE1_MHZ, STAGE1_MHZ))
+FAILSAFE = Decision("stage2", 2, ceilings(None, STAGE2_MHZ, STAGE2_MHZ, STAGE2_MHZ))
 LOAD = {"decode": 0.3}  # 4 H100s at about 600 W of the 1750 W budget
 BUDGET_W = 1750
 KILLS = 3

@@ -24,7 +24,7 @@ from polca_testbed.kube_objects import POWER_POLICIES, ready_reason, set_stage
 from polca_testbed.limits_watch import LimitsWatch
 from polca_testbed.nodes import SimNode
 from polca_testbed.polling import eventually
-from polca_testbed.scenarios import CappedNode
+from polca_testbed.scenarios import HIGH_GPU, LOW_GPU, STAGE3, CappedNode
 from polca_testbed.skew import FUTURE_FIELD, SKEWED_BUDGET_W, newer_powerpolicy_crd
 
 pytestmark = pytest.mark.timeout(120)
@@ -83,11 +83,16 @@ def test_version_skew_lifts_no_cap(
 
 
 def near_integer_stages() -> list[dict[str, Any]]:
-    """POLCA's stages, stage 3's ceilings as near-integers and a null the server drops."""
+    """POLCA's stages, stage 3's ceilings in MHz as near-integers (the same clocks the default's
+    percentages give these GPUs, so no cap moves) and a null the server drops."""
     stages = [stage.to_wire() for stage in DEFAULT_STAGES]
     actions = stages[3]["actions"]
-    actions["low"]["clockCeilingMHz"] = actions["idle"]["clockCeilingMHz"] = 1110.000001
-    actions["high"] = {"clockCeilingMHz": 1305.000001, "powerLimitWatts": None}
+    high, low = (STAGE3.demand[gpu].clock_ceiling_mhz for gpu in (HIGH_GPU, LOW_GPU))
+    assert high is not None
+    assert low is not None
+    actions["low"] = {"clockCeilingMHz": low + 0.000001}
+    actions["idle"] = {"clockCeilingMHz": low + 0.000001}
+    actions["high"] = {"clockCeilingMHz": high + 0.000001, "powerLimitWatts": None}
     return stages
 
 
@@ -101,7 +106,7 @@ def test_bad_stored_data_lifts_no_cap(
         watch.demand(node, capped.decision.demand, why=capped.decision.stage)
         patch(cluster, policy, {"spec": {"stages": near_integer_stages()}})
         stored = api.request("GET", f"{POWER_POLICIES}/{policy}")["spec"]["stages"][3]["actions"]
-        assert stored["low"]["clockCeilingMHz"] == 1110.000001  # the server kept it
+        assert stored["low"]["clockCeilingMHz"] % 1 > 0  # the server kept the near-integer
         assert "powerLimitWatts" not in stored["high"]  # and dropped the null
         crash_and_restart(node)
         eventually("the restarted daemon to read the stored policy",

@@ -27,6 +27,7 @@ import pytest
 from polca_testbed import e2e_target
 from polca_testbed.cluster import Cluster
 from polca_testbed.containers import IMAGE
+from polca_testbed.default_clocks import applied_ceiling_mhz
 from polca_testbed.processes import free_port, wait_until
 from polca_testbed.real_node import RealNode
 
@@ -37,7 +38,8 @@ CHART = REPO / "charts" / "polca"
 VALUES = (REPO / "deploy" / "kind" / "values.yaml", REPO / "deploy" / "real-node" / "values.yaml")
 NAMESPACE = "polca-system"
 RELEASE = "polca"
-LOW_CLOCK_MHZ = 1275
+# Stage 1 of the default (GPU-relative) policy on the chart's fake GPUs (H100-SXM).
+LOW_CLOCK_MHZ = applied_ceiling_mhz("stage1", "low", "H100-SXM")
 # Workloads: name → (GPUs, labels, priority class)
 WORKLOADS: dict[str, tuple[int, dict[str, str], str | None]] = {
     "llm-high": (2, {}, None),
@@ -241,7 +243,7 @@ def test_install_throttle_upgrade_uninstall(release: list[str], target: e2e_targ
         return bool(now) and all(now[u] == LOW_CLOCK_MHZ for u in capped) and all(
             now[u] is None for u in high)  # fmt: skip
 
-    wait_until(throttled, timeout_s=90, what="low-tier and idle GPUs at 1275 MHz, high unlocked")
+    wait_until(throttled, timeout_s=90, what="low-tier and idle GPUs at stage 1, high unlocked")
 
     # A rolling restart of every daemon pod: no sample may see a cap lifted.
     before = daemon_pod_uids(target.tools)

@@ -24,6 +24,7 @@ import pytest
 from polca_node.checkpoint import CHECKPOINT_FILE
 from polca_node.kube_client import KubeClient
 from polca_testbed.cluster import Cluster
+from polca_testbed.default_clocks import applied_ceiling_mhz
 from polca_testbed.kube_objects import POWER_POLICIES, ready_reason, set_stage, try_set_stage
 from polca_testbed.nodes import SimNode, SimNodes
 from polca_testbed.polling import eventually
@@ -42,6 +43,9 @@ GUARD_BOUND_S = 4 * GUARD_PERIOD_S
 RECOVERY_ISSUE_BOUND_S = 2.0
 RECOVERY_ASSERT_S = RECOVERY_ISSUE_BOUND_S + 2.0
 OUTAGE_S = 10.0
+# What the default (GPU-relative) stages lock the fake H100s at: from the plan and the GPU.
+STAGE1_MHZ = applied_ceiling_mhz("stage1", "idle", "H100-SXM")
+STAGE2_MHZ = applied_ceiling_mhz("stage2", "idle", "H100-SXM")
 LOADED = {"prefill": 1.0}  # 4 x ~700 W: far above a 1.2 kW guard trigger
 
 
@@ -140,7 +144,7 @@ def test_restart_during_an_outage_resumes_the_guard_from_the_checkpoint(
                    guard_period_s=GUARD_PERIOD_S)  # fmt: skip
     create_guarded_policy(api, policy, domain)
     set_stage(api, policy, "stage1", 1)
-    eventually("stage 1 on the GPUs", lambda: node.clock_ceilings_mhz() == [1275] * 4, 30)
+    eventually("stage 1 on the GPUs", lambda: node.clock_ceilings_mhz() == [STAGE1_MHZ] * 4, 30)
     eventually("stage 1 in the checkpoint", lambda: checkpointed_stage(node) == "stage1", 30)
 
     # The API server goes down; the daemon dies and is started again while it is down, with
@@ -157,10 +161,10 @@ def test_restart_during_an_outage_resumes_the_guard_from_the_checkpoint(
         resumed_s = log_time(node.daemon_log, "resuming from the checkpoint")
         eventually(
             "the guard to throttle from the checkpoint",
-            lambda: any(c is not None and c < 1275 for c in node.clock_ceilings_mhz()),
+            lambda: any(c is not None and c < STAGE1_MHZ for c in node.clock_ceilings_mhz()),
             timeout_s=15, interval_s=0.02,
         )  # fmt: skip
-        throttled = lambda c: any(x is not None and x < 1275 for x in c)  # noqa: E731
+        throttled = lambda c: any(x is not None and x < STAGE1_MHZ for x in c)  # noqa: E731
         # The sampler thread may be a sample behind the check above (a loaded machine).
         throttled_s = float(  # eventually returns only a found (truthy) time
             eventually("the sampler to see it", lambda: sampler.first_time(throttled, 0), 5) or 0
@@ -185,7 +189,7 @@ def test_restart_during_an_outage_resumes_the_guard_from_the_checkpoint(
     # The API server returns: the daemon reports, enforcing again, the guard's limits kept.
     outage.start_apiserver()
     eventually("the daemon to report again", lambda: ready_reason(api, node.name) == "Enforce", 60)
-    assert all(c is not None and c <= 1275 for c in node.clock_ceilings_mhz())
+    assert all(c is not None and c <= STAGE1_MHZ for c in node.clock_ceilings_mhz())
 
 
 def test_a_stage_change_after_an_outage_reaches_the_gpus_within_the_bound(
@@ -197,7 +201,7 @@ def test_a_stage_change_after_an_outage_reaches_the_gpus_within_the_bound(
     node = sim.add(unique_name("gpu"), labels={DOMAIN_LABEL: domain}, profile="H100-SXM:2")
     create_guarded_policy(api, policy, domain)
     set_stage(api, policy, "stage1", 1)
-    eventually("stage 1 on the GPUs", lambda: node.clock_ceilings_mhz() == [1275, 1275], 30)
+    eventually("stage 1 on the GPUs", lambda: node.clock_ceilings_mhz() == [STAGE1_MHZ] * 2, 30)
 
     outage.stop_apiserver()
     down_s = time.monotonic()
@@ -218,7 +222,7 @@ def test_a_stage_change_after_an_outage_reaches_the_gpus_within_the_bound(
     )  # fmt: skip
     answered_s = time.monotonic()
     eventually(
-        "stage 2 on the GPUs", lambda: node.clock_ceilings_mhz() == [1110, 1110],
+        "stage 2 on the GPUs", lambda: node.clock_ceilings_mhz() == [STAGE2_MHZ] * 2,
         timeout_s=30, interval_s=0.02,
     )  # fmt: skip
     reached_s = time.monotonic()

@@ -98,7 +98,10 @@ def test_explain_teaches_the_stages(cluster: Cluster) -> None:
     explained = cluster.kubectl("explain", "powerpolicy.spec.stages").stdout
     flat = " ".join(explained.split())
     assert "Stages in escalation order" in flat
-    assert "stage1 at 80% (release 75%): idle, low at 1275 MHz (90.4%)" in flat
+    assert (
+        "stage1 at 80% (release 75%): idle, low at 90.43% (A100 1275 MHz, H100/H200 1790 MHz)"
+        in flat
+    )
     for field in ("triggerPercent", "releasePercent", "actions", "name"):
         assert f"{field}\t<" in explained or f"{field} <" in explained, field
     assert "the gap is the hysteresis" in flat

@@ -23,6 +23,7 @@ import pytest
 
 from polca_node.kube_client import KubeClient
 from polca_testbed.cluster import Cluster
+from polca_testbed.default_clocks import applied_ceiling_mhz
 from polca_testbed.kube_objects import (
     POWER_POLICIES,
     condition,
@@ -43,6 +44,10 @@ DOMAIN_LABEL = "polca.dev/test-domain"
 REACTION_BOUND_S = 1.0  # issue 4: daemons react to a PowerPolicy status change within 1 s
 WAIT_S = 30.0
 TRAINING = {"training.kubeflow.org/job-name": "pretrain"}
+# What the default (GPU-relative) stages lock the fake H100s at: from the plan and the GPU.
+STAGE1_MHZ = applied_ceiling_mhz("stage1", "idle", "H100-SXM")
+STAGE2_MHZ = applied_ceiling_mhz("stage2", "idle", "H100-SXM")
+BRAKE_MHZ = applied_ceiling_mhz("brake", "idle", "H100-SXM")
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout_s: float = WAIT_S) -> Any:
@@ -94,7 +99,10 @@ def test_two_daemons_apply_a_stage_change_within_one_second(
 
     started = time.monotonic()
     set_stage(api, policy, "stage2", 2, nodes=2)
-    expected = {trainer.name: [1110] * 4, server.name: [None, 1110, 1110, 1110]}
+    expected = {
+        trainer.name: [STAGE2_MHZ] * 4,
+        server.name: [None, STAGE2_MHZ, STAGE2_MHZ, STAGE2_MHZ],
+    }
 
     def gpus_done() -> bool:
         return all(sim.nodes[n].clock_ceilings_mhz() == c for n, c in expected.items())
@@ -130,16 +138,16 @@ def test_restarted_daemon_keeps_the_ceilings(
     node = sim.add(unique_name("gpu"), labels={DOMAIN_LABEL: domain}, profile="H100-SXM:2")
     create_policy(api, policy, domain)
     set_stage(api, policy, "stage1", 1, nodes=1)
-    wait_for("stage 1 on the GPUs", lambda: node.clock_ceilings_mhz() == [1275, 1275])
+    wait_for("stage 1 on the GPUs", lambda: node.clock_ceilings_mhz() == [STAGE1_MHZ] * 2)
     resets = node.fake_state()["setter_calls"].get("nvmlDeviceResetGpuLockedClocks", 0)
 
     wait_for(
         "stage 1 in NodePowerState",
-        lambda: status_ceilings(node_state(api, node.name)) == [1275, 1275],
+        lambda: status_ceilings(node_state(api, node.name)) == [STAGE1_MHZ] * 2,
     )
     before = node_state(api, node.name)["status"]["heartbeatTime"]
     node.stop_daemon()
-    assert node.clock_ceilings_mhz() == [1275, 1275]  # the GPUs keep them while it is down
+    assert node.clock_ceilings_mhz() == [STAGE1_MHZ] * 2  # the GPUs keep them while it is down
     node.start_daemon()
     wait_for(
         "the restarted daemon to enforce again",
@@ -148,9 +156,9 @@ def test_restarted_daemon_keeps_the_ceilings(
             and ready_reason(api, node.name) == "Enforce"
         ),
     )
-    assert node.clock_ceilings_mhz() == [1275, 1275]
+    assert node.clock_ceilings_mhz() == [STAGE1_MHZ] * 2
     assert node.fake_state()["setter_calls"].get("nvmlDeviceResetGpuLockedClocks", 0) == resets
-    assert status_ceilings(node_state(api, node.name)) == [1275, 1275]
+    assert status_ceilings(node_state(api, node.name)) == [STAGE1_MHZ] * 2
 
 
 def test_leaving_the_policy_restores_defaults_with_an_event(
@@ -165,7 +173,7 @@ def test_leaving_the_policy_restores_defaults_with_an_event(
     set_stage(api, policy, "brake", 4, nodes=2)
     wait_for(
         "the brake on both nodes",
-        lambda: stays.clock_ceilings_mhz() == leaves.clock_ceilings_mhz() == [345, 345],
+        lambda: stays.clock_ceilings_mhz() == leaves.clock_ceilings_mhz() == [BRAKE_MHZ] * 2,
     )
 
     sim.label_node(leaves.name, {DOMAIN_LABEL: None})
@@ -183,7 +191,7 @@ def test_leaving_the_policy_restores_defaults_with_an_event(
     assert events[0]["involvedObject"]["kind"] == "NodePowerState"
     described = cluster.kubectl("describe", "nodepowerstate", leaves.name).stdout
     assert "DefaultsRestored" in described, described  # where `kubectl describe` looks
-    assert stays.clock_ceilings_mhz() == [345, 345]  # the other node is still braked
+    assert stays.clock_ceilings_mhz() == [BRAKE_MHZ] * 2  # the other node is still braked
 
 
 # -- stored data the daemon's models refuse (issue 12, finding 1; safety rule 6) -------------

@@ -71,7 +71,7 @@ PROMETHEUS_HINT = (
 class DemoSettings:
     nodes: int = 8
     gpus: int = 8
-    profile: str = "A100-80GB"  # POLCA's clocks (examples/polca-default.yaml) are A100 clocks
+    profile: str = "A100-80GB"  # the paper's GPU: the default policy sets POLCA's MHz exactly
     speedup: float = 20.0
     duration_s: float = 180.0
     oversubscription: float = 0.3

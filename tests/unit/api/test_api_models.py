@@ -14,7 +14,6 @@ from pydantic import ValidationError
 from polca.api.base import server_integer
 from polca.api.conditions import PolicyConditionType, find_condition, set_condition
 from polca.api.convert import plan_from_spec, tier_set_from_spec
-from polca.api.defaults import clock_percent_of_a100
 from polca.api.nodepowerstate import NodePowerState, NodePowerStateStatus
 from polca.api.powerpolicy import (
     LAST_APPLIED,
@@ -23,7 +22,9 @@ from polca.api.powerpolicy import (
     PowerPolicyStatus,
     labels_dropped_by_kubectl,
 )
-from polca.control.actions import GpuLimits, resolve_for_gpu
+from polca.control.actions import resolve_for_gpu
+from polca.control.plan import ControlPlan
+from polca.power.profiles import PROFILES, get_profile
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
@@ -55,12 +56,14 @@ def test_defaults_are_polcas_table() -> None:
         ("brake", 100, 89),
     ]
     clocks = {
-        s.name: {tier: a.clock_ceiling_mhz for tier, a in s.actions.items()} for s in spec.stages
+        s.name: {tier: a.clock_ceiling_percent for tier, a in s.actions.items()}
+        for s in spec.stages
     }
-    assert clocks["stage1"] == {"idle": 1275, "low": 1275}
-    assert clocks["stage2"] == {"idle": 1110, "low": 1110}
-    assert clocks["stage3"] == {"idle": 1110, "low": 1110, "high": 1305}
-    assert set(clocks["brake"].values()) == {288}
+    assert clocks["stage1"] == {"idle": 90.43, "low": 90.43}
+    assert clocks["stage2"] == {"idle": 78.73, "low": 78.73}
+    assert clocks["stage3"] == {"idle": 78.73, "low": 78.73, "high": 92.56}
+    assert set(clocks["brake"].values()) == {20.43}
+    assert all(a.clock_ceiling_mhz is None for s in spec.stages for a in s.actions.values())
     assert [t.name for t in spec.tiers] == ["low", "high"]
     assert spec.default_tier == "high"
     assert spec.failsafe_stage == "stage2"
@@ -68,18 +71,48 @@ def test_defaults_are_polcas_table() -> None:
     assert not spec.dry_run
 
 
-@pytest.mark.parametrize(
-    ("mhz", "pct"), [(1275, 90.4), (1110, 78.7), (1305, 92.6), (288, 20.4), (1410, 100.0)]
-)
-def test_a100_clocks_as_percentages(mhz: int, pct: float) -> None:
-    assert clock_percent_of_a100(mhz) == pct
+def clocks_on(plan: ControlPlan, profile: str) -> list[dict[str, int | None]]:
+    """Each stage's clock ceiling per tier, resolved on one GPU model."""
+    limits = get_profile(profile).limits
+    return [
+        {tier: resolve_for_gpu([a], limits).clock_ceiling_mhz for tier, a in s.actions.items()}
+        for s in plan.stages
+    ]
 
 
-def test_default_stage_descriptions_give_mhz_and_percent() -> None:
+A100_TABLE = [
+    {},
+    {"idle": 1275, "low": 1275},
+    {"idle": 1110, "low": 1110},
+    {"idle": 1110, "low": 1110, "high": 1305},
+    {"idle": 288, "low": 288, "high": 288},
+]
+
+
+def test_defaults_are_polcas_a100_clocks_on_an_a100() -> None:
+    assert clocks_on(plan_from_spec(minimal_spec()), "A100-80GB") == A100_TABLE
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_defaults_mean_the_same_share_of_max_clock_on_every_gpu(profile: str) -> None:
+    """The default's ceilings are the A100's shares of its max clock on every model (within
+    the rounding to whole MHz), not the A100's MHz: on an H100, 1275 MHz would be 64%."""
+    max_mhz = get_profile(profile).max_sm_clock_mhz
+    for got, a100 in zip(
+        clocks_on(plan_from_spec(minimal_spec()), profile), A100_TABLE, strict=True
+    ):
+        assert got.keys() == a100.keys()
+        for tier, mhz in got.items():
+            assert mhz is not None
+            assert abs(mhz / max_mhz - a100[tier] / 1410) < 1 / max_mhz, (tier, mhz)
+
+
+def test_default_stage_descriptions_give_percent_and_mhz_per_gpu() -> None:
     stage1 = minimal_spec().stages[1]
     assert stage1.description is not None
-    assert "1275 MHz" in stage1.description
-    assert "90.4%" in stage1.description
+    assert "90.43% of max SM clock" in stage1.description
+    assert "A100 1275 MHz" in stage1.description
+    assert "H100/H200 1790 MHz" in stage1.description
 
 
 @pytest.mark.parametrize(("name", "doc"), example_documents(), ids=lambda v: str(v)[:40])
@@ -93,7 +126,7 @@ def test_the_required_examples_exist() -> None:
     names = {path.stem for path in EXAMPLES}
     assert {
         "polca-default",
-        "mixed-gpus-percent",
+        "a100-fleet-mhz",
         "power-cap-first",
         "dry-run",
         "promql-node-power",
@@ -111,19 +144,15 @@ def test_the_default_example_spells_out_the_defaults() -> None:
     assert spelled.telemetry == implicit.telemetry
 
 
-def test_percent_example_matches_polca_clocks_on_an_a100() -> None:
-    doc = yaml.safe_load((REPO / "examples" / "mixed-gpus-percent.yaml").read_text())
-    a100 = GpuLimits(1410, 210, 100.0, 400.0, 400.0)
-    percent_plan = plan_from_spec(PowerPolicySpec.model_validate(doc["spec"]))
-    mhz_plan = plan_from_spec(minimal_spec())
-    for by_pct, by_mhz in zip(percent_plan.stages, mhz_plan.stages, strict=True):
-        assert by_pct.actions.keys() == by_mhz.actions.keys()
-        for tier, action in by_pct.actions.items():
-            on_a100 = resolve_for_gpu([action], a100).clock_ceiling_mhz
-            wanted = by_mhz.actions[tier].clock_ceiling_mhz
-            assert on_a100 is not None
-            assert wanted is not None
-            assert abs(on_a100 - wanted) <= 2
+def test_mhz_example_is_the_default_on_an_a100_only() -> None:
+    """MHz is an explicit choice for a one-model fleet: the same as the default on an A100,
+    the A100's MHz (not its share of max clock) on an H100."""
+    doc = yaml.safe_load((REPO / "examples" / "a100-fleet-mhz.yaml").read_text())
+    mhz_plan = plan_from_spec(PowerPolicySpec.model_validate(doc["spec"]))
+    default = plan_from_spec(minimal_spec())
+    assert clocks_on(mhz_plan, "A100-80GB") == clocks_on(default, "A100-80GB")
+    assert clocks_on(mhz_plan, "H100-SXM")[1] == {"idle": 1275, "low": 1275}
+    assert clocks_on(default, "H100-SXM")[1] == {"idle": 1790, "low": 1790}
 
 
 def test_wire_form_is_camel_case_without_nulls() -> None:
@@ -135,7 +164,7 @@ def test_wire_form_is_camel_case_without_nulls() -> None:
         "description": "Normal operation: no limits.",
         "actions": {},
     }
-    assert wire["stages"][1]["actions"]["low"] == {"clockCeilingMHz": 1275}
+    assert wire["stages"][1]["actions"]["low"] == {"clockCeilingPercent": 90.43}
 
 
 def test_snake_case_names_work_in_python() -> None:

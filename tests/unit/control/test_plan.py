@@ -13,8 +13,8 @@ from polca.control.plan import (
     ResolvedAction,
     Stage,
     TierAction,
+    a100_clock_percent,
     plan_from_dict,
-    relative_clocks,
     shift_triggers,
 )
 
@@ -50,6 +50,31 @@ class TestPolcaTable:
         actions = POLCA_PLAN.actions_for(stage)
         assert actions["low"].resolve(A100).clock_ceiling_mhz == low_mhz
         assert actions["high"].resolve(A100).clock_ceiling_mhz == high_mhz
+
+    @pytest.mark.parametrize(
+        ("stage", "low_mhz", "high_mhz"),
+        [(0, None, None), (1, 1790, None), (2, 1558, None), (3, 1558, 1832), (4, 404, 404)],
+    )
+    def test_h100_gets_the_same_share_of_its_max_clock(
+        self, stage: int, low_mhz: int | None, high_mhz: int | None
+    ) -> None:
+        # GPU-relative: 1275/1410 of the A100's max is 1790 of the H100's 1980 MHz, not 1275.
+        actions = POLCA_PLAN.actions_for(stage)
+        assert actions["low"].resolve(H100).clock_ceiling_mhz == low_mhz
+        assert actions["high"].resolve(H100).clock_ceiling_mhz == high_mhz
+
+    @pytest.mark.parametrize(
+        ("mhz", "pct"), [(1275, 90.43), (1110, 78.73), (1305, 92.56), (288, 20.43), (1410, 100)]
+    )
+    def test_a100_clocks_as_percentages(self, mhz: int, pct: float) -> None:
+        assert a100_clock_percent(mhz) == pct
+        assert TierAction(clock_ceiling_pct=pct).resolve(A100).clock_ceiling_mhz == mhz
+
+    def test_brake_never_below_the_gpus_minimum_clock(self) -> None:
+        brake = POLCA_PLAN.actions_for(POLCA_PLAN.last_stage)
+        high_floor = replace(H100, min_sm_clock_mhz=600)  # above 20.43% of 1980 MHz
+        assert {a.resolve(high_floor).clock_ceiling_mhz for a in brake.values()} == {600}
+        assert {a.resolve(H100).clock_ceiling_mhz for a in brake.values()} == {404}
 
     def test_failsafe_throttles_low_priority_but_not_high(self) -> None:
         actions = POLCA_PLAN.actions_for(POLCA_PLAN.failsafe_stage)
@@ -134,13 +159,6 @@ class TestValidation:
 
 
 class TestTransforms:
-    def test_relative_clocks_keep_polca_ratio_on_h100(self) -> None:
-        plan = relative_clocks(POLCA_PLAN, 1410)
-        low = plan.actions_for(1)["low"]
-        # 1275/1410 of H100's 1980 MHz, floored to whole MHz.
-        assert low.resolve(H100).clock_ceiling_mhz == 1790
-        assert low.resolve(A100).clock_ceiling_mhz == 1275
-
     def test_shift_triggers_moves_all_but_brake_and_keeps_spacing(self) -> None:
         plan = shift_triggers(POLCA_PLAN, 95.0)
         got = [(s.trigger_pct, s.release_pct) for s in plan.stages[1:]]

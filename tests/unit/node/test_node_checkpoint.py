@@ -35,6 +35,7 @@ from polca_node.gpu.load import ConstantLoad
 from polca_node.gpu.nvml_backend import NvmlBackend
 from polca_node.node_status import PreviousRecord
 from polca_node.policies import DecisionInputs, Mode, NodeDecision, decide_node
+from polca_testbed.default_clocks import applied_ceiling_mhz, default_ceiling_mhz
 
 PolicyFactory = Callable[..., PowerPolicy]
 DaemonFactory = Callable[..., NodeDaemon]  # the `started` fixture (conftest)
@@ -160,7 +161,7 @@ def test_what_the_api_has_not_told_comes_from_the_checkpoint_and_only_tightens(
     assert decision.mode is Mode.TIGHTEN
     assert "checkpoint" in decision.reason
     assert {i: g.enforce.clock_ceiling_mhz for i, g in decision.gpus.items()} == dict.fromkeys(
-        range(4), 1110
+        range(4), default_ceiling_mhz("stage2", "low", "H100-SXM")
     )
     assert decision.gpus[0].tier == "low"  # the training pod, from the checkpoint
 
@@ -193,6 +194,11 @@ def ceilings(fake: FakeNvml) -> list[int | None]:
     return [gpu.clock_ceiling_mhz for gpu in fake.gpus]
 
 
+# What the default (GPU-relative) policy's stages lock the fake H100s at.
+LOW1 = applied_ceiling_mhz("stage1", "low", "H100-SXM")
+LOW2 = applied_ceiling_mhz("stage2", "low", "H100-SXM")
+
+
 def metric(daemon: NodeDaemon, name: str, **labels: str) -> float | None:
     return daemon.metrics.registry.get_sample_value(name, {"node": NODE, **labels})
 
@@ -211,7 +217,7 @@ async def test_restart_during_an_outage_resumes_the_guard_and_lifts_nothing(
     first.recall(PreviousRecord())
     await first.reconcile()
     assert first.decision.mode is Mode.ENFORCE
-    assert ceilings(h100_fake) == [1275] * 4  # stage 1: the low tier and idle GPUs
+    assert ceilings(h100_fake) == [LOW1] * 4  # stage 1: the low tier and idle GPUs
     assert (tmp_path / CHECKPOINT_FILE).exists()
 
     # The process dies with the API server down; the node's load rises above the guard trigger.
@@ -223,7 +229,7 @@ async def test_restart_during_an_outage_resumes_the_guard_and_lifts_nothing(
     await second.reconcile()
     assert second.decision.mode is Mode.TIGHTEN
     assert "checkpoint" in second.decision.reason
-    assert ceilings(h100_fake) == [1275] * 4  # held
+    assert ceilings(h100_fake) == [LOW1] * 4  # held
 
     history = [ceilings(h100_fake)]
     for _ in range(4):  # the guard climbs one level a sample, from the checkpoint's policy
@@ -232,7 +238,7 @@ async def test_restart_during_an_outage_resumes_the_guard_and_lifts_nothing(
         history.append(ceilings(h100_fake))
         fake_clock.advance(0.5)
     assert second.guard_outcomes()["row-a"].active
-    assert history[1] == [1275, 1110, 1110, 1110]  # idle GPUs first, at the first sample
+    assert history[1] == [LOW1, LOW2, LOW2, LOW2]  # idle GPUs first, at the first sample
     assert metric(second, "polca_guard_activations_total", policy="row-a") == 1.0
     for before, after in itertools.pairwise(history):
         for was, now in zip(before, after, strict=True):
@@ -242,7 +248,10 @@ async def test_restart_during_an_outage_resumes_the_guard_and_lifts_nothing(
     third = started(state_dir=tmp_path)
     resumed = third.resume()
     assert resumed is not None
-    assert resumed.ceilings_mhz[1] == 1110
+    guarded = ceilings(h100_fake)[1]
+    assert guarded is not None
+    assert guarded < LOW1  # the guard's ceiling, not stage 1's
+    assert resumed.ceilings_mhz[1] == guarded
 
 
 async def test_a_corrupt_checkpoint_is_counted_and_ignored_holding_everything(

@@ -26,12 +26,14 @@ from polca_node.reconciler import Reconciler
 from polca_node.sampling import Sampler
 from polca_node.status_reporting import StatusReporter
 from polca_node.status_writer import NodeStateClient
+from polca_testbed.default_clocks import applied_ceiling_mhz
 from polca_testbed.stub_kube import StubKube
 
 PolicyFactory = Callable[..., PowerPolicy]
 NODE = "node-a"
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 GUARD = {"nodeBudgetWatts": 1000, "triggerPercent": 120, "releasePercent": 110}
+STAGE2_MHZ = applied_ceiling_mhz("stage2", "idle", "H100-SXM")  # the default's, on these GPUs
 
 
 class Wired:
@@ -96,7 +98,7 @@ async def test_the_reconciler_holds_until_it_knows_then_applies_and_asks_for_a_s
     wired.reconciler.recall(PreviousRecord())
     await wired.reconciler.reconcile()
     assert mode(wired.reconciler) is Mode.ENFORCE
-    assert ceilings(h100_fake) == [1110] * 4  # no pods: every GPU is in the idle tier
+    assert ceilings(h100_fake) == [STAGE2_MHZ] * 4  # no pods: every GPU is in the idle tier
     assert [p.stage for p in wired.reconciler.record] == ["stage2"]
     assert wired.wakes == ["status", "status"]  # after each apply; the watches were not run
 
@@ -120,7 +122,7 @@ async def test_the_sampler_guards_from_the_reconcilers_decision_and_wakes_it(
         assert set(wired.reconciler.inputs().guard_actions) == {"row-a"}
         # Woken by the guard's move, the reconcile loop applies the guard's ceilings.
         async with asyncio.timeout(5.0):
-            while ceilings(h100_fake) != [1110] * 4:
+            while ceilings(h100_fake) != [STAGE2_MHZ] * 4:
                 await asyncio.sleep(0.005)
     finally:
         stop.set()

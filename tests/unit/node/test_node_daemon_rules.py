@@ -21,11 +21,15 @@ from polca_node.gpu.nvml_backend import NvmlBackend
 from polca_node.kube_client import KubeClient
 from polca_node.node_status import PreviousRecord, build_status, previous_record
 from polca_node.policies import Mode
+from polca_testbed.default_clocks import applied_ceiling_mhz
 from polca_testbed.stub_kube import StubKube
 
 PolicyFactory = Callable[..., PowerPolicy]
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 NODE = "node-a"
+# What the default (GPU-relative) policy's stages lock the fake H100s at.
+LOW1 = applied_ceiling_mhz("stage1", "low", "H100-SXM")
+LOW2 = applied_ceiling_mhz("stage2", "low", "H100-SXM")
 TRAINING_POD = {
     "metadata": {
         "namespace": "ml", "name": "train-0", "creationTimestamp": "2025-01-01T00:00:00Z",
@@ -79,10 +83,10 @@ async def test_restart_holds_settings_until_the_policies_are_known(
     first.recall(PreviousRecord())
     await first.reconcile()
     assert mode(first) is Mode.ENFORCE
-    assert ceilings(h100_fake) == [1110] * 4  # GPU 0: training (low); 1-3: idle
+    assert ceilings(h100_fake) == [LOW2] * 4  # GPU 0: training (low); 1-3: idle
     record = record_of(first)
     assert record.managed
-    assert record.ceilings_mhz == dict.fromkeys(range(4), 1110)
+    assert record.ceilings_mhz == dict.fromkeys(range(4), LOW2)
 
     # The process exits and a new one starts over the same GPUs.
     before = setter_calls(h100_fake)
@@ -96,13 +100,13 @@ async def test_restart_holds_settings_until_the_policies_are_known(
     second.recall(record)
     await second.reconcile()
     assert mode(second) is Mode.ENFORCE
-    assert ceilings(h100_fake) == [1110] * 4
+    assert ceilings(h100_fake) == [LOW2] * 4
     assert (
         h100_fake.calls["nvmlDeviceResetGpuLockedClocks"]
         == before["nvmlDeviceResetGpuLockedClocks"]
     )
     status = build_status(second.build_status_inputs())
-    assert [g.clock_ceiling_mhz for g in status.gpus or ()] == [1110] * 4
+    assert [g.clock_ceiling_mhz for g in status.gpus or ()] == [LOW2] * 4
 
 
 async def test_restart_while_the_policy_has_no_decision_only_tightens(
@@ -118,7 +122,7 @@ async def test_restart_while_the_policy_has_no_decision_only_tightens(
     second.recall(record)
     await second.reconcile()
     assert mode(second) is Mode.TIGHTEN
-    assert ceilings(h100_fake) == [1110] * 4
+    assert ceilings(h100_fake) == [LOW2] * 4
     assert record_of(second).managed  # still remembered as managed
 
 
@@ -136,13 +140,13 @@ async def test_defaults_restored_only_on_leaving_every_policy(
     daemon.recall(PreviousRecord())
     h100_fake.nvmlDeviceSetPowerManagementLimit(FakeHandle(0), 400_000)
     await daemon.reconcile()
-    assert ceilings(h100_fake) == [1110] * 4
+    assert ceilings(h100_fake) == [LOW2] * 4
 
     # Leaving one of two policies is no restore: the other one still applies.
     daemon.observed.apply_policy("DELETED", row_a.to_wire())
     await daemon.reconcile()
     assert mode(daemon) is Mode.ENFORCE
-    assert ceilings(h100_fake) == [1275] * 4
+    assert ceilings(h100_fake) == [LOW1] * 4
     assert kube.events() == []
 
     if how == "label removed":
@@ -180,7 +184,7 @@ async def test_rejected_write_is_a_condition_a_metric_and_one_event(
     await daemon.reconcile()
     await daemon.reconcile()  # retried, still rejected
     await daemon.flush_background()
-    assert ceilings(h100_fake) == [1110, 1110, None, 1110]
+    assert ceilings(h100_fake) == [LOW2, LOW2, None, LOW2]
     failures = counter(daemon, "polca_gpu_write_failures_total", gpu="2", reason="NoPermission")
     assert failures == 2.0
     status = build_status(daemon.build_status_inputs())
@@ -211,16 +215,16 @@ async def test_guard_throttles_in_tier_order_and_lets_go_with_hysteresis(
     daemon = await running(started(), make_policy(stage="normal", guard=GUARD))
     assert ceilings(h100_fake) == [None] * 4
 
-    # Prefill: 4 x 700 W; with the idle-tier GPUs at 1110 MHz still 700 + 3 x 271 W > 1200 W.
+    # Prefill: 4 x 700 W; with the idle-tier GPUs at stage 2's ceiling still well over 1200 W.
     h100_fake.load = ConstantLoad(PhaseDemand(prefill_frac=1.0))
     fake_clock.advance(1.1)  # GPUs report power averaged over the last second
     await daemon.sample()
     await daemon.reconcile()
-    assert ceilings(h100_fake) == [None, 1110, 1110, 1110]  # idle GPUs first
+    assert ceilings(h100_fake) == [None, LOW2, LOW2, LOW2]  # idle GPUs first
     fake_clock.advance(0.5)
     await daemon.sample()
     await daemon.reconcile()
-    assert ceilings(h100_fake) == [1110] * 4  # then the training GPU
+    assert ceilings(h100_fake) == [LOW2] * 4  # then the training GPU
     assert counter(daemon, "polca_guard_activations_total", policy="row-a") == 1.0
 
     h100_fake.load = ConstantLoad()  # idle: far below the 1100 W release level
@@ -262,7 +266,7 @@ async def test_an_unreadable_version_keeps_the_guard_and_a_restart_holds(
     fake_clock.advance(0.2)  # the instant power field the guard reads refreshes every 100 ms
     await daemon.sample()
     await daemon.reconcile()
-    assert ceilings(h100_fake) == [None, 1110, 1110, 1110]
+    assert ceilings(h100_fake) == [None, LOW2, LOW2, LOW2]
     record = record_of(daemon)
 
     # A restart with only the unreadable version: hold everything, never restore.
@@ -276,7 +280,7 @@ async def test_an_unreadable_version_keeps_the_guard_and_a_restart_holds(
     await second.flush_background()
     assert mode(second) is Mode.HOLD
     assert setter_calls(h100_fake) == before
-    assert ceilings(h100_fake) == [None, 1110, 1110, 1110]
+    assert ceilings(h100_fake) == [None, LOW2, LOW2, LOW2]
     assert ("PolicyUnreadable", "Warning") in kube.events()
     assert record_of(second).managed  # the record survives for a later restore
     condition = build_status(second.build_status_inputs()).condition("PolicyUnreadable")

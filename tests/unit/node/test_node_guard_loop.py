@@ -18,10 +18,14 @@ from polca_node.guard_loop import (
     node_budget_w,
     run_periodic,
 )
+from polca_testbed.default_clocks import default_ceiling_mhz
 
 PolicyFactory = Callable[..., PowerPolicy]
 H100 = GpuLimits(1980, 345, 200.0, 700.0, 700.0)
 LIMITS = dict.fromkeys(range(4), H100)
+# What the default (GPU-relative) policy's stages set on these GPUs.
+LOW2 = default_ceiling_mhz("stage2", "low", H100)
+HIGH3 = default_ceiling_mhz("stage3", "high", H100)
 TIERS = {0: "low", 1: "high", 2: "idle", 3: "low"}
 GUARD = {"nodeBudgetWatts": 1000, "triggerPercent": 120, "releasePercent": 110}
 
@@ -44,11 +48,11 @@ class TestConfigFromPolicy:
     def test_levels_follow_the_tier_order_from_the_reaction_stage_to_the_brake(
         self, make_policy: PolicyFactory
     ) -> None:
-        # The default reaction stage is the failsafe (stage2): idle, then low at 1110 MHz; then
+        # The default reaction stage is the failsafe (stage2): idle, then low at its ceiling; then
         # stage3 adds high, and the brake tightens every tier, in tier order.
         steps = guard_steps(make_policy(stage="normal"))
         assert [sorted(s.tiers) for s in steps][:3] == [["idle"], ["low"], ["high"]]
-        assert [s.action.clock_ceiling_mhz for s in steps[:2]] == [1110, 1110]
+        assert [s.action.resolve(H100).clock_ceiling_mhz for s in steps[:2]] == [LOW2, LOW2]
         brake = steps[3:]
         assert [sorted(s.tiers) for s in brake] == [["idle"], ["low"], ["high"]]
         assert all(
@@ -105,11 +109,11 @@ class TestGuardBank:
         assert [o.level for o in outcomes] == [0, 1, 2, 3, 3, 3, 3, 2, 1, 0]
         assert [o.activated for o in outcomes] == [False, True] + [False] * 8
         assert [o.active for o in outcomes] == [False] + [True] * 8 + [False]
-        assert ceilings(outcomes[1]) == [None, None, 1110, None]
-        assert ceilings(outcomes[2]) == [1110, None, 1110, 1110]
-        assert ceilings(outcomes[3]) == [1110, 1305, 1110, 1110]
-        assert ceilings(outcomes[7]) == [1110, None, 1110, 1110]
-        assert ceilings(outcomes[8]) == [None, None, 1110, None]
+        assert ceilings(outcomes[1]) == [None, None, LOW2, None]
+        assert ceilings(outcomes[2]) == [LOW2, None, LOW2, LOW2]
+        assert ceilings(outcomes[3]) == [LOW2, HIGH3, LOW2, LOW2]
+        assert ceilings(outcomes[7]) == [LOW2, None, LOW2, LOW2]
+        assert ceilings(outcomes[8]) == [None, None, LOW2, None]
         assert outcomes[9].actions == {}
         assert bank.actions() == {}
 

@@ -13,6 +13,7 @@ from polca.control.selectors import Selector
 from polca.control.tiers import TIER_LABEL, PodFacts
 from polca_node.observed import UnreadablePolicy
 from polca_node.policies import DecisionInputs, Mode, decide_node
+from polca_testbed.default_clocks import default_ceiling_mhz
 
 PolicyFactory = Callable[..., PowerPolicy]
 ROW_LABEL = "polca.dev/row"  # the label the `make_policy` fixture's policies select on
@@ -21,6 +22,10 @@ H100 = GpuLimits(
     default_limit_w=700,
 )  # fmt: skip
 GPUS = dict.fromkeys(range(4), H100)
+# What the default (GPU-relative) policy's stages set on these GPUs.
+LOW1 = default_ceiling_mhz("stage1", "low", H100)
+LOW2 = default_ceiling_mhz("stage2", "low", H100)
+HIGH3 = default_ceiling_mhz("stage3", "high", H100)
 TRAINING = PodFacts("ml", "train-0", {"training.kubeflow.org/job-name": "j"})
 SERVING = PodFacts("web", "llm-0", {"app": "llm"})
 # GPU 0: a training pod (tier low), GPU 1: inference (high), GPUs 2-3: no pod (idle).
@@ -89,7 +94,7 @@ class TestStageActionsByTier:
     def test_polca_stage2_caps_low_and_idle_gpus_not_high(self, make_policy: PolicyFactory) -> None:
         decision = decide_node(inputs([make_policy(stage="stage2")]))
         assert decision.mode is Mode.ENFORCE
-        assert clocks(decision) == [1110, None, 1110, 1110]
+        assert clocks(decision) == [LOW2, None, LOW2, LOW2]
         assert [decision.gpus[i].tier for i in range(4)] == ["low", "high", "idle", "idle"]
         assert decision.gpus[0].pod == TRAINING
         assert decision.gpus[2].pod is None
@@ -104,10 +109,10 @@ class TestStageActionsByTier:
 
     def test_stage3_throttles_high_priority_too(self, make_policy: PolicyFactory) -> None:
         assert clocks(decide_node(inputs([make_policy(stage="stage3")]))) == [
-            1110,
-            1305,
-            1110,
-            1110,
+            LOW2,
+            HIGH3,
+            LOW2,
+            LOW2,
         ]
 
     def test_tier_label_and_priority_decide_the_tier(self, make_policy: PolicyFactory) -> None:
@@ -115,7 +120,7 @@ class TestStageActionsByTier:
         preemptible = PodFacts("web", "spot", {}, priority=-10)
         pods = {0: (labelled,), 1: (preemptible,), 2: (SERVING,), 3: (SERVING,)}
         decision = decide_node(inputs([make_policy(stage="stage1")], pods=pods))
-        assert clocks(decision) == [1275, 1275, None, None]
+        assert clocks(decision) == [LOW1, LOW1, None, None]
 
     def test_shared_gpu_takes_the_tier_throttled_last(self, make_policy: PolicyFactory) -> None:
         pods = {0: (TRAINING, SERVING)}
@@ -169,7 +174,7 @@ class TestAcrossPolicies:
             stages=two_stages({"batch": {"clockCeilingMHz": 1000}}),
         )  # fmt: skip
         decision = decide_node(inputs([make_policy(stage="stage2"), other]))
-        assert clocks(decision) == [1110, 1000, 1110, 1110]
+        assert clocks(decision) == [LOW2, 1000, LOW2, LOW2]
         assert decision.gpus[1].tier == "batch"
         assert decision.gpus[1].policy == "web-batch"
 
@@ -180,7 +185,7 @@ class TestDryRun:
         assert decision.mode is Mode.UNMANAGED
         assert not decision.mode.writes
         assert clocks(decision) == [None] * 4
-        assert clocks(decision, "report") == [1110, None, 1110, 1110]
+        assert clocks(decision, "report") == [LOW2, None, LOW2, LOW2]
 
     def test_dry_run_beside_an_enforcing_policy(self, make_policy: PolicyFactory) -> None:
         enforcing = make_policy("row-a", stage="normal")
@@ -188,7 +193,7 @@ class TestDryRun:
         decision = decide_node(inputs([enforcing, trial]))
         assert decision.mode is Mode.ENFORCE
         assert clocks(decision) == [None] * 4
-        assert clocks(decision, "report") == [1110, 1305, 1110, 1110]
+        assert clocks(decision, "report") == [LOW2, HIGH3, LOW2, LOW2]
         assert decision.gpus[0].policy == "row-a"  # attribution follows what is enforced
 
 
@@ -201,7 +206,7 @@ class TestNeverUncapForLackOfInformation:
         decision = decide_node(inputs([known, undecided]))
         assert decision.mode is Mode.TIGHTEN
         assert decision.waiting_for == ("new-row",)
-        assert clocks(decision) == [1275, None, 1275, 1275]
+        assert clocks(decision) == [LOW1, None, LOW1, LOW1]
 
     def test_stage_missing_from_the_spec_counts_as_no_decision(
         self, make_policy: PolicyFactory
@@ -236,7 +241,7 @@ class TestUnreadablePolicyIsUnknownNotAbsent:
         readable = make_policy("row-c", stage="stage1")
         decision = decide_node(inputs([readable], unreadable=[self.ANY_NODE]))
         assert decision.mode is Mode.TIGHTEN
-        assert clocks(decision) == [1275, None, 1275, 1275]
+        assert clocks(decision) == [LOW1, None, LOW1, LOW1]
 
     def test_last_good_version_keeps_enforcing_but_only_tightens(
         self, make_policy: PolicyFactory
@@ -279,7 +284,7 @@ class TestRestore:
 
 
 class TestGuardActions:
-    @pytest.mark.parametrize(("guard_mhz", "expected"), [(800, 800), (1500, 1110)])
+    @pytest.mark.parametrize(("guard_mhz", "expected"), [(800, 800), (1700, LOW2)])
     def test_guard_and_stage_combine_stronger_wins(
         self, make_policy: PolicyFactory, guard_mhz: int, expected: int
     ) -> None:

@@ -28,10 +28,12 @@ from polca_node.node_status import (
 from polca_node.observed import UnreadablePolicy
 from polca_node.policies import DecisionInputs, Mode, NodeDecision, decide_node
 from polca_node.tiering import OwnerConflict
+from polca_testbed.default_clocks import default_ceiling_mhz
 
 PolicyFactory = Callable[..., PowerPolicy]
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 H100 = GpuLimits(1980, 345, 200.0, 700.0, 700.0)
+LOW2 = default_ceiling_mhz("stage2", "low", H100)  # the default policy's stage 2 on these GPUs
 TRAINING = PodFacts("ml", "train-0", {"training.kubeflow.org/job-name": "j"})
 
 
@@ -119,13 +121,13 @@ class TestBuildStatus:
         assert first.pod is not None
         assert (first.pod.namespace, first.pod.name) == ("ml", "train-0")
         assert (first.tier, first.policy, first.stage) == ("low", "row-a", "stage2")
-        assert first.clock_ceiling_mhz == 1110
+        assert first.clock_ceiling_mhz == LOW2
         ready = status.condition("Ready")
         assert ready is not None
         assert (ready.status, ready.reason) == ("True", "Enforce")
         wire = status.to_wire()
         assert wire["metricsEndpoint"] == "http://10.0.0.7:9402/metrics"
-        assert wire["gpus"][0]["clockCeilingMHz"] == 1110
+        assert wire["gpus"][0]["clockCeilingMHz"] == LOW2
         NodePowerStateStatus.model_validate(wire)  # what we write is what the CRD accepts
 
     def test_unknown_ceiling_is_not_reported(
@@ -184,7 +186,7 @@ class TestBuildStatus:
         condition = status.condition("DryRun")
         assert condition is not None
         assert condition.status == "True"
-        assert "GPU 0: 1110 MHz" in condition.message
+        assert f"GPU 0: {LOW2} MHz" in condition.message
         assert status.policies is not None
         assert [(p.name, p.dry_run) for p in status.policies] == [("row-a", True)]
 

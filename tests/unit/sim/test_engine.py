@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from polca.control.plan import POLCA_PLAN, relative_clocks
+from polca.control.plan import POLCA_PLAN
 from polca.power.model import Phase, phase_power_w
 from polca.power.profiles import get_profile
 from polca.power.sensor import OVERSHOOT_RATIO
@@ -106,7 +106,7 @@ class TestLatency:
 
 class TestCaps:
     def test_clock_ceiling_slows_prefill_and_lowers_power(self) -> None:
-        plan = relative_clocks(POLCA_PLAN, 1410)
+        plan = POLCA_PLAN
         # Trigger stage 1 at once: a tiny budget share makes any load exceed 80%.
         policy = PolicyConfig(name="polca", plan=replace(plan, settle_s=1000.0))
         reqs = requests([0.0], context=14000, generated=2)
@@ -116,7 +116,7 @@ class TestCaps:
         assert capped.first_token_s[0] > free.first_token_s[0]
 
     def test_actuation_delay_postpones_the_power_drop(self) -> None:
-        plan = replace(relative_clocks(POLCA_PLAN, 1410), settle_s=1000.0)
+        plan = replace(POLCA_PLAN, settle_s=1000.0)
         reqs = requests([0.1 * i for i in range(400)], context=3000, generated=5, servers=2)
 
         def run(delay_s: float) -> SimResult:
