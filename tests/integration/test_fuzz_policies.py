@@ -431,12 +431,56 @@ def parent_of(document: Any, path: tuple[Any, ...]) -> Any:
     return document
 
 
+ODD_STAGES = ["duplicate", "reverse", "trigger-first", "failsafe-first", "only-one", "empty"]
+ODD_TIERS = ["duplicate", "idle", "empty", "unknown-default"]
+
+
+def _table(spec: dict[str, Any], key: str, default: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """spec[key] as a non-empty list of objects, set to `default` when it is not one."""
+    table = spec.get(key)
+    if not isinstance(table, list) or not table or not all(isinstance(t, dict) for t in table):
+        table = spec[key] = default
+    return table
+
+
+def odd_stages(odd: str, spec: dict[str, Any]) -> None:
+    table = _table(
+        spec,
+        "stages",
+        [{"name": "normal"}, {"name": "stage2", "triggerPercent": 80, "releasePercent": 75}],
+    )
+    if odd == "duplicate":
+        table.append(copy.deepcopy(table[-1]))
+    elif odd == "reverse":
+        table.reverse()
+    elif odd == "trigger-first":
+        table[0].update(triggerPercent=10, releasePercent=5)
+    elif odd == "failsafe-first":
+        spec["failsafeStage"] = table[0].get("name")
+    else:
+        del table[1 if odd == "only-one" else 0 :]
+
+
+def odd_tiers(odd: str, spec: dict[str, Any]) -> None:
+    table = _table(spec, "tiers", [{"name": "low"}, {"name": "high"}])
+    if odd == "duplicate":
+        table.append(copy.deepcopy(table[0]))
+    elif odd == "idle":
+        table.append({"name": "idle"})
+    elif odd == "empty":
+        table.clear()
+    else:
+        spec["defaultTier"] = "no-such-tier"
+
+
 @st.composite
 def mutated(draw: st.DrawFn, spec: dict[str, Any]) -> dict[str, Any]:
     """`spec` with one mutation: a value replaced, nulled or nudged, a key removed or added,
-    an odd selector or stage table."""
+    an odd selector, stage table or tier table."""
     kind = draw(
-        st.sampled_from(["replace", "null", "nudge", "delete", "unknown", "selector", "stages"])
+        st.sampled_from(
+            ["replace", "null", "nudge", "delete", "unknown", "selector", "stages", "tiers"]
+        )
     )
     if kind == "selector":
         spec.pop("allNodes", None)
@@ -444,27 +488,10 @@ def mutated(draw: st.DrawFn, spec: dict[str, Any]) -> dict[str, Any]:
         optional(draw, spec, "allNodes", st.booleans())
         return spec
     if kind == "stages":
-        table = spec.get("stages")
-        if not isinstance(table, list) or not all(isinstance(s, dict) for s in table) or not table:
-            table = spec["stages"] = [
-                {"name": "normal"},
-                {"name": "stage2", "triggerPercent": 80, "releasePercent": 75},
-            ]
-        odd = draw(
-            st.sampled_from(
-                ["duplicate", "reverse", "trigger-first", "failsafe-first", "only-one", "empty"]
-            )
-        )
-        if odd == "duplicate":
-            table.append(copy.deepcopy(table[-1]))
-        elif odd == "reverse":
-            table.reverse()
-        elif odd == "trigger-first":
-            table[0].update(triggerPercent=10, releasePercent=5)
-        elif odd == "failsafe-first":
-            spec["failsafeStage"] = table[0].get("name")
-        else:
-            del table[1 if odd == "only-one" else 0 :]
+        odd_stages(draw(st.sampled_from(ODD_STAGES)), spec)
+        return spec
+    if kind == "tiers":
+        odd_tiers(draw(st.sampled_from(ODD_TIERS)), spec)
         return spec
     candidates = list(paths(spec))
     if kind == "nudge":  # numbers only: near-integers where integers belong, edges of bounds
