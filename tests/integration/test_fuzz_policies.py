@@ -10,8 +10,9 @@ sends each through
 
 Properties:
 1. every spec the server would store is readable by the node daemon (`ObservedCluster`, its
-   decision, guard and checkpoint) and by the operator (`parse_spec`, the semantic checks),
-   also with fields of a newer CRD added, without an exception and never as "unreadable";
+   guard and checkpoint, and a decision that enforces it at its stage) and by the operator
+   (`parse_spec`, the semantic checks), also with fields of a newer CRD added, without an
+   exception and never as "unreadable";
 2. the two verdicts agree, except for the deliberate disagreements listed (with reasons) in
    data/validate_vs_apiserver_disagreements.yaml and docs/api.md.
 
@@ -47,7 +48,7 @@ from polca_node.checkpoint import Checkpoint, from_document, to_document
 from polca_node.guard_loop import guard_config
 from polca_node.kube_client import ApiError, KubeClient, kubeconfig_credentials
 from polca_node.observed import ObservedCluster
-from polca_node.policies import DecisionInputs, decide_node
+from polca_node.policies import DecisionInputs, Mode, decide_node
 from polca_operator.validation import ParsedSpec, parse_spec
 from polca_testbed.cluster import Cluster
 from polca_testbed.polling import eventually
@@ -206,8 +207,9 @@ def assert_daemon_reads(stored: Mapping[str, Any]) -> None:
         decided = PowerPolicy.from_stored(
             {**stored, "status": {"stage": stage.name, "nodeCount": 2}}
         )
-        guard_config(decided)
-        decide_node(
+        guard = guard_config(decided)
+        assert guard is None or guard.budget_w > 0
+        decision = decide_node(
             DecisionInputs(
                 node_labels=labels,
                 policies=[decided],
@@ -216,6 +218,12 @@ def assert_daemon_reads(stored: Mapping[str, Any]) -> None:
                 previously_managed=False,
             )
         )
+        # A stored policy is decided at its stage (reported only, in dry run), never held as
+        # unknown.
+        selected = policy.spec.selects(labels)
+        enforced = selected and not policy.spec.dry_run
+        assert decision.mode is (Mode.ENFORCE if enforced else Mode.UNMANAGED), decision.reason
+        assert [p.stage for p in decision.policies] == ([stage.name] if selected else [])
     saved = to_document(Checkpoint(NODE, labels, policies=(policy,)))
     assert from_document(json.loads(json.dumps(saved)), NODE).policies == (policy,)
 
