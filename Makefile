@@ -11,7 +11,7 @@ CLUSTER_DIR ?= $(HOME)/.cache/polca/cluster
 
 .PHONY: help venv control-plane prometheus checkov gpu-check node-packages image-if-podman lint test \
         test-fast crds demo cluster-up cluster-down bench bench-node bench-operator bench-sim \
-        bench-replay clean
+        bench-replay bench-soak clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -112,6 +112,11 @@ bench-sim: venv ## Simulator speed, one core: an hour of a 50-server row at 100 
 
 bench-replay: venv ## Replay speed: a week of a 100-node domain at 15 s, replay and capacity, one core
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 taskset -c 0 $(PY) benchmarks/bench_replay.py
+
+SOAK_MINUTES ?= 30
+
+bench-soak: venv control-plane ## Soak (not in CI): SOAK_MINUTES of the demo load with random restarts; RSS, threads, fds bounded
+	POLCA_CONTROL_PLANE_BIN="$(CONTROL_PLANE_BIN)" SOAK_MINUTES=$(SOAK_MINUTES) $(PY) benchmarks/bench_soak.py
 
 clean: ## Remove the venv and build outputs (the binary cache in ~/.cache/polca stays)
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache

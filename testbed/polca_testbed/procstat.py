@@ -1,11 +1,12 @@
-"""What /proc says about a process: state, start time, CPU time and memory (Linux only)."""
+"""What /proc says about a process: state, start time, CPU time, memory, threads and open file
+descriptors (Linux only)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-__all__ = ["cpu_seconds", "rss_mb", "stat_fields"]
+__all__ = ["cpu_seconds", "open_fds", "rss_mb", "stat_fields", "threads"]
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -37,3 +38,17 @@ def rss_mb(pid: int) -> tuple[float, float]:
         if key in ("VmRSS", "VmHWM"):
             values[key] = int(rest.split()[0]) / 1024
     return values["VmRSS"], values["VmHWM"]
+
+
+def threads(pid: int) -> int | None:
+    """How many threads the process has; None when it is gone."""
+    fields = stat_fields(pid)
+    return None if fields is None else int(fields[17])  # num_threads
+
+
+def open_fds(pid: int) -> int | None:
+    """How many file descriptors the process has open; None when it is gone (or not ours)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None

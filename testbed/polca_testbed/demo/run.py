@@ -5,6 +5,10 @@ and a clean shutdown that checks nothing is left running.
 Every process is started in its own process group (tied to this process, so even a killed demo
 does not leak them) and stopped in reverse order by one ExitStack, on success, on error and on
 Ctrl-C (SIGINT) or SIGTERM.
+
+`run_demo(..., during=...)` calls back once per update period of the replay with a
+`RunningDemo`, through which a caller (the soak benchmark) lists the processes and restarts
+node daemons and the operator.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -50,11 +54,11 @@ from polca_testbed.demo.summary import Summary, plot_run, summarize, summary_tab
 from polca_testbed.demo.tracking import Leftovers, Started, cpu_seconds, terminate_groups
 from polca_testbed.demo.view import ViewInfo, render, render_text
 from polca_testbed.nodes import SimNode, SimNodes
-from polca_testbed.operators import OperatorHandle, start_operator
+from polca_testbed.operators import OperatorHandle, operator_healthy, start_operator
 from polca_testbed.processes import wait_until
 from polca_testbed.prometheus import PrometheusError, find_prometheus, start_prometheus
 
-__all__ = ["DemoResult", "DemoSettings", "run_demo", "telemetry_source"]
+__all__ = ["DemoResult", "DemoSettings", "RunningDemo", "run_demo", "telemetry_source"]
 
 POLICY_NAME = "polca-demo"
 DEFAULT_POLICY = REPO_ROOT / "examples" / "polca-default.yaml"
@@ -189,6 +193,8 @@ class _DemoRun:
         )
         self.started = Started()
         self.cpu_cores: float | None = None
+        self.operator: OperatorHandle | None = None  # the one running now (restarts replace it)
+        self.prometheus_pid: int | None = None
 
     def _cpu_s(self) -> float:
         own = os.times()
@@ -292,23 +298,28 @@ class _DemoRun:
         prom = start_prometheus(self.out / "prometheus", targets)
         stack.callback(prom.stop)
         self.started.add(prom.pid)
+        self.prometheus_pid = prom.pid
         self.started.ports.append(prom.port)
         self.say(f"prometheus up at {prom.url}, scraping the daemons every 1 s")
         return prom.url
 
-    def start_operator(
-        self, stack: contextlib.ExitStack, cluster: Cluster, prometheus_url: str | None
-    ) -> OperatorHandle:
+    def start_operator(self, cluster: Cluster, prometheus_url: str | None) -> OperatorHandle:
+        """Start the operator (its log appends to the run's operator.log); the ExitStack's
+        `stop_operator` stops whichever is running at the end."""
         operator = start_operator(
             cluster.kubeconfig,
             self.logs / "operator.log",
             prometheus_url=prometheus_url,
             extra=("--log-level", "warning"),
         )
-        stack.callback(operator.stop)
+        self.operator = operator
         self.started.add(operator.pid)
         self.started.ports.append(operator.metrics_port)
         return operator
+
+    def stop_operator(self) -> None:
+        if self.operator is not None:
+            self.operator.stop()
 
     def apply_policy(self, cluster: Cluster, prometheus_url: str | None) -> dict[str, Any]:
         settings = self.settings
@@ -345,9 +356,15 @@ class _DemoRun:
     # -- the replay ----------------------------------------------------------------------------
 
     def replay(
-        self, timeline: DemandTimeline, nodes: list[SimNode], probe: Probe, view: _View
+        self,
+        timeline: DemandTimeline,
+        nodes: list[SimNode],
+        probe: Probe,
+        view: _View,
+        during: Callable[[float], None] | None = None,
     ) -> None:
-        """Write each node's load every update period and record a sample just before."""
+        """Write each node's load every update period and record a sample just before;
+        `during(t_s)` after each write."""
         settings = self.settings
         recording = view.recording
         steps = math.ceil(settings.duration_s / settings.update_s)
@@ -378,6 +395,8 @@ class _DemoRun:
             for node, demand in zip(nodes, timeline.at(t_s), strict=True):
                 write_load_file(node.load_file, load_file_payload(demand))
             written = uncapped_w(timeline, self.profile, settings.gpus, t_s)
+            if during is not None:
+                during(t_s)
             time.sleep(max(0.0, start + (step + 1) * settings.update_s - time.monotonic()))
 
     # -- the end -------------------------------------------------------------------------------
@@ -454,9 +473,80 @@ class _View:
         )
 
 
-def run_demo(settings: DemoSettings, console: Console | None = None) -> DemoResult:
+class RunningDemo:
+    """The demo during its replay, for a caller that acts on it (`run_demo(during=...)`).
+
+    Its restarts run on the replay's thread, the one that started every child: children die
+    with the thread that started them (PR_SET_PDEATHSIG).
+    """
+
+    def __init__(
+        self, run: _DemoRun, cluster: Cluster, nodes: list[SimNode], prometheus_url: str | None
+    ) -> None:
+        self._run = run
+        self.cluster = cluster
+        self.nodes = nodes
+        self._prometheus_url = prometheus_url
+
+    def processes(self) -> dict[str, int]:
+        """Every process of the demo now, by role: kube-apiserver, etcd, prometheus, operator,
+        kubelet/NODE and daemon/NODE."""
+        out = dict(self.cluster.pids)
+        if self._run.prometheus_pid is not None:
+            out["prometheus"] = self._run.prometheus_pid
+        if self._run.operator is not None:
+            out["operator"] = self._run.operator.pid
+        for node in self.nodes:
+            for role, pid in (("kubelet", node.kubelet_pid), ("daemon", node.daemon_pid)):
+                if pid is not None:
+                    out[f"{role}/{node.name}"] = pid
+        return out
+
+    def workers(self) -> list[int]:
+        """The processes besides the control plane, as they are now."""
+        control_plane = set(self.cluster.pids.values())
+        return [pid for pid in self.processes().values() if pid not in control_plane]
+
+    def restart_daemon(self, node: SimNode, *, kill: bool = False) -> None:
+        """Stop node's daemon (SIGTERM, or SIGKILL with `kill`) and start it again; returns
+        once it is healthy."""
+        if kill and node.daemon_pid is not None:
+            _kill_group(node.daemon_pid)
+        node.restart_daemon()
+        self._run.started.add(node.daemon_pid)
+
+    def restart_operator(self, *, kill: bool = False) -> None:
+        """Stop the operator (SIGTERM, or SIGKILL with `kill`) and start a new one; returns
+        once it answers /healthz."""
+        old = self._run.operator
+        if old is not None:
+            if kill:
+                _kill_group(old.pid)
+            old.stop()
+        new = self._run.start_operator(self.cluster, self._prometheus_url)
+        wait_until(
+            lambda: operator_healthy(new.metrics_port),
+            timeout_s=READY_TIMEOUT_S,
+            what="the restarted operator",
+            alive=new.alive,
+            log_path=new.log_path,
+        )
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def run_demo(
+    settings: DemoSettings,
+    console: Console | None = None,
+    *,
+    during: Callable[[RunningDemo, float], None] | None = None,
+) -> DemoResult:
     """Run the whole demo; see the module docstring. Ctrl-C during the set-up re-raises
-    KeyboardInterrupt once everything is stopped; during the replay it ends the replay early."""
+    KeyboardInterrupt once everything is stopped; during the replay it ends the replay early.
+    `during(demo, t_s)` runs once per update period of the replay."""
     run = _DemoRun(settings, console or Console())
     run.out.mkdir(parents=True, exist_ok=True)
     timeline, trace_name = run.plan_load()
@@ -467,17 +557,17 @@ def run_demo(settings: DemoSettings, console: Console | None = None) -> DemoResu
             cluster = run.start_control_plane(stack)
             nodes = run.start_nodes(stack, cluster)
             prometheus_url = run.start_prometheus(stack, nodes)
-            operator = run.start_operator(stack, cluster, prometheus_url)
+            operator = run.start_operator(cluster, prometheus_url)
+            stack.callback(run.stop_operator)
             policy = run.apply_policy(cluster, prometheus_url)
             client = KubeClient(kubeconfig_credentials(cluster.kubeconfig))
             stack.callback(client.close)
             urls = {n.name: n.metrics_url for n in nodes}
             probe = Probe(client, policy_name=POLICY_NAME, metrics_urls=urls)
             stack.callback(probe.close)
+            running = RunningDemo(run, cluster, nodes, prometheus_url)
             # Runs first on the way out: everything but the control plane stops at once.
-            control_plane = set(cluster.pids.values())
-            workers = [pid for pid in run.started.pids if pid not in control_plane]
-            stack.callback(terminate_groups, workers)
+            stack.callback(lambda: terminate_groups(running.workers()))
             run.wait_for_operator(probe, operator)
             run.say(f"kubeconfig: [bold cyan]export KUBECONFIG={cluster.kubeconfig}[/bold cyan]")
             recording = Recording(
@@ -498,7 +588,8 @@ def run_demo(settings: DemoSettings, console: Console | None = None) -> DemoResu
             )
             with _View(run, recording, info) as view:
                 try:
-                    run.replay(timeline, nodes, probe, view)
+                    step = None if during is None else (lambda t_s: during(running, t_s))
+                    run.replay(timeline, nodes, probe, view, step)
                 finally:
                     (run.out / "view.txt").write_text(render_text(recording, info))
         except (KeyboardInterrupt, _Stop):
