@@ -325,9 +325,7 @@ def measure_processes(
     with tempfile.TemporaryDirectory(prefix="polca-bench-node-") as work:
         cluster = start_cluster(Path(work) / "cluster")
         try:
-            cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-            cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                            "crd/powerpolicies.polca.dev")  # fmt: skip
+            cluster.install_crds(REPO / "crds")
             with SimNodes(cluster.kubeconfig) as nodes:
                 fake = _add_node(nodes, cluster.kubectl, "bench-fake", start=True)
                 production = _add_node(nodes, cluster.kubectl, "bench-prod", start=False)

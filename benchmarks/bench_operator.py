@@ -687,14 +687,7 @@ def main() -> None:
         work = Path(tmp)
         cluster = start_cluster(work / "cluster")
         try:
-            cluster.kubectl("apply", "-f", str(REPO / "crds"))
-            cluster.kubectl(
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/powerpolicies.polca.dev",
-                "crd/nodepowerstates.polca.dev",
-            )
+            cluster.install_crds(REPO / "crds")
             if not args.skip_live:
                 print(
                     f"live: {args.nodes} nodes × {GPUS_PER_NODE} GPUs, telemetry "

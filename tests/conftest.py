@@ -81,11 +81,7 @@ def apply(cluster: Cluster) -> Callable[[str], subprocess.CompletedProcess[str]]
 @pytest.fixture(scope="module")
 def node_crds(cluster: Cluster) -> None:
     """The CRDs installed (server-side) and Established, for tests that run node daemons."""
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s",
-        "crd/powerpolicies.polca.dev", "crd/nodepowerstates.polca.dev",
-    )  # fmt: skip
+    cluster.install_crds(REPO / "crds")
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from polca_testbed.pki import Pki, make_pki
+from polca_testbed.polling import eventually
 from polca_testbed.processes import free_port, group_alive, start_process, stop_group, wait_until
 
 if TYPE_CHECKING:
@@ -85,6 +86,14 @@ def run_tool(
     return result
 
 
+POLCA_CRDS = ("powerpolicies.polca.dev", "nodepowerstates.polca.dev")
+KOPF_PEERING_CRD = "clusterkopfpeerings.kopf.dev"
+
+
+def _files(manifests: Sequence[Path]) -> list[str]:
+    return [arg for path in manifests for arg in ("-f", str(path))]
+
+
 class KubectlHelm:
     """`kubectl()` and `helm()` against one cluster, for its kubeconfig and tool binaries."""
 
@@ -109,6 +118,44 @@ class KubectlHelm:
     ) -> subprocess.CompletedProcess[str]:
         """Run kubectl against this cluster; raise with stderr when `check` and it fails."""
         return self._run("kubectl", args, input, check, timeout_s)
+
+    def install_crds(
+        self, *manifests: Path, names: Sequence[str] = POLCA_CRDS, timeout_s: float = 60.0
+    ) -> None:
+        """Apply `manifests` (server-side, forcing conflicts with other appliers) and wait until
+        each CRD in `names` is Established."""
+        apply = ("apply", "--server-side", "--force-conflicts", *_files(manifests))
+        self.kubectl(*apply)
+        self.wait_crds_established(names, reapply=apply, timeout_s=timeout_s)
+
+    def wait_crds_established(
+        self, names: Sequence[str], *, reapply: Sequence[str] = (), timeout_s: float = 60.0
+    ) -> None:
+        """Wait until each CRD in `names` is Established and not being deleted.
+
+        A poll rather than `kubectl wait`, which now and then exited 1 right after an apply; a
+        CRD still being deleted by an earlier test is applied again (`reapply`) once it is gone.
+        """
+        names = [name.removeprefix("crd/") for name in names]
+
+        def established() -> bool:
+            got = self.kubectl("get", "crd", *names, "-o", "json", check=False)
+            if got.returncode != 0:  # one is missing (deleted meanwhile): apply again
+                if reapply:
+                    self.kubectl(*reapply, check=False)
+                return False
+            data = json.loads(got.stdout)
+            items = data.get("items", [data])
+            return len(items) == len(names) and all(
+                "deletionTimestamp" not in crd["metadata"]
+                and any(
+                    c.get("type") == "Established" and c.get("status") == "True"
+                    for c in crd.get("status", {}).get("conditions", [])
+                )
+                for crd in items
+            )
+
+        eventually(f"CRDs {', '.join(names)} Established", established, timeout_s)
 
     def helm(
         self,

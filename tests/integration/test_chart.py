@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from polca_testbed.cluster import Cluster
+from polca_testbed.cluster import KOPF_PEERING_CRD, POLCA_CRDS, Cluster
 from polca_testbed.polling import eventually
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,15 +61,7 @@ def values_args(files: list[Path]) -> list[str]:
 @pytest.fixture(scope="module")
 def crds(cluster: Cluster) -> None:
     """POLCA's CRDs and Kopf's peering CRD, as `helm install` would create them."""
-    cluster.kubectl("apply", "-f", str(REPO / "crds"), "-f", str(KOPF_CRD))
-    cluster.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/powerpolicies.polca.dev",
-        "crd/nodepowerstates.polca.dev",
-        "crd/clusterkopfpeerings.kopf.dev",
-    )
+    cluster.install_crds(REPO / "crds", KOPF_CRD, names=[*POLCA_CRDS, KOPF_PEERING_CRD])
 
 
 @pytest.fixture
@@ -119,7 +111,7 @@ def monitoring_crds(cluster: Cluster) -> Iterator[None]:
         }
         cluster.kubectl("apply", "-f", "-", input=json.dumps(crd))
         names.append(f"crd/{plural}.monitoring.coreos.com")
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+    cluster.wait_crds_established(names)
     yield
     cluster.kubectl("delete", *names, check=False)
 

@@ -37,9 +37,7 @@ Cleanup = Callable[..., None]
 @pytest.fixture(scope="module", autouse=True)
 def crds(cluster: Cluster) -> None:
     """Install the checked-in CRDs (what `make crds` wrote) and wait until they serve."""
-    cluster.kubectl("apply", "-f", str(REPO / "crds"))
-    names = [f"crd/{kind.crd_name}" for kind in KINDS]
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+    cluster.install_crds(REPO / "crds", names=[kind.crd_name for kind in KINDS])
 
 
 def policy(name: str, spec: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import kubernetes.client
 import pytest
 
 from polca.api.defaults import DEFAULT_STAGES
-from polca_testbed.cluster import Cluster
+from polca_testbed.cluster import KOPF_PEERING_CRD, POLCA_CRDS, Cluster
 from polca_testbed.default_clocks import applied_ceiling_mhz
 from polca_testbed.nodes import SimNode, SimNodes
 from polca_testbed.operators import (
@@ -143,15 +143,7 @@ def less_than(values: dict[str, float], key: str, factor: float, other: str) -> 
 
 @pytest.fixture(scope="module")
 def env(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    cluster.kubectl("apply", "-f", str(REPO / "crds"), "-f", str(PEERING_CRD))
-    cluster.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/powerpolicies.polca.dev",
-        "crd/nodepowerstates.polca.dev",
-        "crd/clusterkopfpeerings.kopf.dev",
-    )
+    cluster.install_crds(REPO / "crds", PEERING_CRD, names=[*POLCA_CRDS, KOPF_PEERING_CRD])
     client = cluster.api_client()
     with SimNodes(cluster.kubeconfig) as nodes:
         suffix = os.getpid() % 10000

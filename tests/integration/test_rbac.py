@@ -92,14 +92,7 @@ class Install:
 @pytest.fixture(scope="module")
 def install(cluster: Cluster) -> Iterator[Install]:
     """The chart with default values, in its own namespace, for the whole module."""
-    cluster.kubectl("apply", "-f", str(REPO / "crds"), "-f", str(KOPF_CRD))
-    cluster.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/powerpolicies.polca.dev",
-        "crd/nodepowerstates.polca.dev",
-    )
+    cluster.install_crds(REPO / "crds", KOPF_CRD)
     installed = Install(namespace=f"rbac-{time.monotonic_ns() % 10**8}", release="rbac")
     cluster.helm(
         "install", installed.release, str(CHART), "-n", installed.namespace, "--create-namespace"

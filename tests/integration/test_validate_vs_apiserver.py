@@ -30,9 +30,7 @@ POLCA = [str(REPO / ".venv" / "bin" / "polca")]
 
 @pytest.fixture(scope="module", autouse=True)
 def crds(cluster: Cluster) -> None:
-    cluster.kubectl("apply", "-f", str(REPO / "crds"))
-    names = [f"crd/{kind.crd_name}" for kind in KINDS]
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+    cluster.install_crds(REPO / "crds", names=[kind.crd_name for kind in KINDS])
 
 
 def polca_validate(path: Path) -> tuple[int, dict[str, Any]]:

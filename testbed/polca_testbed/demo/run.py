@@ -233,9 +233,7 @@ class _DemoRun:
         self.started.add(*cluster.pids.values())
         self.started.ports.extend([cluster.api_port, cluster.etcd_port])
         self.say(f"control plane up at {cluster.server}")
-        cluster.kubectl("apply", "-f", str(REPO_ROOT / "crds"))
-        crds = ("crd/powerpolicies.polca.dev", "crd/nodepowerstates.polca.dev")
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *crds)
+        cluster.install_crds(REPO_ROOT / "crds")
         _kubectl_apply(cluster, objects.namespace(), objects.priority_class())
         gpus = self.settings.gpus
         pods = [objects.pod(kind, node, gpus) for node, kind in self.workloads.items()]
