@@ -145,7 +145,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--search",
         action="store_true",
         help="find the largest oversubscription meeting POLCA's criteria (zero brakes, "
-        "high-priority P50 impact < 1%%, low-priority throughput >= 98%%) for each policy",
+        "high-priority P50 impact <= 1%%, low-priority throughput >= 98%%) for each policy",
     )
     out.add_argument(
         "--search-step",

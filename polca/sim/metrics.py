@@ -38,7 +38,7 @@ FloatArray = npt.NDArray[np.float64]
 
 @dataclass(frozen=True, slots=True)
 class Criteria:
-    """POLCA's: zero brakes, high-priority P50 impact < 1%, low-priority throughput ≥ 98%.
+    """POLCA's: zero brakes, high-priority P50 impact ≤ +1%, low-priority throughput ≥ 98%.
 
     ``max_low_p50_impact`` optionally bounds the low-priority end-to-end P50 impact too (POLCA
     does not; an open-loop replay keeps low-priority throughput while its latency grows).
@@ -166,7 +166,7 @@ def summarize(
     if (
         high is not None
         and high.requests
-        and not high.e2e_p50_impact < criteria.max_high_p50_impact
+        and not high.e2e_p50_impact <= criteria.max_high_p50_impact
     ):
         failures.append((HIGH_P50, f"high-priority P50 impact {100 * high.e2e_p50_impact:+.2f}%"))
     low = tiers.get("low")
@@ -177,7 +177,7 @@ def summarize(
         criteria.max_low_p50_impact is not None
         and low is not None
         and low.requests
-        and not low.e2e_p50_impact < criteria.max_low_p50_impact
+        and not low.e2e_p50_impact <= criteria.max_low_p50_impact
     ):
         failures.append((LOW_P50, f"low-priority P50 impact {100 * low.e2e_p50_impact:+.2f}%"))
 

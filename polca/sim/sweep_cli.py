@@ -50,7 +50,7 @@ one with `polca simulate --eval-trace NAME` (or --trace FILE) --seed S --load-sc
 
 The worst case of a policy is the largest level at which it, and every lower level of the grid,
 meets all criteria for every trace and every seed: zero brakes, high-priority e2e P50 impact
-< 1%, low-priority throughput >= 98%, low-priority e2e P50 impact < --max-low-p50-impact.
+<= 1%, low-priority throughput >= 98%, low-priority e2e P50 impact <= --max-low-p50-impact.
 
 Examples:
   polca sweep                                         (everything: slow, see --duration)
