@@ -55,6 +55,7 @@ import kubernetes.client
 import pynvml
 from prometheus_client.parser import text_string_to_metric_families
 
+from polca import options
 from polca.api.defaults import DEFAULT_STAGES
 from polca.api.nodepowerstate import GpuStatus, NodePowerStateStatus
 from polca_node.gpu.fake_nvml import FakeNvml, ManualClock
@@ -699,7 +700,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--guard-period-s",
-        type=float,
+        type=options.seconds,
         default=0.5,
         help="the daemons' sample and guard period (polca-node --guard-period-s)",
     )
