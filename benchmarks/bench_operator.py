@@ -28,6 +28,11 @@
 
     python benchmarks/bench_operator.py [--trials 10] [--skip-in-process] [--skip-live] [--skip-rss]
         [--scrape-interval-s 1] [--control-interval-s 1] [--telemetry prometheus|direct]
+        [--guard-period-s 0.5] [--steady-seconds 60]
+
+The live part also prints what a faster setting costs in steady state: the operator's and
+Prometheus's CPU (share of one core) and the daemons' mean CPU per node, and the scrapes per
+second the daemons answer.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ import kubernetes.client
 import pynvml
 from prometheus_client.parser import text_string_to_metric_families
 
+from polca import options
 from polca.api.defaults import DEFAULT_STAGES
 from polca.api.nodepowerstate import GpuStatus, NodePowerStateStatus
 from polca_node.gpu.fake_nvml import FakeNvml, ManualClock
@@ -72,7 +78,7 @@ from polca_testbed.nodes import SimNodes
 from polca_testbed.operators import operator_healthy, start_operator
 from polca_testbed.polling import eventually
 from polca_testbed.processes import stop_group, wait_until
-from polca_testbed.procstat import rss_mb
+from polca_testbed.procstat import cpu_seconds, rss_mb
 from polca_testbed.prometheus import start_prometheus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -390,9 +396,11 @@ class Live:
         )
 
 
-def _start_nodes(cluster: Cluster, nodes: SimNodes, count: int) -> None:
+def _start_nodes(cluster: Cluster, nodes: SimNodes, count: int, guard_period_s: float) -> None:
     for i in range(count):
-        node = nodes.add(f"bench-{i:02d}", labels={DOMAIN_LABEL: "bench"})
+        node = nodes.add(
+            f"bench-{i:02d}", labels={DOMAIN_LABEL: "bench"}, guard_period_s=guard_period_s
+        )
         pod = f"llm-{i:02d}"
         cluster.kubectl(
             "apply",
@@ -422,6 +430,12 @@ class LiveConfig:
     scrape_interval_s: float
     control_interval_s: float
     telemetry: str  # "prometheus", or "direct": the operator scrapes the daemons itself
+    guard_period_s: float  # the daemons' sample (and guard) period
+
+
+def _cpu_s(pids: Iterable[int | None]) -> float:
+    """CPU seconds of these processes together (a gone or unknown one counts 0)."""
+    return sum(cpu_seconds(pid) or 0.0 for pid in pids if pid is not None)
 
 
 def _summary(label: str, values: list[float]) -> str:
@@ -435,7 +449,7 @@ def live(cluster: Cluster, work: Path, config: LiveConfig, response: StepRespons
     node_count, trials, steady_s = config.node_count, config.trials, config.steady_s
     with SimNodes(cluster.kubeconfig) as nodes:
         started = time.monotonic()
-        _start_nodes(cluster, nodes, node_count)
+        _start_nodes(cluster, nodes, node_count, config.guard_period_s)
         print(
             f"  ({node_count} simulated nodes up in {time.monotonic() - started:.0f} s)", flush=True
         )
@@ -502,8 +516,11 @@ def live(cluster: Cluster, work: Path, config: LiveConfig, response: StepRespons
             per_change = _delta(writes_after, writes_before, "powerpolicies") / max(changes, 1)
 
             time.sleep(5)
+            daemons = [n.daemon_pid for n in nodes.nodes.values()]
             before = policy_writes(cluster)
+            cpu_before = (_cpu_s([operator.pid]), _cpu_s([prom.pid]), _cpu_s(daemons))
             time.sleep(steady_s)
+            cpu_after = (_cpu_s([operator.pid]), _cpu_s([prom.pid]), _cpu_s(daemons))
             after = policy_writes(cluster)
             per_min = 60 * _delta(after, before, "powerpolicies") / steady_s
             nps_per_min = 60 * _delta(after, before, "nodepowerstates") / steady_s
@@ -511,6 +528,15 @@ def live(cluster: Cluster, work: Path, config: LiveConfig, response: StepRespons
             stop_group(operator.pid)
             prom.stop()
     p95 = percentile(reactions["instant"], 95)
+    operator_pct, prom_pct, daemons_pct = (
+        100 * (a - b) / steady_s for a, b in zip(cpu_after, cpu_before, strict=True)
+    )
+    # Who scrapes the daemons, and how often: Prometheus per scrape, or the operator per decision.
+    scraper, scrape_s = (
+        ("Prometheus", config.scrape_interval_s)
+        if config.telemetry == "prometheus"
+        else ("the operator", config.control_interval_s)
+    )
     return [
         f"  reaction time over {trials} trials, to all targeted GPUs capped:",
         "    "
@@ -527,6 +553,10 @@ def live(cluster: Cluster, work: Path, config: LiveConfig, response: StepRespons
         f"  PowerPolicy writes: {per_min:.1f}/min in steady state, {per_change:.2f} per stage "
         f"change ({int(changes)} changes); for scale, the {node_count} daemons' NodePowerState "
         f"writes: {nps_per_min:.1f}/min",
+        f"  steady-state CPU over {steady_s:g} s (% of one core): operator {operator_pct:.1f}%, "
+        f"Prometheus {prom_pct:.1f}%, daemons {daemons_pct / node_count:.2f}% per node "
+        f"(guard period {config.guard_period_s:g} s); scrapes of the daemons by {scraper}: "
+        f"{node_count / scrape_s:g}/s",
     ]
 
 
@@ -668,6 +698,12 @@ def main() -> None:
         default="prometheus",
         help="where the operator reads node power (direct: it scrapes the daemons itself)",
     )
+    parser.add_argument(
+        "--guard-period-s",
+        type=options.seconds,
+        default=0.5,
+        help="the daemons' sample and guard period (polca-node --guard-period-s)",
+    )
     parser.add_argument("--rss-nodes", type=int, default=1_000)
     parser.add_argument("--rss-pods", type=int, default=10_000)
     parser.add_argument("--skip-live", action="store_true")
@@ -692,8 +728,8 @@ def main() -> None:
                 print(
                     f"live: {args.nodes} nodes × {GPUS_PER_NODE} GPUs, telemetry "
                     f"{args.telemetry}, {args.scrape_interval_s:g} s Prometheus scrape, "
-                    f"{args.control_interval_s:g} s control interval, daemons on the instant "
-                    "field:",
+                    f"{args.control_interval_s:g} s control interval, daemons sampling the "
+                    f"instant field every {args.guard_period_s:g} s:",
                     flush=True,
                 )
                 response = step_response()
@@ -705,6 +741,7 @@ def main() -> None:
                     scrape_interval_s=args.scrape_interval_s,
                     control_interval_s=args.control_interval_s,
                     telemetry=args.telemetry,
+                    guard_period_s=args.guard_period_s,
                 )
                 lines = live(cluster, work, config, response)
                 print("\n".join(lines), flush=True)
