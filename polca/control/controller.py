@@ -175,13 +175,20 @@ def _timers(state: ControllerState) -> Timers:
     return Timers(state.last_escalation_s, state.below_release_since_s)
 
 
-def _with_timers(state: ControllerState, timers: Timers) -> ControllerState:
+def _with_timers(
+    state: ControllerState,
+    timers: Timers,
+    *,
+    stage: int | None = None,
+    last_change_s: float | None = None,
+) -> ControllerState:
+    """`state` with `timers`, and a new stage and change time after a move; the trend is kept."""
     # Built directly, not with `replace`: the simulator calls this for every control step.
     return ControllerState(
-        stage=state.stage,
+        stage=state.stage if stage is None else stage,
         last_escalation_s=timers.last_escalation_s,
         below_release_since_s=timers.below_release_since_s,
-        last_change_s=state.last_change_s,
+        last_change_s=state.last_change_s if last_change_s is None else last_change_s,
         sample_w=state.sample_w,
         sample_s=state.sample_s,
         rise_w_per_s=state.rise_w_per_s,
@@ -197,13 +204,5 @@ def _move(
     state: ControllerState, target: int, now_s: float, reason: str, util: float | None = None
 ) -> Decision:
     timers = entered(now_s) if target > state.stage else left(_timers(state), now_s)
-    new_state = ControllerState(
-        stage=target,
-        last_escalation_s=timers.last_escalation_s,
-        below_release_since_s=timers.below_release_since_s,
-        last_change_s=now_s,
-        sample_w=state.sample_w,
-        sample_s=state.sample_s,
-        rise_w_per_s=state.rise_w_per_s,
-    )
+    new_state = _with_timers(state, timers, stage=target, last_change_s=now_s)
     return Decision(target, reason, True, new_state, util)
