@@ -21,6 +21,7 @@ __all__ = [
     "Criteria",
     "Metrics",
     "TierMetrics",
+    "judge",
     "summarize",
     "weighted_percentile",
 ]
@@ -130,6 +131,39 @@ def _ratio(value: float, base: float) -> float:
     return float("nan")
 
 
+def judge(
+    criteria: Criteria,
+    brake_events: int,
+    high: TierMetrics | None,
+    low: TierMetrics | None,
+) -> list[tuple[str, str]]:
+    """The criteria a run fails, as (key of CRITERIA_KEYS, message); empty when it passes.
+
+    Each bound is inclusive (a run exactly at +1% high-priority impact passes); a NaN impact
+    (no baseline to compare with) fails, and a tier without requests is not judged.
+    """
+    failures: list[tuple[str, str]] = []
+    if brake_events > criteria.max_brake_events:
+        failures.append((BRAKES, f"{brake_events} brake events"))
+    if (
+        high is not None
+        and high.requests
+        and not high.e2e_p50_impact <= criteria.max_high_p50_impact
+    ):
+        failures.append((HIGH_P50, f"high-priority P50 impact {100 * high.e2e_p50_impact:+.2f}%"))
+    if low is not None and low.requests and not low.throughput_rel >= criteria.min_low_throughput:
+        message = f"low-priority throughput {100 * low.throughput_rel:.1f}%"
+        failures.append((LOW_THROUGHPUT, message))
+    if (
+        criteria.max_low_p50_impact is not None
+        and low is not None
+        and low.requests
+        and not low.e2e_p50_impact <= criteria.max_low_p50_impact
+    ):
+        failures.append((LOW_P50, f"low-priority P50 impact {100 * low.e2e_p50_impact:+.2f}%"))
+    return failures
+
+
 def summarize(
     result: SimResult,
     baseline: SimResult,
@@ -159,28 +193,7 @@ def summarize(
             tbt_p50_impact=_ratio(raw["tbt_p50_s"], base["tbt_p50_s"]) - 1.0,
         )
 
-    failures: list[tuple[str, str]] = []  # (key, message)
-    if result.brake_events > criteria.max_brake_events:
-        failures.append((BRAKES, f"{result.brake_events} brake events"))
-    high = tiers.get("high")
-    if (
-        high is not None
-        and high.requests
-        and not high.e2e_p50_impact <= criteria.max_high_p50_impact
-    ):
-        failures.append((HIGH_P50, f"high-priority P50 impact {100 * high.e2e_p50_impact:+.2f}%"))
-    low = tiers.get("low")
-    if low is not None and low.requests and not low.throughput_rel >= criteria.min_low_throughput:
-        message = f"low-priority throughput {100 * low.throughput_rel:.1f}%"
-        failures.append((LOW_THROUGHPUT, message))
-    if (
-        criteria.max_low_p50_impact is not None
-        and low is not None
-        and low.requests
-        and not low.e2e_p50_impact <= criteria.max_low_p50_impact
-    ):
-        failures.append((LOW_P50, f"low-priority P50 impact {100 * low.e2e_p50_impact:+.2f}%"))
-
+    failures = judge(criteria, result.brake_events, tiers.get("high"), tiers.get("low"))
     metered = result.metered_power_w.astype(np.float64)
     n_stages = len(result.plan.stages) if result.plan is not None else 1
     stage_counts = np.bincount(result.stage.astype(np.int64), minlength=n_stages)

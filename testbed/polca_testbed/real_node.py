@@ -22,14 +22,14 @@ import json
 import os
 import shutil
 import subprocess
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from polca_testbed.cluster import CONTROLLERS, Cluster
+from polca_testbed.polling import NotInTimeError, eventually
 from polca_testbed.processes import free_port, http_ok, start_process, stop_group, wait_until
 
 START_TIMEOUT_S = 120.0
@@ -146,7 +146,9 @@ class RealNode:
             for ident in listed.stdout.split():
                 if kind == "tasks":
                     self.ctr("tasks", "kill", "--signal", "SIGKILL", ident, timeout_s=30)
-                    _wait_gone(functools.partial(self._task_gone, ident))
+                    gone = functools.partial(self._task_gone, ident)
+                    with contextlib.suppress(NotInTimeError):  # delete --force ends it anyway
+                        eventually(f"task {ident} gone", gone, 10.0, interval_s=0.1)
                     self.ctr("tasks", "delete", "--force", ident, timeout_s=30)
                 else:
                     self.ctr("containers", "delete", ident, timeout_s=30)
@@ -161,12 +163,6 @@ class RealNode:
         for pid in shim_pids(address):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
-
-
-def _wait_gone(gone: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not gone():
-        time.sleep(0.1)
 
 
 def shim_pids(containerd_address: str) -> list[int]:
