@@ -329,7 +329,7 @@ class ControlLoop:
                     urls[name] = report.metrics_url
                 else:
                     # Logged once per change of the indexes: this runs only when they change.
-                    log.warning("PowerPolicy %s: not scraping node %s's metrics endpoint %r: %s",
+                    log.warning("PowerPolicy %s: not streaming node %s's power from %r: %s",
                                 self.name, name, report.metrics_url, refused)  # fmt: skip
             gpus += report.gpu_count
             throttled += report.throttled_gpu_count
