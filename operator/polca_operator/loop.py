@@ -430,7 +430,9 @@ async def _until_next_cycle(loop: ControlLoop, stopped: StopFlag, started_s: flo
     after the cycle's start."""
     deps = loop.deps
     remaining_s = loop.interval_s - (deps.monotonic() - started_s)
-    if remaining_s > 0 and not loop.wake.is_set():
+    if remaining_s <= 0:
+        return
+    if not loop.wake.is_set():
         stop = asyncio.ensure_future(stopped.wait(remaining_s))
         wake = asyncio.ensure_future(loop.wake.wait())
         try:
@@ -438,6 +440,9 @@ async def _until_next_cycle(loop: ControlLoop, stopped: StopFlag, started_s: flo
         finally:
             stop.cancel()
             wake.cancel()
+    if not loop.wake.is_set() or stopped:
+        return
+    deps.metrics.early_cycle(loop.name)
     gap_s = MIN_CYCLE_GAP_S - (deps.monotonic() - started_s)
     if gap_s > 0 and not stopped:
         await stopped.wait(gap_s)

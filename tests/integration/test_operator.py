@@ -383,7 +383,7 @@ def test_direct_streams_escalate_before_the_interval_ends(
     """The default telemetry: the operator holds each daemon's power stream, and a sample that
     takes the domain over stage 1's trigger runs a cycle at once. The interval here is 60 s: a
     stage change within it can only come from that early cycle."""
-    start_operator()
+    operator = start_operator()
     applied_s = time.monotonic()
     apply_policy(env, policy, domain, telemetry={"stalenessSeconds": 3},
                  controlIntervalSeconds=60)  # fmt: skip
@@ -394,6 +394,7 @@ def test_direct_streams_escalate_before_the_interval_ends(
     env.set_load(BUSY_LOAD)
     eventually("stage1", lambda: env.stage(policy) == "stage1", 30)
     assert time.monotonic() - applied_s < 60, "stage 1 came only with the interval's cycle"
+    assert (operator.metric("polca_early_cycles_total", policy=policy) or 0) >= 1
     eventually("idle GPUs capped", lambda: env.ceilings() == stage1_ceilings())
 
 

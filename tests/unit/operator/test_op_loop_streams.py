@@ -106,6 +106,8 @@ async def test_a_sample_reaching_the_next_trigger_runs_the_cycle_at_once(
         streams.sample("row-a", "node-00001", 55_000.0)  # 85 kW
         await until("an early cycle", lambda: len(harness.reader.queries) == 2)
         assert loop.stage == 1
+        early = {"policy": "row-a"}
+        assert harness.metrics.registry.get_sample_value("polca_early_cycles_total", early) == 1
         # A flood of crossings (each sample alternately below and over the next trigger, 89 kW)
         # runs at most one cycle per minimum gap (50 ms).
         flood_s = 0.5
