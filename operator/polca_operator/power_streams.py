@@ -125,11 +125,12 @@ class StreamSource:
     async def node_samples(
         self, query: PowerQuery, nodes: Collection[str]
     ) -> dict[str, NodeSample]:
-        """The latest sample of each of `nodes` that has one (of any age: the reader judges).
+        """The latest sample of each of `nodes` that has one younger than the staleness limit.
 
         A stream that is still making its first connection is waited for, at most the connect
         timeout, so an operator that just started does not read its domain as silent. Raises
-        TelemetryError when no node has a sample: a failed read is never an empty answer.
+        TelemetryError when no node has a fresh sample: a failed read is never an empty answer,
+        and silent streams count as failing (`polca_telemetry_errors_total`, the log).
         """
         streams = [
             self._streams.get((node, query.metrics_urls[node]))
@@ -144,10 +145,15 @@ class StreamSource:
             # Past the timeout: read what has come; the rest are silent for now.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*pending), self._connect_timeout_s)
-        samples = {s.node: s.latest for s in followed if s.latest is not None}
+        oldest_s = self._wall_clock() - query.staleness_s
+        samples = {
+            s.node: s.latest
+            for s in followed
+            if s.latest is not None and s.latest.time_s >= oldest_s
+        }
         if not samples:
             errors = sorted({s.error for s in followed if s.error})
-            why = "; ".join(errors[:3]) if errors else "no sample yet"
+            why = "; ".join(errors[:3]) if errors else "no fresh sample"
             raise TelemetryError(f"no power from any of {len(streams)} daemons' streams: {why}")
         return samples
 

@@ -162,6 +162,7 @@ async def test_a_silent_stream_goes_stale_and_the_reading_has_no_power(
     clock.now_s += 3.5
     stale = await reader.read(query(urls, staleness_s=3))
     assert stale.power is None
+    assert stale.errors == (("direct", "no power from any of 1 daemons' streams: no fresh sample"),)
 
 
 async def test_no_sample_at_all_is_an_error_not_an_empty_answer(
