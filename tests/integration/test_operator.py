@@ -369,6 +369,11 @@ def test_prometheus_lost_falls_back_to_direct_then_failsafe(
         )
     finally:
         env.restart_prometheus()
+    recovers(env, policy)
+
+
+def recovers(env: Env, policy: str) -> None:
+    """Fresh power again, and the failsafe stage released step by step."""
     eventually(
         "fresh telemetry",
         lambda: env.condition(policy, "TelemetryStale") == ("False", "FreshPower"),
@@ -414,12 +419,7 @@ def test_stopped_daemons_make_streamed_power_stale_then_streams_reconnect(
     finally:
         for sim in env.sims:
             sim.start_daemon()
-    eventually(
-        "fresh streamed power again",
-        lambda: env.condition(policy, "TelemetryStale") == ("False", "FreshPower"),
-        30,
-    )
-    eventually("released step by step to normal", lambda: env.stage(policy) == "normal", 40)
+    recovers(env, policy)
 
 
 def hold_stage1(env: Env, policy: str, domain: str) -> None:
