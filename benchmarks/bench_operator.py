@@ -5,9 +5,12 @@
    1,000 and 10,000 nodes, with the domain cached (steady) and rebuilt (a node changed).
 2. Status writes per minute in steady state and per stage change, in process with fake time,
    for 20, 1,000 and 10,000 nodes (target: independent of node count).
-3. Live, on the real control plane: 20 simulated nodes × 8 fake H100s (`polca-node` processes),
-   a real Prometheus scraping them every 1 s, the operator at a 1 s control interval; the
-   daemons publish the GPUs' instant power (NVML_FI_DEV_POWER_INSTANT).
+3. Live, on the real control plane: 20 simulated nodes × 8 fake H100s (`polca-node` processes)
+   sampling every 0.5 s, the operator at a 1 s control interval with the default telemetry,
+   `direct`: it holds each daemon's power stream (a line per sample) and runs a cycle at once
+   when a sample reaches the next trigger; a real Prometheus scrapes the daemons every 1 s, as
+   the policy's fallback (`--telemetry prometheus`: as its source, decisions on the interval).
+   The daemons publish the GPUs' instant power (NVML_FI_DEV_POWER_INSTANT).
    Reaction time: from the moment the domain's *instant* power crosses its stage-1 trigger to
    every targeted (idle-tier) GPU carrying its stage-1 ceiling (target p95 ≤ 1 s; POLCA's
    out-of-band path: up to 40 s), and beside it the same trials timed from the moment the
@@ -27,12 +30,12 @@
    policy over all nodes (target < 300 MB).
 
     python benchmarks/bench_operator.py [--trials 10] [--skip-in-process] [--skip-live] [--skip-rss]
-        [--scrape-interval-s 1] [--control-interval-s 1] [--telemetry prometheus|direct]
+        [--scrape-interval-s 1] [--control-interval-s 1] [--telemetry direct|prometheus]
         [--guard-period-s 0.5] [--steady-seconds 60]
 
-The live part also prints what a faster setting costs in steady state: the operator's and
-Prometheus's CPU (share of one core) and the daemons' mean CPU per node, and the scrapes per
-second the daemons answer.
+The live part also prints what a setting costs in steady state: the operator's and
+Prometheus's CPU (share of one core) and the daemons' mean CPU per node, the scrapes per
+second the daemons answer and the stream lines they write.
 """
 
 from __future__ import annotations
@@ -429,7 +432,7 @@ class LiveConfig:
     steady_s: float
     scrape_interval_s: float
     control_interval_s: float
-    telemetry: str  # "prometheus", or "direct": the operator scrapes the daemons itself
+    telemetry: str  # "direct": the daemons' power streams; or "prometheus"
     guard_period_s: float  # the daemons' sample (and guard) period
 
 
@@ -531,11 +534,12 @@ def live(cluster: Cluster, work: Path, config: LiveConfig, response: StepRespons
     operator_pct, prom_pct, daemons_pct = (
         100 * (a - b) / steady_s for a, b in zip(cpu_after, cpu_before, strict=True)
     )
-    # Who scrapes the daemons, and how often: Prometheus per scrape, or the operator per decision.
-    scraper, scrape_s = (
-        ("Prometheus", config.scrape_interval_s)
-        if config.telemetry == "prometheus"
-        else ("the operator", config.control_interval_s)
+    # Prometheus scrapes the daemons in both cases (the source, or the direct policy's fallback).
+    streams = (
+        f"; the operator's power streams: {node_count}, {node_count / config.guard_period_s:g} "
+        "lines/s"
+        if config.telemetry == "direct"
+        else ""
     )
     return [
         f"  reaction time over {trials} trials, to all targeted GPUs capped:",
@@ -555,8 +559,8 @@ def live(cluster: Cluster, work: Path, config: LiveConfig, response: StepRespons
         f"writes: {nps_per_min:.1f}/min",
         f"  steady-state CPU over {steady_s:g} s (% of one core): operator {operator_pct:.1f}%, "
         f"Prometheus {prom_pct:.1f}%, daemons {daemons_pct / node_count:.2f}% per node "
-        f"(guard period {config.guard_period_s:g} s); scrapes of the daemons by {scraper}: "
-        f"{node_count / scrape_s:g}/s",
+        f"(guard period {config.guard_period_s:g} s); scrapes of the daemons by Prometheus: "
+        f"{node_count / config.scrape_interval_s:g}/s{streams}",
     ]
 
 
@@ -694,9 +698,10 @@ def main() -> None:
     parser.add_argument("--control-interval-s", type=float, default=1.0, help="the operator's")
     parser.add_argument(
         "--telemetry",
-        choices=("prometheus", "direct"),
-        default="prometheus",
-        help="where the operator reads node power (direct: it scrapes the daemons itself)",
+        choices=("direct", "prometheus"),
+        default="direct",
+        help="where the operator reads node power (direct, the default: the daemons' power "
+        "streams, with Prometheus as the fallback)",
     )
     parser.add_argument(
         "--guard-period-s",

@@ -1,7 +1,8 @@
-"""Prometheus metrics on /metrics, /healthz for the liveness probe and /readyz for readiness.
+"""Prometheus metrics on /metrics, /healthz for the liveness probe, /readyz for readiness, and
+the node's power, one line per sample, on /power/stream (`polca_node.power_feed`).
 
-Metric names are a contract (the Helm chart's alerts and the operator's `direct` telemetry use
-them); they follow Prometheus' naming rules: base units in the name, `_total` for counters.
+Metric names are a contract (the Helm chart's alerts and the operator's `prometheus` telemetry
+use them); they follow Prometheus' naming rules: base units in the name, `_total` for counters.
 
 Per GPU, labelled node and gpu (the NVML index) only, so a pod coming or going creates no series:
   polca_gpu_info                         1; who the GPU is and who uses it: labels uuid, model,
@@ -59,8 +60,10 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from polca.options import DEFAULT_DAEMON_METRICS_PORT
+from polca.power_stream import STREAM_PATH, PowerSource
 from polca_node.actuator import Knob
 from polca_node.gpu.backend import CLOCK_EVENT_REASONS, GpuInfo, GpuReading
+from polca_node.power_feed import PowerFeed
 
 __all__ = [
     "GPU_INFO_LABELS",
@@ -101,6 +104,15 @@ class GpuSample:
 class NodeSnapshot:
     gpus: tuple[GpuSample, ...] = ()
     heartbeat_s: float | None = None  # Unix time of the sample
+
+    def power(self) -> tuple[float, PowerSource] | None:
+        """The node's GPU power as /metrics sums it, and the slower of its readings' sources;
+        None when no GPU was read."""
+        readings = [gpu.reading for gpu in self.gpus if gpu.reading is not None]
+        if not readings:
+            return None
+        instant = all(r.power_source == "instant" for r in readings)
+        return sum(r.fresh_power_w for r in readings), "instant" if instant else "average"
 
     @property
     def throttled_gpus(self) -> int:
@@ -277,9 +289,14 @@ class NodeMetrics:
             registry=self.registry,
         )
         self._nvml_children: dict[str, Any] = {}
+        self.power_feed = PowerFeed()
 
     def update(self, snapshot: NodeSnapshot) -> None:
+        """A completed sample: the next scrape serves it, and the power streams get it now."""
         self._snapshot.snapshot = snapshot
+        power = snapshot.power()
+        if power is not None:
+            self.power_feed.publish(*power)
 
     @property
     def snapshot(self) -> NodeSnapshot:
@@ -337,26 +354,34 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 Check = Callable[[], tuple[bool, str]]
+TEXT = "text/plain; charset=utf-8"
 
 
 def _app(
     metrics: NodeMetrics, healthy: Check, ready: Check
-) -> Callable[[Mapping[str, Any], Callable[..., Any]], list[bytes]]:
+) -> Callable[[Mapping[str, Any], Callable[..., Any]], Iterable[bytes]]:
     probes = {"/healthz": healthy, "/readyz": ready}
 
-    def app(environ: Mapping[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    def app(environ: Mapping[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
         probe = probes.get(path)
         if probe is not None:
             ok, detail = probe()
             status = "200 OK" if ok else "503 Service Unavailable"
-            start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+            start_response(status, [("Content-Type", TEXT)])
             return [(detail + "\n").encode()]
         if path in ("/metrics", "/"):
             start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
             return [metrics.exposition()]
-        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
-        return [b"not found; try /metrics, /healthz or /readyz\n"]
+        if path == STREAM_PATH:
+            stream = metrics.power_feed.open()
+            if stream is None:
+                start_response("503 Service Unavailable", [("Content-Type", TEXT)])
+                return [b"too many power streams open\n"]
+            start_response("200 OK", [("Content-Type", TEXT), ("Cache-Control", "no-store")])
+            return stream  # written line by line as the samples come
+        start_response("404 Not Found", [("Content-Type", TEXT)])
+        return [f"not found; try /metrics, {STREAM_PATH}, /healthz or /readyz\n".encode()]
 
     return app
 
@@ -368,7 +393,7 @@ class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
 
 
 class MetricsServer:
-    """Serves /metrics, /healthz (liveness) and /readyz (readiness) from a thread."""
+    """Serves /metrics, /power/stream, /healthz (liveness) and /readyz (readiness) from threads."""
 
     def __init__(
         self,
@@ -379,6 +404,7 @@ class MetricsServer:
         host: str = "0.0.0.0",  # noqa: S104 - Prometheus scrapes the pod from outside
         port: int = DEFAULT_DAEMON_METRICS_PORT,
     ) -> None:
+        self._metrics = metrics
         self._server = make_server(
             host,
             port,
@@ -399,6 +425,7 @@ class MetricsServer:
         return self
 
     def stop(self) -> None:
+        self._metrics.power_feed.close()  # ends the streams, whose threads would outlive us
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5.0)

@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from polca_node.backoff import Backoff
+from polca.backoff import Backoff
 
 __all__ = ["RESTART_BASE_S", "RESTART_CAP_S", "Supervisor", "TaskState"]
 

@@ -12,7 +12,7 @@ Why plain watches in threads and not Kopf (see also `polca_node.kube_client`):
 
 Rules: a successful list is authoritative and replaces the sink's state (`replace`); watch
 events update it (`apply`); a failed list or watch never clears it (`failed`, safety rule 3),
-it is retried after a capped, fully jittered backoff (`polca_node.backoff`: at most 1 s, so the
+it is retried after a capped, fully jittered backoff (`polca.backoff`: at most 1 s, so the
 daemon is back within about a second of the API server). A `410 Gone` (too old a resource
 version) forgets that version and lists again; a watch that ends at once without events, and
 a 410 right after a fresh list, back off too, so a misbehaving server never makes us spin.
@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from polca_node.backoff import Backoff
+from polca.backoff import Backoff
 from polca_node.kube_client import ApiError, KubeClient, WatchStream
 
 __all__ = ["WatchSink", "WatchTarget", "Watcher"]

@@ -1,4 +1,4 @@
-"""Which metrics endpoints a daemon may ask the operator to scrape.
+"""Which metrics endpoints a daemon may ask the operator to read (its power stream beside them).
 
 A daemon writes its endpoint into its NodePowerState status, and anyone who can write that
 status could otherwise point the operator at any URL (a cloud metadata address, an internal
@@ -13,9 +13,11 @@ import ipaddress
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["NodeAddresses", "endpoint_problem", "node_addresses"]
+from polca.power_stream import STREAM_PATH
+
+__all__ = ["NodeAddresses", "endpoint_problem", "node_addresses", "stream_url"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,3 +78,10 @@ def endpoint_problem(url: str, node: NodeAddresses, ports: Collection[int] | Non
     if ports is not None and effective not in ports:
         return f"port {effective} is not the daemon's ({', '.join(map(str, sorted(ports)))})"
     return None
+
+
+def stream_url(metrics_url: str) -> str:
+    """The daemon's power stream beside its published metrics endpoint (same scheme, host and
+    port, so what `endpoint_problem` accepted for one holds for the other)."""
+    parts = urlsplit(metrics_url)
+    return urlunsplit((parts.scheme, parts.netloc, STREAM_PATH, "", ""))

@@ -29,8 +29,9 @@ from polca_operator.indexes import (
 from polca_operator.kube import PLURAL, CoreEvents, KubeStatusSink, PolicyEvents, api_client
 from polca_operator.loop import ControlLoop, LoopDeps, run_loop
 from polca_operator.metrics import Health, MetricsServer, OperatorMetrics
+from polca_operator.power_streams import StreamSource
 from polca_operator.restore import DEFAULT_RESTORE_WAIT_S, restore_verdict
-from polca_operator.telemetry import DEFAULT_TIMEOUT_S, DirectSource, PowerReader, PrometheusSource
+from polca_operator.telemetry import DEFAULT_TIMEOUT_S, PowerReader, PrometheusSource
 
 __all__ = ["CONTROL_DAEMON_ID", "RESTORE_HANDLER_ID", "OperatorConfig", "register"]
 
@@ -61,7 +62,44 @@ class _Runtime:
     deps: LoopDeps | None = None
     events: CoreEvents | None = None
     session: aiohttp.ClientSession | None = None
+    streams_session: aiohttp.ClientSession | None = None
+    streams: StreamSource | None = None
     server: MetricsServer | None = None
+
+    async def start(self, config: OperatorConfig, metrics: OperatorMetrics, health: Health) -> None:
+        self.session = aiohttp.ClientSession()
+        timeout_s = config.telemetry_timeout_s
+        # One long-lived connection per daemon: no pool limit (aiohttp's default is 100), or
+        # the 101st node's stream would wait for a slot forever.
+        self.streams_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        self.streams = StreamSource(self.streams_session, connect_timeout_s=timeout_s)
+        reader = PowerReader(PrometheusSource(self.session, timeout_s=timeout_s), self.streams)
+        self.server = MetricsServer(
+            metrics, health, host=config.metrics_host, port=config.metrics_port
+        )
+        await self.server.start()
+        client = api_client()
+        self.events = CoreEvents(client)
+        self.deps = LoopDeps(
+            reader=reader,
+            status_sink=KubeStatusSink(client),
+            metrics=metrics,
+            health=health,
+            default_prometheus_url=config.prometheus_url,
+            status_refresh_s=config.status_refresh_s,
+            daemon_ports=config.daemon_ports,
+            streams=self.streams,
+        )
+        log.info("metrics and /healthz on %s:%d", config.metrics_host, config.metrics_port)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop()
+        if self.streams is not None:
+            await self.streams.close()
+        for session in (self.streams_session, self.session):
+            if session is not None:
+                await session.close()
 
     def require(self) -> LoopDeps:
         if self.deps is None:
@@ -98,35 +136,11 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> Operato
 
     @kopf.on.startup(registry=registry)
     async def _start(**_: Any) -> None:
-        shared.session = aiohttp.ClientSession()
-        timeout_s = config.telemetry_timeout_s
-        reader = PowerReader(
-            PrometheusSource(shared.session, timeout_s=timeout_s),
-            DirectSource(shared.session, timeout_s=timeout_s),
-        )
-        shared.server = MetricsServer(
-            metrics, health, host=config.metrics_host, port=config.metrics_port
-        )
-        await shared.server.start()
-        client = api_client()
-        shared.events = CoreEvents(client)
-        shared.deps = LoopDeps(
-            reader=reader,
-            status_sink=KubeStatusSink(client),
-            metrics=metrics,
-            health=health,
-            default_prometheus_url=config.prometheus_url,
-            status_refresh_s=config.status_refresh_s,
-            daemon_ports=config.daemon_ports,
-        )
-        log.info("metrics and /healthz on %s:%d", config.metrics_host, config.metrics_port)
+        await shared.start(config, metrics, health)
 
     @kopf.on.cleanup(registry=registry)
     async def _stop(**_: Any) -> None:
-        if shared.server is not None:
-            await shared.server.stop()
-        if shared.session is not None:
-            await shared.session.close()
+        await shared.stop()
 
     @kopf.daemon(
         GROUP,

@@ -1,6 +1,7 @@
 """One control loop per PowerPolicy: read domain power, decide the stage, report it.
 
-Each cycle (every `controlIntervalSeconds`):
+Each cycle (every `controlIntervalSeconds`, and at once when a streamed sample takes the domain
+to the next stage's trigger: `polca_operator.wakeup`):
 
 1. takes the spec from the live body; a new generation is parsed into a plan, and a spec that
    does not parse keeps the last valid plan (`Ready=False`, nothing enforced is lost);
@@ -16,6 +17,7 @@ over or a spec edit never passes through stage 0; stale telemetry yields the fai
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable, Mapping
@@ -31,14 +33,17 @@ from polca_operator.domain_power import DomainNode, NodeSample
 from polca_operator.endpoints import endpoint_problem
 from polca_operator.indexes import ClusterView
 from polca_operator.metrics import Change, Health, OperatorMetrics
+from polca_operator.power_streams import SampleListener
 from polca_operator.status import CycleReport, EventSink, StatusSink, StatusWriter
 from polca_operator.telemetry import PowerQuery, TelemetryReading
 from polca_operator.validation import ParsedSpec, SemanticCache, parse_spec
+from polca_operator.wakeup import EscalationWatch, wake_at_w
 
 __all__ = [
     "ControlLoop",
     "CycleOutcome",
     "LoopDeps",
+    "NodeStreams",
     "PowerReading",
     "StopFlag",
     "run_loop",
@@ -48,12 +53,24 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL_S = 1.0
+# The least time from one cycle's start to the next one's, however many samples wake the loop.
+MIN_CYCLE_GAP_S = 0.05
 
 
 class PowerReading(Protocol):
     async def read(
         self, query: PowerQuery, *, last_known: Mapping[str, NodeSample] | None = None
     ) -> TelemetryReading: ...
+
+
+class NodeStreams(Protocol):
+    """The daemons' power streams (`power_streams.StreamSource`): which nodes a loop follows."""
+
+    def follow(
+        self, owner: str, urls: Mapping[str, str], on_sample: SampleListener | None = None
+    ) -> None: ...
+
+    def release(self, owner: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -70,6 +87,8 @@ class LoopDeps:
     status_refresh_s: float = 15.0
     # Ports a daemon's metrics endpoint may use (None: any); see polca_operator.endpoints.
     daemon_ports: frozenset[int] | None = None
+    # The `direct` source's streams: a loop follows its domain's (None: no direct telemetry).
+    streams: NodeStreams | None = None
 
 
 @dataclass(frozen=True)
@@ -155,6 +174,9 @@ class ControlLoop:
         self._failing_sources: frozenset[str] = frozenset()
         # Each node's latest fresh sample: the floor of its estimate while it is silent.
         self._last_known: dict[str, NodeSample] = {}
+        # Set when a streamed sample crosses the next stage's trigger; run_loop waits on it.
+        self.wake = asyncio.Event()
+        self._watch = EscalationWatch()
 
     @property
     def deps(self) -> LoopDeps:
@@ -187,6 +209,7 @@ class ControlLoop:
         domain = self._domain_for(parsed, view)
         plan = parsed.plan
         staleness_s = plan.staleness_s
+        seen_w = self._watch.total_w  # what the read below sees, for the wake-up's edge
         reading = await self._deps.reader.read(domain.query, last_known=self._last_known)
         self._last_known.update(reading.samples)
         self._note_errors(reading)
@@ -202,6 +225,8 @@ class ControlLoop:
             sample_age_s=age_s,
         )
         self._state = decision.state
+        if self._watch.arm(self._wake_at_w(parsed, domain), seen_w):
+            self.wake.set()
         stale = power_w is None or age_s is None or age_s > staleness_s
         problems = (*((self._spec_problem,) if self._spec_problem else ()), *domain.problems)
         report = CycleReport(
@@ -304,7 +329,7 @@ class ControlLoop:
                     urls[name] = report.metrics_url
                 else:
                     # Logged once per change of the indexes: this runs only when they change.
-                    log.warning("PowerPolicy %s: not scraping node %s's metrics endpoint %r: %s",
+                    log.warning("PowerPolicy %s: not streaming node %s's power from %r: %s",
                                 self.name, name, report.metrics_url, refused)  # fmt: skip
             gpus += report.gpu_count
             throttled += report.throttled_gpu_count
@@ -326,7 +351,38 @@ class ControlLoop:
         self._last_known = {n: s for n, s in self._last_known.items() if n in members}
         self._domain = _Domain(query, len(selected), gpus, throttled, problems)
         self._domain_key = key
+        self._follow(query)
         return self._domain
+
+    def _wake_at_w(self, parsed: ParsedSpec, domain: _Domain) -> float | None:
+        """The streamed power that should run the next cycle early (direct telemetry only)."""
+        query = domain.query
+        if query.source != "direct" or self._state is None:
+            return None
+        overhead_w = query.overhead_w * len(query.nodes)
+        return wake_at_w(
+            parsed.plan, self._state.stage, parsed.spec.budget_watts, overhead_w=overhead_w
+        )
+
+    def _on_sample(self, node: str, power_w: float) -> None:
+        if self._watch.sample(node, power_w):
+            self.wake.set()
+
+    def _follow(self, query: PowerQuery) -> None:
+        """Stream the domain's daemons where direct telemetry may be read: as the source (and
+        then wake on samples), or as Prometheus's fallback."""
+        streams = self._deps.streams
+        if streams is None:
+            return
+        direct = query.source == "direct"
+        urls = query.metrics_urls if direct or query.direct_fallback else {}
+        streams.follow(self.name, urls, self._on_sample if direct else None)
+        self._watch.retain(query.node_names)
+
+    def close(self) -> None:
+        """The loop stopped: let go of its streams."""
+        if self._deps.streams is not None:
+            self._deps.streams.release(self.name)
 
     def _note_errors(self, reading: TelemetryReading) -> None:
         failing: frozenset[str] = frozenset(source for source, _ in reading.errors)
@@ -350,18 +406,43 @@ class StopFlag(Protocol):
 async def run_loop(
     loop: ControlLoop, body: Mapping[str, Any], view: ClusterView, stopped: StopFlag
 ) -> None:
-    """Cycle at the policy's interval until stopped; an unexpected error costs one cycle only."""
+    """Cycle at the policy's interval, and early when a sample calls for an escalation
+    (`ControlLoop.wake`), until stopped; an unexpected error costs one cycle only."""
     deps = loop.deps
     try:
         while not stopped:
             started_s = deps.monotonic()
+            loop.wake.clear()  # this cycle reads every sample that came so far
             try:
                 await loop.cycle(body, view)
             except Exception:  # a bug in one cycle must not end the control loop
                 log.exception("PowerPolicy %s: control cycle failed", loop.name)
-            remaining_s = loop.interval_s - (deps.monotonic() - started_s)
-            await stopped.wait(max(remaining_s, 0.0))
+            await _until_next_cycle(loop, stopped, started_s)
     finally:
         # Paused (a peer took over), stopped or deleted: this replica no longer speaks for it.
+        loop.close()
         deps.metrics.forget(loop.name)
         deps.health.forget(loop.name)
+
+
+async def _until_next_cycle(loop: ControlLoop, stopped: StopFlag, started_s: float) -> None:
+    """Until the interval ends, the loop is woken or stopped; never sooner than the minimum gap
+    after the cycle's start."""
+    deps = loop.deps
+    remaining_s = loop.interval_s - (deps.monotonic() - started_s)
+    if remaining_s <= 0:
+        return
+    if not loop.wake.is_set():
+        stop = asyncio.ensure_future(stopped.wait(remaining_s))
+        wake = asyncio.ensure_future(loop.wake.wait())
+        try:
+            await asyncio.wait((stop, wake), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            wake.cancel()
+    if not loop.wake.is_set() or stopped:
+        return
+    deps.metrics.early_cycle(loop.name)
+    gap_s = MIN_CYCLE_GAP_S - (deps.monotonic() - started_s)
+    if gap_s > 0 and not stopped:
+        await stopped.wait(gap_s)

@@ -139,7 +139,8 @@ def parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> argparse.N
         type=seconds,
         default=DEFAULT_TIMEOUT_S,
         metavar="SECONDS",
-        help="timeout of each Prometheus query and metrics scrape (default %(default)s)",
+        help="timeout of each Prometheus query and of connecting to a daemon's power stream "
+        "(default %(default)s)",
     )
     parser.add_argument(
         "--restore-wait",

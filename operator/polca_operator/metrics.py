@@ -75,6 +75,12 @@ class OperatorMetrics:
         self.status_writes = Counter(
             "polca_status_writes_total", "PowerPolicy status writes", ["policy"], registry=r
         )
+        self.early_cycles = Counter(
+            "polca_early_cycles_total",
+            "Control cycles run before the interval ended: a streamed sample reached the next "
+            "stage's trigger",
+            ["policy"], registry=r,
+        )  # fmt: skip
         # From the NodePowerStates, which outlive a vanished daemon: its own heartbeat series
         # disappears with its scrape target, this one stays and keeps the alert firing.
         self.node_heartbeat_s = Gauge(
@@ -121,6 +127,9 @@ class OperatorMetrics:
     def telemetry_error(self, policy: str, source: str) -> None:
         self.telemetry_errors.labels(policy, source).inc()
 
+    def early_cycle(self, policy: str) -> None:
+        self.early_cycles.labels(policy).inc()
+
     def status_written(self, policy: str) -> None:
         self.status_writes.labels(policy).inc()
 
@@ -136,7 +145,7 @@ class OperatorMetrics:
         """Drop a deleted policy's series, so dashboards do not show it frozen."""
         for gauge in (
             self.power_w, self.budget_w, self.utilization, self.stage, self.failsafe,
-            self.telemetry_age_s, self.loop_s, self.status_writes,
+            self.telemetry_age_s, self.loop_s, self.status_writes, self.early_cycles,
         ):  # fmt: skip
             _remove(gauge, policy)
         for stage in self._stages.pop(policy, []):

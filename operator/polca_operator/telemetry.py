@@ -7,8 +7,9 @@ Two sources implement :class:`TelemetrySource`:
   the policy's own query summed by its node label. A second query, ``timestamp(...)``, gives each
   node's *sample* time, so a Prometheus that lost its targets cannot pass old data off as new;
   a query that is more than a bare selector has its selectors bounded to the staleness limit.
-- :class:`DirectSource` scrapes each daemon's ``/metrics`` (the URL the daemon publishes in its
-  NodePowerState), concurrently, for small clusters, the demo and as the fallback.
+- :class:`~polca_operator.power_streams.StreamSource` (``direct``, the default) holds each
+  daemon's power stream, the line per sample it writes beside the metrics endpoint it publishes
+  in its NodePowerState; it is also the fallback of ``prometheus``.
 
 :class:`PowerReader` asks the policy's source first and the other one for the nodes still
 missing, then combines the fresh samples (:mod:`polca_operator.domain_power`). When neither
@@ -25,21 +26,18 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
 from polca.tooling.promql_lookback import PromQLSyntaxError, bound_lookback, is_plain_selector
 from polca_operator.domain_power import DomainNode, DomainPower, NodeSample, combine
 
 __all__ = [
     "GPU_POWER_METRIC",
-    "DirectSource",
     "PowerQuery",
     "PowerReader",
     "PrometheusSource",
     "TelemetryError",
     "TelemetryReading",
     "TelemetrySource",
-    "parse_exposition",
     "parse_vector",
 ]
 
@@ -47,7 +45,6 @@ GPU_POWER_METRIC = "polca_gpu_power_watts"
 NODE_LABEL = "node"
 GPU_LABEL = "gpu"  # the GPU index, unique within a node
 DEFAULT_TIMEOUT_S = 2.0
-DEFAULT_SCRAPE_CONCURRENCY = 64
 
 SourceName = Literal["prometheus", "direct"]
 
@@ -111,28 +108,6 @@ def parse_vector(payload: Any, label: str) -> dict[str, float]:
         if key is not None and not math.isnan(value):
             out[str(key)] = value
     return out
-
-
-def parse_exposition(text: str, node: str, metric: str = GPU_POWER_METRIC) -> float | None:
-    """The sum of `metric` in a Prometheus text exposition, for `node`.
-
-    Series labelled with another node are ignored, so a mis-published endpoint cannot lend
-    its power to the wrong node. None when the exposition has no such series.
-    """
-    total: float | None = None
-    try:
-        families = list(text_string_to_metric_families(text))
-    except ValueError as exc:
-        raise TelemetryError(f"unparsable metrics: {exc}") from exc
-    for family in families:
-        if family.name != metric:
-            continue
-        for sample in family.samples:
-            if sample.name != metric or sample.labels.get(NODE_LABEL, node) != node:
-                continue
-            if not math.isnan(sample.value):
-                total = (total or 0.0) + sample.value
-    return total
 
 
 # --- sources ---------------------------------------------------------------------------------
@@ -217,51 +192,6 @@ class PrometheusSource:
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise TelemetryError(f"{url}: {type(exc).__name__}: {exc}") from exc
         return parse_vector(payload, label)
-
-
-class DirectSource:
-    """Scrapes the daemons' metrics endpoints concurrently; a node that fails is left out."""
-
-    name: SourceName = "direct"
-
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        *,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
-        concurrency: int = DEFAULT_SCRAPE_CONCURRENCY,
-        wall_clock: Callable[[], float] = time.time,
-    ):
-        self._session = session
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._limit = asyncio.Semaphore(concurrency)
-        self._wall_clock = wall_clock
-
-    async def node_samples(
-        self, query: PowerQuery, nodes: Collection[str]
-    ) -> dict[str, NodeSample]:
-        targets = [(node, query.metrics_urls[node]) for node in nodes if node in query.metrics_urls]
-        if not targets:
-            raise TelemetryError("no node publishes a metrics endpoint")
-        results = await asyncio.gather(*(self._scrape(node, url) for node, url in targets))
-        samples = {node: s for (node, _), s in zip(targets, results, strict=True) if s is not None}
-        if not samples:
-            raise TelemetryError(f"none of {len(targets)} metrics endpoints answered with power")
-        return samples
-
-    async def _scrape(self, node: str, url: str) -> NodeSample | None:
-        async with self._limit:
-            try:
-                async with self._session.get(url, timeout=self._timeout) as response:
-                    response.raise_for_status()
-                    text = await response.text()
-            except (aiohttp.ClientError, TimeoutError):
-                return None
-        try:
-            power_w = parse_exposition(text, node)
-        except TelemetryError:
-            return None
-        return None if power_w is None else NodeSample(power_w, self._wall_clock())
 
 
 # --- reading domain power with fallback ----------------------------------------------------

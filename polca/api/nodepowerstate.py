@@ -182,7 +182,8 @@ class NodePowerStateStatus(ConditionedStatus):
         max_length=2048,
         pattern=r"^https?://[^\s]+$",
         description="URL of this node daemon's Prometheus metrics (/metrics); the operator "
-        "scrapes it when spec.telemetry.source is direct or Prometheus fails.",
+        "reads the daemon's power stream beside it (/power/stream, same host and port) when "
+        "spec.telemetry.source is direct or Prometheus fails.",
     )
     kopf: dict[str, Any] | None = Field(
         default=None,

@@ -90,8 +90,10 @@ class Telemetry(ApiModel):
 
     source: Literal["prometheus", "direct"] = Field(
         default="direct",
-        description="prometheus: query the Prometheus HTTP API at prometheusURL (production). "
-        "direct: scrape the node daemons' metrics (small clusters, the demo).",
+        description="direct (default): the node daemons' power streams, a line per GPU sample "
+        "as it is taken (the fastest reaction), with Prometheus as the fallback where a URL is "
+        "configured (prometheusURL or the operator's --prometheus-url). prometheus: the "
+        "Prometheus HTTP API at prometheusURL, needed by nodePower.source promql.",
     )
     prometheus_url: str | None = Field(
         default=None,
@@ -110,7 +112,7 @@ class Telemetry(ApiModel):
     )
     direct_fallback: bool = Field(
         default=True,
-        description="With source prometheus: scrape the node daemons directly while "
+        description="With source prometheus: read the node daemons' power streams while "
         "Prometheus fails, before declaring telemetry stale.",
     )
 
@@ -307,7 +309,9 @@ class PowerPolicySpec(ApiModel):
         default=1.0,
         ge=0.1,
         le=60,
-        description="How often the operator reads domain power and decides the stage.",
+        description="How often the operator reads domain power and decides the stage. With "
+        "direct telemetry a sample that takes the domain to the next stage's trigger runs a "
+        "decision at once (at most one per 50 ms); release waits for the interval.",
     )
     settle_seconds: float = Field(
         default=defaults.DEFAULT_SETTLE_S,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -368,12 +369,57 @@ def test_prometheus_lost_falls_back_to_direct_then_failsafe(
         )
     finally:
         env.restart_prometheus()
+    recovers(env, policy)
+
+
+def recovers(env: Env, policy: str) -> None:
+    """Fresh power again, and the failsafe stage released step by step."""
     eventually(
         "fresh telemetry",
         lambda: env.condition(policy, "TelemetryStale") == ("False", "FreshPower"),
         30,
     )
     eventually("released step by step to normal", lambda: env.stage(policy) == "normal", 40)
+
+
+def test_direct_streams_escalate_before_the_interval_ends(
+    env: Env, domain: str, policy: str, start_operator: Callable[..., OperatorHandle]
+) -> None:
+    """The default telemetry: the operator holds each daemon's power stream, and a sample that
+    takes the domain over stage 1's trigger runs a cycle at once. The interval here is 60 s: a
+    stage change within it can only come from that early cycle."""
+    operator = start_operator()
+    applied_s = time.monotonic()
+    apply_policy(env, policy, domain, telemetry={"stalenessSeconds": 3},
+                 controlIntervalSeconds=60)  # fmt: skip
+    eventually("stage normal from streamed power", lambda: (
+        env.stage(policy) == "normal"
+        and env.condition(policy, "TelemetryStale") == ("False", "FreshPower")
+    ))  # fmt: skip
+    env.set_load(BUSY_LOAD)
+    eventually("stage1", lambda: env.stage(policy) == "stage1", 30)
+    assert time.monotonic() - applied_s < 60, "stage 1 came only with the interval's cycle"
+    assert (operator.metric("polca_early_cycles_total", policy=policy) or 0) >= 1
+    eventually("idle GPUs capped", lambda: env.ceilings() == stage1_ceilings())
+
+
+def test_stopped_daemons_make_streamed_power_stale_then_streams_reconnect(
+    env: Env, domain: str, policy: str, start_operator: Callable[..., OperatorHandle]
+) -> None:
+    """Safety rule 2 with direct telemetry: a stream that ends (its daemon stopped) is no
+    power, not the last power forever; the streams come back with the daemons."""
+    start_operator()
+    apply_policy(env, policy, domain, telemetry={"stalenessSeconds": 3})
+    eventually("stage normal", lambda: env.stage(policy) == "normal")
+    for sim in env.sims:
+        sim.stop_daemon()
+    try:
+        eventually("failsafe stage", lambda: env.stage(policy) == "stage2", 30)
+        assert env.condition(policy, "TelemetryStale") == ("True", "NoFreshPower")
+    finally:
+        for sim in env.sims:
+            sim.start_daemon()
+    recovers(env, policy)
 
 
 def hold_stage1(env: Env, policy: str, domain: str) -> None:

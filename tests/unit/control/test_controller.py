@@ -217,3 +217,36 @@ class TestPrediction:
     def test_negative_prediction_is_refused(self) -> None:
         with pytest.raises(ValueError, match="predict_s"):
             replace(PLAN, predict_s=-1.0)
+
+
+class TestEarlyCycles:
+    """The operator runs a cycle early when a streamed sample reaches the next trigger
+    (`polca_operator.wakeup`): extra decisions between the interval's must not move the settle
+    or hold timers, which count time, not calls."""
+
+    # Power that changes only on whole seconds: up, over the brake, down to release, idle.
+    PROFILE = [50.0] * 3 + [85.0] * 4 + [95.0] * 14 + [80.0] * 5 + [70.0] * 40 + [50.0] * 40
+
+    def _run(self, extra_per_s: int, seed: int) -> dict[float, int]:
+        """Stage after each decision at whole seconds, with `extra_per_s` decisions at random
+        times inside every second (the early wake-ups)."""
+        rng = random.Random(seed)
+        state = ControllerState()
+        at_whole_s: dict[float, int] = {}
+        for second, util in enumerate(self.PROFILE):
+            extras = sorted(rng.uniform(0.001, 0.999) for _ in range(extra_per_s))
+            for now_s in (float(second), *(second + f for f in extras)):
+                d = decide(PLAN, state, now_s=now_s, domain_power_w=util * BUDGET_W / 100,
+                           budget_w=BUDGET_W, sample_age_s=0.1)  # fmt: skip
+                if d.changed:
+                    assert now_s == second, f"stage moved at {now_s:.3f} s, between samples"
+                state = d.state
+                if now_s == second:
+                    at_whole_s[now_s] = d.stage
+        return at_whole_s
+
+    @pytest.mark.parametrize("seed", range(3))
+    def test_extra_decisions_change_no_stage_and_no_timer(self, seed: int) -> None:
+        on_interval = self._run(0, seed)
+        assert self._run(20, seed) == on_interval
+        assert set(on_interval.values()) == {0, 1, 2, 3}  # the profile exercises every stage

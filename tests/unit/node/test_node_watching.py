@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import pytest
 
-from polca_node.backoff import Backoff
+from polca.backoff import Backoff
 from polca_node.kube_client import ApiError, KubeClient
 from polca_node.watching import Watcher, WatchTarget
 

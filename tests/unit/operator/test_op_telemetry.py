@@ -10,17 +10,14 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from polca_operator.domain_power import DomainNode, NodeSample
 from polca_operator.telemetry import (
-    DirectSource,
     PowerQuery,
     PowerReader,
     PrometheusSource,
     SourceName,
     TelemetryError,
-    parse_exposition,
     parse_vector,
 )
 
@@ -63,16 +60,6 @@ def vector(label: str, values: dict[str, float]) -> dict[str, object]:
     }
 
 
-def exposition(node: str, watts: list[float], *, other_node: str | None = None) -> bytes:
-    registry = CollectorRegistry()
-    gauge = Gauge("polca_gpu_power_watts", "GPU power", ["node", "gpu"], registry=registry)
-    for i, w in enumerate(watts):
-        gauge.labels(node, str(i)).set(w)
-    if other_node:
-        gauge.labels(other_node, "0").set(99_999)
-    return generate_latest(registry)
-
-
 # --- parsing --------------------------------------------------------------------------------
 
 
@@ -93,12 +80,6 @@ def test_parse_vector_keys_by_label_and_drops_nan() -> None:
 def test_parse_vector_rejects_bad_answers(payload: object) -> None:
     with pytest.raises(TelemetryError):
         parse_vector(payload, "node")
-
-
-def test_parse_exposition_sums_the_nodes_gpus_only() -> None:
-    text = exposition("a", [300.0, 250.5], other_node="b").decode()
-    assert parse_exposition(text, "a") == pytest.approx(550.5)
-    assert parse_exposition(text, "c") is None
 
 
 def test_prometheus_expressions_ask_for_sample_times() -> None:
@@ -197,43 +178,6 @@ async def test_prometheus_source_unreachable(session: aiohttp.ClientSession) -> 
     query = PowerQuery(nodes=(), prometheus_url="http://127.0.0.1:9")
     with pytest.raises(TelemetryError):
         await PrometheusSource(session, timeout_s=1).node_samples(query, ())
-
-
-async def test_direct_source_scrapes_concurrently_and_skips_failures(
-    serve: Serve, session: aiohttp.ClientSession
-) -> None:
-    in_flight = 0
-    peak = 0
-
-    async def metrics(request: web.Request) -> web.Response:
-        nonlocal in_flight, peak
-        in_flight += 1
-        peak = max(peak, in_flight)
-        await asyncio.sleep(0.05)
-        in_flight -= 1
-        node = request.match_info["node"]
-        if node == "broken":
-            return web.Response(status=500)
-        return web.Response(body=exposition(node, [100.0, 200.0]))
-
-    app = web.Application()
-    app.router.add_get("/{node}/metrics", metrics)
-    url = await serve(app)
-    names = [f"n{i}" for i in range(6)] + ["broken"]
-    query = PowerQuery(
-        nodes=tuple(DomainNode(n) for n in names),
-        metrics_urls={n: f"{url}/{n}/metrics" for n in names},
-    )
-    source = DirectSource(session, wall_clock=lambda: NOW_S)
-    samples = await source.node_samples(query, names)
-    assert samples == {f"n{i}": NodeSample(300.0, NOW_S) for i in range(6)}
-    assert peak > 1  # scraped side by side, not one after another
-
-
-async def test_direct_source_without_endpoints_fails(session: aiohttp.ClientSession) -> None:
-    query = PowerQuery(nodes=(DomainNode("a"),))
-    with pytest.raises(TelemetryError, match="no node publishes"):
-        await DirectSource(session).node_samples(query, {"a"})
 
 
 # --- fallback -------------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""Retry delays for the daemon's API calls: capped exponential backoff with full jitter. Pure.
+"""Retry delays: capped exponential backoff with full jitter. Pure.
+
+The daemon's API calls and watches, and the operator's power streams, retry with it.
 
 delay = uniform(0, min(cap_s, base_s · 2^attempt))  — AWS's "full jitter"
 (https://aws.amazon.com/blogs/architecture/exponential-backoff-and-jitter/).

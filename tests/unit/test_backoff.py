@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from polca_node.backoff import BASE_S, CAP_S, Backoff
+from polca.backoff import BASE_S, CAP_S, Backoff
 
 
 class Highest(random.Random):
