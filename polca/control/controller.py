@@ -34,7 +34,10 @@ from functools import cache
 from polca.control.hysteresis import Hysteresis, Move, Timers, entered, left, unsure
 from polca.control.plan import ControlPlan
 
-__all__ = ["ControllerState", "Decision", "decide"]
+__all__ = ["MIN_TREND_WINDOW_S", "ControllerState", "Decision", "decide"]
+
+# The shortest span a rise is measured over (the daemons' default sample period): see _track.
+MIN_TREND_WINDOW_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,10 +162,13 @@ def _ahead_pct(
 def _track(state: ControllerState, power_w: float, sample_s: float) -> ControllerState:
     """Remember the sample and its rise per second since the previous one (never negative).
 
-    The same sample read twice (a controller faster than its telemetry) keeps the last rise."""
+    The same sample read twice (a controller faster than its telemetry) keeps the last rise, and
+    so does a sample less than ``MIN_TREND_WINDOW_S`` after the remembered one: streamed
+    telemetry updates the domain node by node, tens of milliseconds apart, and a rise per second
+    taken over such a gap would multiply one node's step into a domain-wide forecast."""
     if state.sample_s is None or state.sample_w is None:
         return replace(state, sample_w=power_w, sample_s=sample_s, rise_w_per_s=0.0)
-    if sample_s <= state.sample_s:
+    if sample_s - state.sample_s < MIN_TREND_WINDOW_S:
         return state
     rise = max(0.0, (power_w - state.sample_w) / (sample_s - state.sample_s))
     return replace(state, sample_w=power_w, sample_s=sample_s, rise_w_per_s=rise)

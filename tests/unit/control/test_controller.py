@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from polca.control.controller import ControllerState, Decision, decide
+from polca.control.controller import MIN_TREND_WINDOW_S, ControllerState, Decision, decide
 from polca.control.plan import POLCA_PLAN, ControlPlan
 
 BUDGET_W = 100_000.0
@@ -208,6 +208,21 @@ class TestPrediction:
             state = d.state
             seen.append(state.rise_w_per_s)
         assert seen == [0.0, pytest.approx(3_000.0), pytest.approx(3_000.0)]
+
+    def test_samples_closer_than_the_trend_window_keep_the_rise(self) -> None:
+        # Streamed telemetry: one node's step lands 50 ms after the last domain sample. Over
+        # 50 ms, +1% would read as +20%/s (40% ahead); the rise is measured over ≥ 0.5 s instead.
+        state = ControllerState()
+        rises = []
+        for now_s, util in ((0.0, 70.0), (1.0, 71.0), (1.05, 72.0), (1.6, 73.0)):
+            state = decide(self.AHEAD, state, now_s=now_s, domain_power_w=util * BUDGET_W / 100,
+                           budget_w=BUDGET_W, sample_age_s=0.0).state  # fmt: skip
+            rises.append(state.rise_w_per_s)
+        per_pct_s = BUDGET_W / 100  # watts per second of a 1%/s rise
+        assert rises == [0.0, pytest.approx(per_pct_s), pytest.approx(per_pct_s),
+                         pytest.approx(2 * per_pct_s / 0.6)]  # fmt: skip
+        assert state.sample_s == 1.6
+        assert MIN_TREND_WINDOW_S == 0.5
 
     def test_stale_telemetry_forgets_the_trend(self) -> None:
         got = run(self.AHEAD, [70, 76, None, 77])
