@@ -82,7 +82,8 @@ def parse_args(argv: Sequence[str] | None) -> DemoSettings:
         "--telemetry",
         choices=["auto", "prometheus", "direct"],
         default=defaults.telemetry,
-        help="auto: Prometheus when installed, else direct (default)",
+        help="auto (default): the daemons' power streams, with Prometheus as the fallback when "
+        "installed; direct: streams only; prometheus: Prometheus only",
     )
     parser.add_argument("--no-live", action="store_true", help="log lines instead of the live view")
     parser.add_argument("--seed", type=int, default=defaults.seed)

@@ -73,7 +73,8 @@ def demo_policy(
     spec.pop("allNodes", None)  # the demo's nodes, never every node of the cluster
     spec["budgetWatts"] = round(budget_watts, 1)
     wanted: dict[str, Any] = {**spec.get("telemetry", {}), "source": telemetry}
-    if telemetry == "prometheus":
+    # The demo's Prometheus, where it runs: the source, or direct telemetry's fallback.
+    if prometheus_url is not None:
         wanted["prometheusURL"] = prometheus_url
     else:
         wanted.pop("prometheusURL", None)

@@ -66,8 +66,8 @@ READY_TIMEOUT_S = 120.0
 # Tier each workload should land in under the default tier rules (shown in the view).
 WORKLOAD_TIERS = {TIER_HIGH: "high", TIER_LOW: "low", TIER_TRAIN: "low"}
 PROMETHEUS_HINT = (
-    "prometheus is not installed: the policy reads power straight from the node daemons "
-    "(telemetry.source: direct). `make prometheus` (as root) installs Debian's package."
+    "prometheus is not installed: the policy reads power from the node daemons' streams with "
+    "no fallback. `make prometheus` (as root) installs Debian's package."
 )
 
 
@@ -115,15 +115,19 @@ class DemoResult:
 
 def telemetry_source(
     wanted: Literal["auto", "prometheus", "direct"], *, prometheus_installed: bool
-) -> Literal["prometheus", "direct"]:
-    """The policy's telemetry: Prometheus when wanted or (auto) installed, else direct."""
+) -> tuple[Literal["prometheus", "direct"], bool]:
+    """The policy's telemetry source, and whether the demo runs Prometheus.
+
+    auto is the product's default: the daemons' power streams (direct), with Prometheus as the
+    fallback (and the record) when it is installed; direct runs without Prometheus.
+    """
     if wanted == "prometheus" and not prometheus_installed:
         raise PrometheusError(
             "prometheus is not installed; `make prometheus` (as root) installs it"
         )
-    if wanted == "direct" or not prometheus_installed:
-        return "direct"
-    return "prometheus"
+    if wanted == "prometheus":
+        return "prometheus", True
+    return "direct", wanted == "auto" and prometheus_installed
 
 
 class _Stop(Exception):  # noqa: N818 - a signal, not an error
@@ -195,6 +199,7 @@ class _DemoRun:
         self.cpu_cores: float | None = None
         self.operator: OperatorHandle | None = None  # the one running now (restarts replace it)
         self.prometheus_pid: int | None = None
+        self.telemetry: Literal["prometheus", "direct"] = "direct"  # set with Prometheus
 
     def _cpu_s(self) -> float:
         own = os.times()
@@ -288,7 +293,11 @@ class _DemoRun:
             installed = True
         except PrometheusError:
             installed = False
-        if telemetry_source(self.settings.telemetry, prometheus_installed=installed) == "direct":
+        source, run_prometheus = telemetry_source(
+            self.settings.telemetry, prometheus_installed=installed
+        )
+        self.telemetry = source
+        if not run_prometheus:
             if not installed:
                 self.say(f"[yellow]{PROMETHEUS_HINT}[/yellow]")
             return None
@@ -325,7 +334,7 @@ class _DemoRun:
             load_policy_file(settings.policy_file),
             name=POLICY_NAME,
             budget_watts=self.budget_w,
-            telemetry="prometheus" if prometheus_url else "direct",
+            telemetry=self.telemetry,
             prometheus_url=prometheus_url,
         )
         (self.out / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))

@@ -145,18 +145,27 @@ def test_pods_are_bound_and_hold_every_gpu() -> None:
 
 
 @pytest.mark.parametrize(
-    ("wanted", "installed", "source"),
+    ("wanted", "installed", "source", "runs_prometheus"),
     [
-        ("auto", True, "prometheus"),
-        ("auto", False, "direct"),
-        ("direct", True, "direct"),
-        ("prometheus", True, "prometheus"),
+        ("auto", True, "direct", True),  # the product's default: streams, Prometheus fallback
+        ("auto", False, "direct", False),
+        ("direct", True, "direct", False),
+        ("prometheus", True, "prometheus", True),
     ],
 )
-def test_telemetry_falls_back_to_direct_without_prometheus(
-    wanted: Literal["auto", "prometheus", "direct"], installed: bool, source: str
+def test_auto_telemetry_is_the_default_direct_with_prometheus_when_installed(
+    wanted: Literal["auto", "prometheus", "direct"],
+    installed: bool,
+    source: str,
+    runs_prometheus: bool,
 ) -> None:
-    assert telemetry_source(wanted, prometheus_installed=installed) == source
+    assert telemetry_source(wanted, prometheus_installed=installed) == (source, runs_prometheus)
+
+
+def test_direct_telemetry_keeps_the_demo_prometheus_as_its_fallback() -> None:
+    spec = sized(prometheus_url="http://127.0.0.1:9090")["spec"]
+    assert spec["telemetry"]["source"] == "direct"
+    assert spec["telemetry"]["prometheusURL"] == "http://127.0.0.1:9090"
 
 
 def test_asking_for_a_missing_prometheus_is_an_error() -> None:
