@@ -262,6 +262,17 @@ class DomainLoop:
 
     # -- the parts every engine shares ----------------------------------------------------
 
+    def _domain_w(self, inference_w: FloatArray) -> float:
+        """The domain's power this step, given its inference servers'; advances training."""
+        if self.train.size:
+            node_w = np.empty(self.n)
+            node_w[self.inf] = inference_w
+            node_w[self.train] = self._train_step()
+        else:  # every server serves: no scatter needed
+            node_w = inference_w
+        self.node_w = node_w
+        return float(node_w.sum())
+
     def _train_step(self) -> FloatArray:
         """Advance the synchronous training job by one step; power of each training server."""
         speed = float(self.sp_t[self.train].min())

@@ -165,15 +165,7 @@ class _Run(DomainLoop):
             pw_p = np.where(starting, burst_w, self.pw_p)
             self.prefilling = tp >= dt
         gpu_w = pf * pw_p + df * self.pw_d_inf + idle * self.prof.idle_context_w
-        inference_w = self.gpus * gpu_w + self.overhead_w
-        if self.train.size:
-            node_w = np.empty(self.n)
-            node_w[self.inf] = inference_w
-            node_w[self.train] = self._train_step()
-        else:  # every server serves: no scatter needed
-            node_w = inference_w
-        self.node_w = node_w
-        return float(node_w.sum())
+        return self._domain_w(self.gpus * gpu_w + self.overhead_w)
 
     def _finish_decodes(
         self, t: float, tp: FloatArray, before: FloatArray, it_s: FloatArray

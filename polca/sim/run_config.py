@@ -98,6 +98,9 @@ class SimResult:
     train_iterations: float  # completed within duration_s
     stage_changes: int
     guard_actions: int = 0
+    # Requests per tier when the request arrays hold a sample of them (the fluid engine);
+    # None: they hold every request.
+    tier_requests: Mapping[str, int] | None = None
 
     @property
     def budget_w(self) -> float:
