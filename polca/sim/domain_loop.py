@@ -147,6 +147,7 @@ class DomainLoop:
             self.guard_steps = max(1, round(g.interval_s / self.dt))
         self.guard_states = [GuardState() for _ in range(self.n)]
         self.guard_level = np.zeros(self.n, dtype=np.int64)  # each state's level, as an array
+        self.guarded_nodes = 0  # nodes whose guard level is above 0
         self.node_w = np.zeros(self.n)  # each node's power in the last step
 
     def _init_meter(self) -> None:
@@ -369,6 +370,8 @@ class DomainLoop:
         assert self.guard_cfg is not None
         # The daemon's guard reads the instant power field: the last 100 ms, i.e. one step.
         node_w = self.node_w
+        if not self.guarded_nodes and float(node_w.max()) <= self.guard_cfg.budget_w:
+            return  # no node to look at: the common case, kept cheap for hall-scale runs
         for i in np.flatnonzero((node_w > self.guard_cfg.budget_w) | (self.guard_level > 0)):
             d = decide_guard(
                 self.guard_cfg,
@@ -385,5 +388,6 @@ class DomainLoop:
                 self.guard_ceil[i] = resolved.clock_ceiling_mhz or self.max_clock
                 self.guard_lim[i] = resolved.power_limit_w or self.max_limit
                 self.dirty = True
+        self.guarded_nodes = int(np.count_nonzero(self.guard_level))
 
     # -- results --------------------------------------------------------------------------

@@ -37,8 +37,11 @@ from polca.sim.trace import Trace
 from polca.sim.workload import JITTER_S, repeat_to_cover
 
 __all__ = [
+    "DECODERS",
+    "REQUESTS",
     "TABLE_DRAWS",
     "TABLE_MAX_COUNT",
+    "TOKENS",
     "ArrivalBlock",
     "FluidArrivals",
     "SumTable",
@@ -73,47 +76,45 @@ def expected_arrivals(
     return np.maximum(np.diff(covered), 0.0) * rate_factor / JITTER_S
 
 
+# Rows of ArrivalBlock.requests and columns of SumTable.sums (after the work).
+REQUESTS, DECODERS, TOKENS = range(3)
+
+
 @dataclass(frozen=True, slots=True)
 class SumTable:
-    """Sums of ``c`` trace rows, ``TABLE_DRAWS`` per ``c``: rows ``c``, flattened."""
+    """Sums of ``c`` trace rows, ``TABLE_DRAWS`` per ``c`` (row ``c * TABLE_DRAWS + j``):
+    columns prefill work (full-speed seconds), decoders (requests with more than one token),
+    decode tokens (generated - 1)."""
 
-    work_s: FloatArray  # prefill work, full-speed seconds
-    tokens: FloatArray  # decode tokens (generated - 1)
-    decoders: FloatArray  # requests with more than one token
-    mean: FloatArray  # per request: work, tokens, decoders
+    sums: FloatArray
+    mean: FloatArray  # per request, per column
     sd: FloatArray
 
     @classmethod
     def build(cls, trace: Trace, service: ServiceModel, rng: np.random.Generator) -> SumTable:
-        work = service.prefill_s(trace.context_tokens)
-        tokens = trace.generated_tokens.astype(np.float64) - 1.0
-        decoders = (trace.generated_tokens > 1).astype(np.float64)
-        shape = (TABLE_MAX_COUNT + 1, TABLE_DRAWS)
-        out = [np.zeros(shape), np.zeros(shape), np.zeros(shape)]
+        per_row = np.stack(
+            [
+                service.prefill_s(trace.context_tokens),
+                (trace.generated_tokens > 1).astype(np.float64),
+                trace.generated_tokens.astype(np.float64) - 1.0,
+            ],
+            axis=1,
+        )
+        sums = np.zeros((TABLE_MAX_COUNT + 1, TABLE_DRAWS, 3))
         for c in range(1, TABLE_MAX_COUNT + 1):
             rows = rng.integers(0, len(trace), size=(TABLE_DRAWS, c))
-            for table, per_row in zip(out, (work, tokens, decoders), strict=True):
-                table[c] = per_row[rows].sum(axis=1)
-        stacked = np.stack([work, tokens, decoders])
-        return cls(
-            work_s=out[0].ravel(),
-            tokens=out[1].ravel(),
-            decoders=out[2].ravel(),
-            mean=stacked.mean(axis=1),
-            sd=stacked.std(axis=1),
-        )
+            sums[c] = per_row[rows].sum(axis=1)
+        return cls(sums=sums.reshape(-1, 3), mean=per_row.mean(axis=0), sd=per_row.std(axis=0))
 
 
 @dataclass(frozen=True, slots=True)
 class ArrivalBlock:
-    """Arrivals of steps ``start .. start + steps - 1``: [step, server] arrays, and the
-    latency samples drawn among them, sorted by step."""
+    """Arrivals of steps ``start .. start + steps - 1`` and the latency samples drawn among
+    them, sorted by step."""
 
     start: int
-    count: FloatArray
-    work_s: FloatArray
-    tokens: FloatArray
-    decoders: FloatArray
+    work_s: FloatArray  # [step, server]: prefill work, full-speed seconds
+    requests: FloatArray  # [REQUESTS / DECODERS / TOKENS, step, server]
     sample_step: IntArray  # absolute step
     sample_server: IntArray
     sample_offset: FloatArray  # arrival within the step, share of the step
@@ -124,11 +125,7 @@ class ArrivalBlock:
 
     @property
     def steps(self) -> int:
-        return int(self.count.shape[0])
-
-    def samples_at(self, step: int) -> slice:
-        lo, hi = np.searchsorted(self.sample_step, [step, step + 1])
-        return slice(int(lo), int(hi))
+        return int(self.work_s.shape[0])
 
 
 class FluidArrivals:
@@ -168,51 +165,64 @@ class FluidArrivals:
         s = self.servers
         n_req = self.rng.poisson(self.mean[start : start + steps])
         steps = n_req.size
-        before = np.concatenate([[0], np.cumsum(n_req)[:-1]])
-        pointers = (self.pointer + before) % s
-        self.pointer = int((self.pointer + n_req.sum()) % s)
-        count = np.zeros((steps, s))
+        before = np.concatenate([[0], np.cumsum(n_req)])  # the block's requests before a step
+        pointers = (self.pointer + before[:-1]) % s  # the server of each step's first request
+        self.pointer = int((self.pointer + before[-1]) % s)
+        whole, rest = np.divmod(n_req, s)
+        count = np.zeros((steps, s), dtype=np.int64)
         if steps:
             rotated = np.stack([self._ramp[s - p : 2 * s - p] for p in pointers])
-            extra = rotated < (n_req % s)[:, None]
-            count = np.asarray((n_req // s)[:, None] + extra, dtype=np.float64)
-        work, tokens, decoders = self._sums(count)
-        return ArrivalBlock(
-            start, count, work, tokens, decoders, *self._samples(start, count, work)
+            count = whole[:, None] + (rotated < rest[:, None])
+        work, requests = self._sums(count)
+        samples = self._samples(
+            start, total=int(before[-1]), before=before, pointers=pointers, count=count, work=work
         )
+        return ArrivalBlock(start, work, requests, *samples)
 
-    def _sums(self, count: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+    def _sums(self, count: IntArray) -> tuple[FloatArray, FloatArray]:
+        """Each cell's prefill work, and its [REQUESTS, DECODERS, TOKENS] as [row, step,
+        server]: a table sum per cell (SumTable)."""
         table = self.table
-        c = count.astype(np.int64)
-        flat = np.minimum(c, TABLE_MAX_COUNT) * TABLE_DRAWS + self.rng.integers(
-            0, TABLE_DRAWS, size=c.shape
-        )
-        sums = [table.work_s[flat], table.tokens[flat], table.decoders[flat]]
-        many = np.flatnonzero(c.ravel() > TABLE_MAX_COUNT)
+        flat = np.minimum(count, TABLE_MAX_COUNT) * TABLE_DRAWS
+        flat += self.rng.integers(0, TABLE_DRAWS, size=count.shape, dtype=np.uint16)
+        work = np.take(table.sums[:, 0], flat)
+        requests = np.empty((3, *count.shape))
+        requests[REQUESTS] = count
+        np.take(table.sums[:, DECODERS], flat, out=requests[DECODERS])
+        np.take(table.sums[:, TOKENS], flat, out=requests[TOKENS])
+        many = np.flatnonzero(count.ravel() > TABLE_MAX_COUNT)
         if many.size:  # beyond the table: the central limit theorem
-            n = c.ravel()[many].astype(np.float64)
-            for q, out in enumerate(sums):
-                z = self.rng.standard_normal(many.size)
-                value = n * table.mean[q] + np.sqrt(n) * table.sd[q] * z
-                out.ravel()[many] = np.maximum(value, 0.0)
-        return sums[0], sums[1], sums[2]
+            n = count.ravel()[many].astype(np.float64)[:, None]
+            z = self.rng.standard_normal((many.size, 3))
+            value = np.maximum(n * table.mean + np.sqrt(n) * table.sd * z, 0.0)
+            work.ravel()[many] = value[:, 0]
+            for q in (DECODERS, TOKENS):
+                requests[q].ravel()[many] = value[:, q]
+        return work, requests
 
     def _samples(
-        self, start: int, count: FloatArray, work: FloatArray
+        self,
+        start: int,
+        *,
+        total: int,
+        before: IntArray,
+        pointers: IntArray,
+        count: IntArray,
+        work: FloatArray,
     ) -> tuple[IntArray, IntArray, FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
-        cum = np.cumsum(count.ravel())
-        total = float(cum[-1]) if cum.size else 0.0
-        m = int(self.rng.binomial(int(total), self.sample_fraction)) if total > 0 else 0
-        cells = np.searchsorted(cum, np.sort(self.rng.random(m)) * total, side="right")
-        step, server = np.divmod(cells, self.servers)
+        """A share of the block's requests, uniformly: their step, server (the round-robin
+        deal), offset in the step, cell and own trace row."""
+        m = int(self.rng.binomial(total, self.sample_fraction)) if total > 0 else 0
+        index = np.sort(self.rng.integers(0, max(total, 1), size=m))
+        step = np.searchsorted(before, index, side="right") - 1
+        server = (pointers[step] + index - before[step]) % self.servers
         rows = self.rng.integers(0, len(self.trace), size=m)
-        flat_count, flat_work = count.ravel(), work.ravel()
         return (
             step + start,
             server,
             self.rng.random(m),
-            flat_work[cells],
-            flat_count[cells],
+            work[step, server],
+            count[step, server].astype(np.float64),
             self._work[rows],
             self.trace.generated_tokens[rows].astype(np.float64) - 1.0,
         )

@@ -35,7 +35,7 @@ import numpy.typing as npt
 from polca.control.plan import ControlPlan
 from polca.power.sensor import TRANSIENT_S
 from polca.sim.domain_loop import DomainLoop
-from polca.sim.fluid_arrivals import ArrivalBlock, FluidArrivals
+from polca.sim.fluid_arrivals import DECODERS, REQUESTS, TOKENS, ArrivalBlock, FluidArrivals
 from polca.sim.fluid_latency import finish_s, first_token_s
 from polca.sim.fluid_queues import busy_share, decode_step, serve_prefill
 from polca.sim.run_config import INFERENCE_TIERS, SimConfig, SimResult
@@ -49,8 +49,9 @@ BLOCK_STEPS = 256  # steps of arrivals drawn at once
 DEFAULT_LATENCY_SAMPLES = 400_000  # requests sampled for latencies per run (all if fewer)
 
 # Per step and tier, sums over the tier's servers (rows of _FluidRun.rows).
-_BATCH, _BATCH_ITERS, _BATCH_PREFILL, _ITERS, _TOKENS, _TOKENS_TBT, _FIRST, _ARRIVALS = range(8)
-_ROWS = 8
+_BATCH, _BATCH_ITERS, _BATCH_PREFILL, _TOKENS, _FIRST = range(5)
+_ROWS = 5
+_EMPTY_WEIGHT = 1e-6
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,25 +112,30 @@ class _FluidRun(DomainLoop):
                 max_samples=workload.latency_samples,
             )
         self.recorded: list[_Recorded] = []
-        zeros = np.zeros(s)
-        self.queue_w = zeros.copy()  # prefill work queued, full-speed seconds
-        self.pending = zeros.copy()  # requests waiting for their prefill
-        self.pending_decoders = zeros.copy()  # … of which will decode (more than one token)
-        self.pending_tokens = zeros.copy()  # … their decode tokens
-        self.batch = zeros.copy()  # requests decoding
-        self.tokens_left = zeros.copy()  # their tokens still to generate
-        self.arrived = self.arrived_work = self.arrived_decoders = self.arrived_tokens = zeros
+        self.queue_w = np.zeros(s)  # prefill work queued, full-speed seconds
+        # Requests waiting for their prefill: [REQUESTS, DECODERS, TOKENS] (fluid_arrivals).
+        self.pending = np.zeros((3, s))
+        self.batch = np.zeros(s)  # requests decoding
+        self.tokens_left = np.zeros(s)  # their tokens still to generate
+        self.may_start = np.ones(s, dtype=bool)  # where a prefill this step starts (transient)
+        # …which it does after a step without prefill (short steps) or not prefilling to
+        # its end (1 s steps: polca.sim.engine's docstring, step 4).
+        self._start_below_s = 1e-300 if self.fine else self.dt
+        self.arrived_work = np.zeros(s)
+        self.arrived = np.zeros((3, s))
         tiers = len(INFERENCE_TIERS)
         self.tier_matrix = np.stack(
             [(self.inf_tier_code == c).astype(np.float64) for c in range(tiers)]
         )
         self.rows = np.zeros((_ROWS, s))
         self.series = np.zeros((self.n_steps, tiers, _ROWS))
+        self.arrivals_per_tier = np.zeros(tiers)
 
     def _refresh(self) -> None:
         super()._refresh()
         dt, gpus, idle = self.dt, self.gpus, self.prof.idle_context_w
         per_iteration = 1.0 / self.sp_d_inf
+        self.per_prefill_s = 1.0 / self.sp_p  # seconds per second of full-speed work
         self.it_base_s = self.svc.tbt_base_s * per_iteration
         self.it_per_request_s = self.svc.tbt_per_request_s * per_iteration
         # Server power = base + per prefill second + per decode second + start transient.
@@ -148,11 +154,10 @@ class _FluidRun(DomainLoop):
             bounds = np.searchsorted(block.sample_step, np.arange(k, k + block.steps + 1))
             rec = _Recorded(block, bounds, np.empty(m), np.empty(m))
             self.recorded.append(rec)
+            self.arrivals_per_tier += self.tier_matrix @ block.requests[REQUESTS].sum(axis=0)
         block, r = rec.block, k - rec.block.start
-        self.arrived = block.count[r]
         self.arrived_work = block.work_s[r]
-        self.arrived_decoders = block.decoders[r]
-        self.arrived_tokens = block.tokens[r]
+        self.arrived = block.requests[:, r]
         lo, hi = int(rec.bounds[r]), int(rec.bounds[r + 1])
         if hi > lo:  # the queue ahead of the samples arriving now, and their server's speed
             servers = block.sample_server[lo:hi]
@@ -161,45 +166,40 @@ class _FluidRun(DomainLoop):
 
     def _serve(self, k: int, t: float) -> float:  # noqa: ARG002 (the step's start: unused)
         dt = self.dt
-        busy, self.queue_w, served = serve_prefill(self.queue_w + self.arrived_work, self.sp_p, dt)
+        busy, self.queue_w, served = serve_prefill(
+            self.queue_w + self.arrived_work, self.per_prefill_s, dt
+        )
         pending = self.pending + self.arrived
-        first = pending * served
-        self.pending = pending - first
-        decoders = self.pending_decoders + self.arrived_decoders
-        joining = decoders * served
-        self.pending_decoders = decoders - joining
-        tokens_pending = self.pending_tokens + self.arrived_tokens
-        joining_tokens = tokens_pending * served
-        self.pending_tokens = tokens_pending - joining_tokens
+        done = pending * served  # first tokens; decoders and their tokens join the batch
+        self.pending = pending - done
 
         # Decode the batch the step started with, after the prefill.
-        batch = self.batch
+        batch, tokens_left = self.batch, self.tokens_left
         decode_s = dt - busy
         iterations = decode_s / (self.it_base_s + self.it_per_request_s * np.maximum(batch, 1.0))
-        tokens, finished = decode_step(batch, self.tokens_left, iterations)
-        self.batch = batch - finished + joining
-        self.tokens_left = self.tokens_left - tokens + joining_tokens
+        kept = decode_step(batch, tokens_left, iterations)
+        self.batch = batch * kept + done[DECODERS]
+        self.tokens_left = tokens_left * kept + done[TOKENS]
 
-        prefilling = busy > 0
-        starting = prefilling & ~self.prefilling
+        # A prefill's start transient lasts TRANSIENT_S (all of a step up to that long), and
+        # only a prefill that did not run on from the last step starts.
         burst_s = busy if self.fine else np.minimum(busy, TRANSIENT_S)
-        self.prefilling = prefilling if self.fine else busy >= dt
         inference_w = (
             self.base_w
             + self.prefill_w_per_s * busy
             + self.decode_w_per_s * (busy_share(batch) * decode_s)
-            + self.burst_w_per_s * (burst_s * starting)
+            + self.burst_w_per_s * (burst_s * self.may_start)
         )
+        self.may_start = busy < self._start_below_s
 
         rows = self.rows
-        rows[_BATCH] = batch
-        np.multiply(batch, iterations, out=rows[_BATCH_ITERS])
-        np.multiply(batch, busy, out=rows[_BATCH_PREFILL])
-        rows[_ITERS] = iterations
-        rows[_TOKENS] = tokens
-        np.multiply(tokens, dt / np.maximum(iterations, 1e-12), out=rows[_TOKENS_TBT])
-        rows[_FIRST] = first
-        rows[_ARRIVALS] = self.arrived
+        # Weights: the batch, plus a little so an empty tier still has a (lone request's) rate.
+        np.add(batch, _EMPTY_WEIGHT, out=rows[_BATCH])
+        np.multiply(rows[_BATCH], iterations, out=rows[_BATCH_ITERS])
+        np.multiply(rows[_BATCH], busy, out=rows[_BATCH_PREFILL])
+        np.subtract(tokens_left, self.tokens_left, out=rows[_TOKENS])
+        rows[_TOKENS] += done[TOKENS]
+        rows[_FIRST] = done[REQUESTS]
         self.series[k] = self.tier_matrix @ rows.T
         return self._domain_w(inference_w)
 
@@ -215,21 +215,16 @@ class _FluidRun(DomainLoop):
         prefill: dict[int, FloatArray] = {}
         for code, tier in enumerate(INFERENCE_TIERS):
             tier_series = series[:, code, :]
+            # What a request in a batch sees: batch-weighted means over the tier's servers.
+            weight = tier_series[:, _BATCH]
+            progress[code] = tier_series[:, _BATCH_ITERS] / weight
+            prefill[code] = tier_series[:, _BATCH_PREFILL] / weight
             tokens = tier_series[:, _TOKENS]
             keep = tokens > 0
-            tbt_samples[tier] = (tier_series[keep, _TOKENS_TBT] / tokens[keep], tokens[keep])
+            # The time between tokens of a request in a batch, weighted by tokens.
+            tbt_samples[tier] = (dt / progress[code][keep], tokens[keep])
             tokens_in_horizon[tier] = float(tokens[:h].sum() + tier_series[:h, _FIRST].sum())
-            tier_requests[tier] = round(float(tier_series[:, _ARRIVALS].sum()))
-            # What a request in a batch sees: means weighted by batch size (plain means while
-            # the tier's batches are empty).
-            batch = tier_series[:, _BATCH]
-            servers = max(1.0, float(np.count_nonzero(self.inf_tier_code == code)))
-            some = batch > 1e-9
-            weight = np.where(some, batch, 1.0)
-            progress[code] = np.where(
-                some, tier_series[:, _BATCH_ITERS] / weight, tier_series[:, _ITERS] / servers
-            )
-            prefill[code] = np.where(some, tier_series[:, _BATCH_PREFILL] / weight, 0.0)
+            tier_requests[tier] = round(float(self.arrivals_per_tier[code]))
         arrival, first, finish, tier_code = self._sampled_latencies(progress, prefill)
         return SimResult(
             config=self.cfg,

@@ -36,23 +36,20 @@ _TINY = 1e-30  # keeps 0/0 at 0 (an empty queue or batch)
 
 
 def serve_prefill(
-    queued_work_s: FloatArray, speed: FloatArray, dt_s: float
+    queued_work_s: FloatArray, per_work_s: FloatArray, dt_s: float
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """One step of a prefill queue: (seconds spent prefilling, work left, share served)."""
-    busy_s = np.minimum(queued_work_s / speed, dt_s)
-    done = busy_s * speed
-    left = np.maximum(queued_work_s - done, 0.0)
-    share = done / np.maximum(queued_work_s, _TINY)
-    return busy_s, left, share
+    """One step of a prefill queue, ``per_work_s`` seconds per second of full-speed work (1 /
+    speed): (seconds spent prefilling, work left, share of the queue served)."""
+    needed_s = queued_work_s * per_work_s
+    busy_s = np.minimum(needed_s, dt_s)
+    share = busy_s / np.maximum(needed_s, _TINY)
+    return busy_s, queued_work_s - queued_work_s * share, share
 
 
-def decode_step(
-    batch: FloatArray, tokens_left: FloatArray, iterations: FloatArray
-) -> tuple[FloatArray, FloatArray]:
-    """One step of a decode batch whose members get ``iterations`` each: (tokens generated,
-    requests finished)."""
-    g = -np.expm1(-iterations * batch / np.maximum(tokens_left, _TINY))
-    return tokens_left * g, batch * g
+def decode_step(batch: FloatArray, tokens_left: FloatArray, iterations: FloatArray) -> FloatArray:
+    """One step of a decode batch whose members get ``iterations`` each: the share of the
+    batch, and of its tokens to go, left after it (``exp(-k n / D)``)."""
+    return np.exp(-iterations * batch / np.maximum(tokens_left, _TINY))
 
 
 def busy_share(batch: FloatArray) -> FloatArray:
