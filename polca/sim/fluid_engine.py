@@ -37,7 +37,7 @@ from polca.power.sensor import TRANSIENT_S
 from polca.sim.domain_loop import DomainLoop
 from polca.sim.fluid_arrivals import DECODERS, REQUESTS, TOKENS, ArrivalBlock, FluidArrivals
 from polca.sim.fluid_latency import finish_s, first_token_s
-from polca.sim.fluid_queues import busy_share, decode_step, serve_prefill
+from polca.sim.fluid_queues import busy_share, complete_pending, decode_step, serve_prefill
 from polca.sim.run_config import INFERENCE_TIERS, SimConfig, SimResult
 from polca.sim.trace import Trace
 
@@ -48,10 +48,10 @@ FloatArray = npt.NDArray[np.float64]
 BLOCK_STEPS = 256  # steps of arrivals drawn at once
 DEFAULT_LATENCY_SAMPLES = 400_000  # requests sampled for latencies per run (all if fewer)
 
-# Per step and tier, sums over the tier's servers (rows of _FluidRun.rows).
-_BATCH, _BATCH_ITERS, _BATCH_PREFILL, _TOKENS, _FIRST = range(5)
-_ROWS = 5
-_EMPTY_WEIGHT = 1e-6
+# What is recorded per step and tier: the decode batch, the iterations a request in it gets,
+# the mean prefill time before them, the tokens generated and the first tokens.
+_BATCH, _ITERS, _PREFILL, _TOKENS, _FIRST = range(5)
+_COLUMNS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +90,7 @@ class _Recorded:
 
     block: ArrivalBlock
     bounds: npt.NDArray[np.int64]  # samples of step start + r: bounds[r] .. bounds[r + 1]
+    per_tier: FloatArray  # [step, tier, REQUESTS / DECODERS / TOKENS / work]: arrivals
     queue_work_s: FloatArray
     speed: FloatArray
 
@@ -112,30 +113,33 @@ class _FluidRun(DomainLoop):
                 max_samples=workload.latency_samples,
             )
         self.recorded: list[_Recorded] = []
-        self.queue_w = np.zeros(s)  # prefill work queued, full-speed seconds
-        # Requests waiting for their prefill: [REQUESTS, DECODERS, TOKENS] (fluid_arrivals).
-        self.pending = np.zeros((3, s))
-        self.batch = np.zeros(s)  # requests decoding
-        self.tokens_left = np.zeros(s)  # their tokens still to generate
+        self.queue_w = np.zeros(s)  # prefill work queued per server, full-speed seconds
         self.may_start = np.ones(s, dtype=bool)  # where a prefill this step starts (transient)
         # …which it does after a step without prefill (short steps) or not prefilling to
         # its end (1 s steps: polca.sim.engine's docstring, step 4).
         self._start_below_s = 1e-300 if self.fine else self.dt
         self.arrived_work = np.zeros(s)
-        self.arrived = np.zeros((3, s))
         tiers = len(INFERENCE_TIERS)
         self.tier_matrix = np.stack(
             [(self.inf_tier_code == c).astype(np.float64) for c in range(tiers)]
         )
-        self.rows = np.zeros((_ROWS, s))
-        self.series = np.zeros((self.n_steps, tiers, _ROWS))
+        self.per_server_t = 1.0 / np.maximum(self.tier_matrix.sum(axis=1), 1.0)
+        # Per tier: requests waiting for their prefill [REQUESTS, DECODERS, TOKENS, work], the
+        # step's arrivals of the same, and the decode batch (requests, tokens to go).
+        self.pending = np.zeros((tiers, 4))
+        self.arrived = np.zeros((tiers, 4))
+        self.batch_t = np.zeros(tiers)
+        self.left_t = np.zeros(tiers)
+        self.rows = np.zeros((2, s))  # this step's prefill seconds and work done per server
+        self.series = np.zeros((self.n_steps, tiers, _COLUMNS))
         self.arrivals_per_tier = np.zeros(tiers)
 
     def _refresh(self) -> None:
         super()._refresh()
         dt, gpus, idle = self.dt, self.gpus, self.prof.idle_context_w
-        per_iteration = 1.0 / self.sp_d_inf
         self.per_prefill_s = 1.0 / self.sp_p  # seconds per second of full-speed work
+        # A tier's decode iteration at its servers' mean time per iteration.
+        per_iteration = (self.tier_matrix @ (1.0 / self.sp_d_inf)) * self.per_server_t
         self.it_base_s = self.svc.tbt_base_s * per_iteration
         self.it_per_request_s = self.svc.tbt_per_request_s * per_iteration
         # Server power = base + per prefill second + per decode second + start transient.
@@ -149,58 +153,69 @@ class _FluidRun(DomainLoop):
             return
         rec = self.recorded[-1] if self.recorded else None
         if rec is None or k >= rec.block.start + rec.block.steps:
-            block = self.source.block(k, min(BLOCK_STEPS, self.n_steps - k))
-            m = block.sample_step.size
-            bounds = np.searchsorted(block.sample_step, np.arange(k, k + block.steps + 1))
-            rec = _Recorded(block, bounds, np.empty(m), np.empty(m))
-            self.recorded.append(rec)
-            self.arrivals_per_tier += self.tier_matrix @ block.requests[REQUESTS].sum(axis=0)
+            rec = self._next_block(k)
         block, r = rec.block, k - rec.block.start
         self.arrived_work = block.work_s[r]
-        self.arrived = block.requests[:, r]
+        self.arrived = rec.per_tier[r]
         lo, hi = int(rec.bounds[r]), int(rec.bounds[r + 1])
         if hi > lo:  # the queue ahead of the samples arriving now, and their server's speed
             servers = block.sample_server[lo:hi]
             rec.queue_work_s[lo:hi] = self.queue_w[servers]
             rec.speed[lo:hi] = self.sp_p[servers]
 
+    def _next_block(self, k: int) -> _Recorded:
+        assert self.source is not None
+        block = self.source.block(k, min(BLOCK_STEPS, self.n_steps - k))
+        m = block.sample_step.size
+        bounds = np.searchsorted(block.sample_step, np.arange(k, k + block.steps + 1))
+        columns = (*block.requests, block.work_s)  # [step, server] each
+        per_tier = np.stack([c @ self.tier_matrix.T for c in columns], axis=2)
+        self.arrivals_per_tier += per_tier[:, :, REQUESTS].sum(axis=0)
+        rec = _Recorded(block, bounds, per_tier, np.empty(m), np.empty(m))
+        self.recorded.append(rec)
+        return rec
+
     def _serve(self, k: int, t: float) -> float:  # noqa: ARG002 (the step's start: unused)
         dt = self.dt
-        busy, self.queue_w, served = serve_prefill(
-            self.queue_w + self.arrived_work, self.per_prefill_s, dt
+        rows = self.rows
+        busy, rows[1], self.queue_w = serve_prefill(
+            self.queue_w + self.arrived_work, self.sp_p, self.per_prefill_s, dt
         )
+        rows[0] = busy
+        prefill_s, work_done = (self.tier_matrix @ rows.T).T  # per tier
         pending = self.pending + self.arrived
-        done = pending * served  # first tokens; decoders and their tokens join the batch
+        done = complete_pending(pending, work_done)  # first tokens; decoders join the batch
         self.pending = pending - done
 
-        # Decode the batch the step started with, after the prefill.
-        batch, tokens_left = self.batch, self.tokens_left
-        decode_s = dt - busy
-        iterations = decode_s / (self.it_base_s + self.it_per_request_s * np.maximum(batch, 1.0))
-        kept = decode_step(batch, tokens_left, iterations)
-        self.batch = batch * kept + done[DECODERS]
-        self.tokens_left = tokens_left * kept + done[TOKENS]
+        # Decode the batch each tier started the step with, after the prefill.
+        batch, left = self.batch_t, self.left_t
+        per_server = batch * self.per_server_t
+        prefill_mean_s = prefill_s * self.per_server_t
+        iterations = (dt - prefill_mean_s) / (
+            self.it_base_s + self.it_per_request_s * np.maximum(per_server, 1.0)
+        )
+        kept = decode_step(batch, left, iterations)
+        self.batch_t = batch * kept + done[:, DECODERS]
+        self.left_t = left * kept + done[:, TOKENS]
 
         # A prefill's start transient lasts TRANSIENT_S (all of a step up to that long), and
         # only a prefill that did not run on from the last step starts.
         burst_s = busy if self.fine else np.minimum(busy, TRANSIENT_S)
+        decoding = busy_share(per_server) @ self.tier_matrix
         inference_w = (
             self.base_w
             + self.prefill_w_per_s * busy
-            + self.decode_w_per_s * (busy_share(batch) * decode_s)
+            + self.decode_w_per_s * (decoding * (dt - busy))
             + self.burst_w_per_s * (burst_s * self.may_start)
         )
         self.may_start = busy < self._start_below_s
 
-        rows = self.rows
-        # Weights: the batch, plus a little so an empty tier still has a (lone request's) rate.
-        np.add(batch, _EMPTY_WEIGHT, out=rows[_BATCH])
-        np.multiply(rows[_BATCH], iterations, out=rows[_BATCH_ITERS])
-        np.multiply(rows[_BATCH], busy, out=rows[_BATCH_PREFILL])
-        np.subtract(tokens_left, self.tokens_left, out=rows[_TOKENS])
-        rows[_TOKENS] += done[TOKENS]
-        rows[_FIRST] = done[REQUESTS]
-        self.series[k] = self.tier_matrix @ rows.T
+        record = self.series[k]
+        record[:, _BATCH] = batch
+        record[:, _ITERS] = iterations
+        record[:, _PREFILL] = prefill_mean_s
+        record[:, _TOKENS] = left - left * kept
+        record[:, _FIRST] = done[:, REQUESTS]
         return self._domain_w(inference_w)
 
     # -- results --------------------------------------------------------------------------
@@ -215,10 +230,8 @@ class _FluidRun(DomainLoop):
         prefill: dict[int, FloatArray] = {}
         for code, tier in enumerate(INFERENCE_TIERS):
             tier_series = series[:, code, :]
-            # What a request in a batch sees: batch-weighted means over the tier's servers.
-            weight = tier_series[:, _BATCH]
-            progress[code] = tier_series[:, _BATCH_ITERS] / weight
-            prefill[code] = tier_series[:, _BATCH_PREFILL] / weight
+            progress[code] = tier_series[:, _ITERS]
+            prefill[code] = tier_series[:, _PREFILL]
             tokens = tier_series[:, _TOKENS]
             keep = tokens > 0
             # The time between tokens of a request in a batch, weighted by tokens.

@@ -1,24 +1,29 @@
-"""Queue math of the fluid engine: one step of a server's prefill queue and decode batch.
+"""Queue math of the fluid engine: prefill queues per server, decode batches per tier.
 
-Everything is per server (NumPy arrays over servers) and in expectations, not requests:
+Everything is in expectations, not requests:
 
-* **Prefill** is a FIFO queue of work in full-speed seconds, served first in a step (prompts
-  pre-empt decoding, as in the request engine). A step serves ``min(queued / speed, dt)``
-  seconds: the Lindley recursion ``Q' = max(Q + A - speed * dt, 0)``. The requests in the
-  queue complete in proportion to the work done (the share of the queue served), the fluid
-  stand-in for FIFO order within a step.
-* **Decode** is a continuous batch of ``n`` requests (a real number: an expectation) holding
-  ``D`` tokens still to generate. Each iteration gives every request in the batch one token;
-  a request in the batch gets ``k`` iterations in the step. The batch's remaining lengths are
-  taken as memoryless (geometric, mean ``D / n``): a request then finishes within ``k``
-  iterations with probability ``g = 1 - exp(-k n / D)`` and generates ``(D / n) g`` tokens
-  on average, so the step retires ``n g`` requests and ``D g`` tokens and leaves the mean
-  remaining length ``D / n`` as it was. Token conservation holds exactly (every arriving token
-  is decoded once), so by Little's law the mean batch is the request engine's whatever the
-  length distribution; what the memoryless assumption changes is how the batch fluctuates.
-* **Busy share.** A batch of ``n`` requests is empty with probability ``exp(-n)`` (the number
-  in an M/G/inf system is Poisson), so it decodes for ``1 - exp(-n)`` of the time it has: a
-  fluid ``n`` that decays towards 0 does not keep a GPU decoding for ever.
+* **Prefill** is each server's FIFO queue of work in full-speed seconds, served first in a
+  step (prompts pre-empt decoding, as in the request engine): ``min(queued / speed, dt)``
+  seconds, the Lindley recursion ``Q' = max(Q + A - speed × dt, 0)`` (:func:`serve_prefill`).
+  This is what makes a server's power bursty, so it is kept per server.
+* **Completions.** Requests waiting for their prefill are kept per tier (count, decoders,
+  decode tokens, work): a step completes the share of them that the work it did is of the work
+  queued (:func:`complete_pending`), i.e. requests complete in proportion to work — the
+  tier's aggregate of FIFO order, exact when the queued requests' mix does not depend on the
+  server (round-robin dealing).
+* **Decode** is each tier's continuous batching, as a total of ``n`` requests (a real number)
+  holding ``D`` tokens still to generate, spread evenly over the tier's servers (they are
+  dealt the same requests). Each iteration gives every request in a batch one token; a request
+  gets ``k`` iterations in the step. The remaining lengths are taken as memoryless (geometric,
+  mean ``D / n``): a request then finishes within ``k`` iterations with probability ``1 -
+  exp(-k n / D)`` and generates ``D / n`` of that on average, so the step keeps the share
+  ``exp(-k n / D)`` of the requests and of the tokens to go (:func:`decode_step`). Token
+  conservation holds exactly (every arriving token is decoded once), so by Little's law the
+  mean batch is the request engine's whatever the length distribution; the memoryless
+  assumption changes only how the batch moves.
+* **Busy share.** With a mean of ``b`` requests per server the number a server holds is
+  Poisson (an M/G/inf system), so it is decoding with probability ``1 - exp(-b)``
+  (:func:`busy_share`): the share of its non-prefill time it draws decode power.
 
 Pure NumPy.
 """
@@ -28,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["busy_share", "decode_step", "serve_prefill"]
+__all__ = ["busy_share", "complete_pending", "decode_step", "serve_prefill"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -36,22 +41,31 @@ _TINY = 1e-30  # keeps 0/0 at 0 (an empty queue or batch)
 
 
 def serve_prefill(
-    queued_work_s: FloatArray, per_work_s: FloatArray, dt_s: float
+    queued_work_s: FloatArray, speed: FloatArray, per_work_s: FloatArray, dt_s: float
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """One step of a prefill queue, ``per_work_s`` seconds per second of full-speed work (1 /
-    speed): (seconds spent prefilling, work left, share of the queue served)."""
-    needed_s = queued_work_s * per_work_s
-    busy_s = np.minimum(needed_s, dt_s)
-    share = busy_s / np.maximum(needed_s, _TINY)
-    return busy_s, queued_work_s - queued_work_s * share, share
+    """One step of prefill queues at ``speed`` (``per_work_s`` = 1 / speed): (seconds spent
+    prefilling, work done, work left)."""
+    busy_s = np.minimum(queued_work_s * per_work_s, dt_s)
+    done = busy_s * speed
+    return busy_s, done, np.maximum(queued_work_s - done, 0.0)
+
+
+def complete_pending(pending: FloatArray, work_done: FloatArray) -> FloatArray:
+    """The part of ``pending`` (rows: tiers; last column: their queued work) that ``work_done``
+    (per tier) completes."""
+    share = np.minimum(work_done / np.maximum(pending[:, -1], _TINY), 1.0)
+    return np.asarray(pending * share[:, None], dtype=np.float64)
 
 
 def decode_step(batch: FloatArray, tokens_left: FloatArray, iterations: FloatArray) -> FloatArray:
-    """One step of a decode batch whose members get ``iterations`` each: the share of the
+    """One step of decode batches whose members get ``iterations`` each: the share of the
     batch, and of its tokens to go, left after it (``exp(-k n / D)``)."""
-    return np.exp(-iterations * batch / np.maximum(tokens_left, _TINY))
+    return np.asarray(
+        np.exp(-iterations * batch / np.maximum(tokens_left, _TINY)), dtype=np.float64
+    )
 
 
-def busy_share(batch: FloatArray) -> FloatArray:
-    """Probability that a batch of mean size ``batch`` (Poisson) holds a request."""
-    return np.asarray(-np.expm1(-batch), dtype=np.float64)
+def busy_share(batch_per_server: FloatArray) -> FloatArray:
+    """Probability that a server with a mean of ``batch_per_server`` requests (Poisson) holds
+    one."""
+    return np.asarray(-np.expm1(-batch_per_server), dtype=np.float64)
