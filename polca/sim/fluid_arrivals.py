@@ -82,9 +82,9 @@ REQUESTS, DECODERS, TOKENS = range(3)
 
 @dataclass(frozen=True, slots=True)
 class SumTable:
-    """Sums of ``c`` trace rows, ``TABLE_DRAWS`` per ``c`` (row ``c * TABLE_DRAWS + j``):
-    columns prefill work (full-speed seconds), decoders (requests with more than one token),
-    decode tokens (generated - 1)."""
+    """Sums of ``c`` trace rows, ``TABLE_DRAWS`` per ``c`` (``c * TABLE_DRAWS + j``), of:
+    prefill work (full-speed seconds), decoders (requests with more than one token), decode
+    tokens (generated - 1): ``sums[column, index]``."""
 
     sums: FloatArray
     mean: FloatArray  # per request, per column
@@ -104,7 +104,11 @@ class SumTable:
         for c in range(1, TABLE_MAX_COUNT + 1):
             rows = rng.integers(0, len(trace), size=(TABLE_DRAWS, c))
             sums[c] = per_row[rows].sum(axis=1)
-        return cls(sums=sums.reshape(-1, 3), mean=per_row.mean(axis=0), sd=per_row.std(axis=0))
+        return cls(
+            sums=np.ascontiguousarray(sums.reshape(-1, 3).T),
+            mean=per_row.mean(axis=0),
+            sd=per_row.std(axis=0),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +130,19 @@ class ArrivalBlock:
     @property
     def steps(self) -> int:
         return int(self.work_s.shape[0])
+
+    @classmethod
+    def empty(cls, start: int, steps: int) -> ArrivalBlock:
+        """A block of a domain without inference servers."""
+        no_int, no_float = np.empty(0, dtype=np.int64), np.empty(0)
+        return cls(
+            start,
+            np.zeros((steps, 0)),
+            np.zeros((3, steps, 0)),
+            no_int,
+            no_int,
+            *(no_float,) * 5,
+        )
 
 
 class FluidArrivals:
@@ -185,11 +202,11 @@ class FluidArrivals:
         table = self.table
         flat = np.minimum(count, TABLE_MAX_COUNT) * TABLE_DRAWS
         flat += self.rng.integers(0, TABLE_DRAWS, size=count.shape, dtype=np.uint16)
-        work = np.take(table.sums[:, 0], flat)
+        work = np.take(table.sums[0], flat)
         requests = np.empty((3, *count.shape))
         requests[REQUESTS] = count
-        np.take(table.sums[:, DECODERS], flat, out=requests[DECODERS])
-        np.take(table.sums[:, TOKENS], flat, out=requests[TOKENS])
+        np.take(table.sums[DECODERS], flat, out=requests[DECODERS])
+        np.take(table.sums[TOKENS], flat, out=requests[TOKENS])
         many = np.flatnonzero(count.ravel() > TABLE_MAX_COUNT)
         if many.size:  # beyond the table: the central limit theorem
             n = count.ravel()[many].astype(np.float64)[:, None]

@@ -35,23 +35,34 @@ import numpy.typing as npt
 from polca.control.plan import ControlPlan
 from polca.power.sensor import TRANSIENT_S
 from polca.sim.domain_loop import DomainLoop
-from polca.sim.fluid_arrivals import DECODERS, REQUESTS, TOKENS, ArrivalBlock, FluidArrivals
+from polca.sim.fluid_arrivals import REQUESTS, ArrivalBlock, FluidArrivals
 from polca.sim.fluid_latency import finish_s, first_token_s
-from polca.sim.fluid_queues import busy_share, complete_pending, decode_step, serve_prefill
+from polca.sim.fluid_queues import TierBatch, TierStep, prefill_block
 from polca.sim.run_config import INFERENCE_TIERS, SimConfig, SimResult
 from polca.sim.trace import Trace
 
-__all__ = ["BLOCK_STEPS", "DEFAULT_LATENCY_SAMPLES", "FluidWorkload", "simulate_fluid"]
+__all__ = [
+    "ARRIVAL_CHUNK_STEPS",
+    "BLOCK_STEPS",
+    "DEFAULT_LATENCY_SAMPLES",
+    "FluidWorkload",
+    "simulate_fluid",
+]
 
 FloatArray = npt.NDArray[np.float64]
 
-BLOCK_STEPS = 256  # steps of arrivals drawn at once
+BLOCK_STEPS = int(
+    __import__("os").environ.get("BS", "32")
+)  # steps run at once at constant settings (at most)
+ARRIVAL_CHUNK_STEPS = int(
+    __import__("os").environ.get("AS", "64")
+)  # steps of arrivals drawn at once
 DEFAULT_LATENCY_SAMPLES = 400_000  # requests sampled for latencies per run (all if fewer)
 
-# What is recorded per step and tier: the decode batch, the iterations a request in it gets,
-# the mean prefill time before them, the tokens generated and the first tokens.
-_BATCH, _ITERS, _PREFILL, _TOKENS, _FIRST = range(5)
-_COLUMNS = 5
+# What is recorded per step and tier (TierStep's fields, in order): the iterations a request
+# in a batch gets, the mean prefill time before them, tokens generated, first tokens.
+_ITERS, _PREFILL, _TOKENS, _FIRST = range(4)
+_COLUMNS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,10 +89,12 @@ def simulate_fluid(
     *,
     plan: ControlPlan | None = None,
     progress: Callable[[float], None] | None = None,
+    block_steps: int = BLOCK_STEPS,
 ) -> SimResult:
-    """Run one simulation with the fluid engine; ``plan`` overrides ``config.policy.plan``."""
+    """Run one simulation with the fluid engine; ``plan`` overrides ``config.policy.plan``;
+    ``block_steps`` bounds the steps run at once (1: step by step, the same result slower)."""
     chosen = plan if plan is not None else config.policy.plan
-    return _FluidRun(config, workload, chosen).run(progress)
+    return _FluidRun(config, workload, chosen, block_steps).run(progress)
 
 
 @dataclass(slots=True)
@@ -95,9 +108,31 @@ class _Recorded:
     speed: FloatArray
 
 
+@dataclass(frozen=True, slots=True)
+class _BlockServers:
+    """A block's per-server prefill at constant settings, and its sums per step."""
+
+    queues: FloatArray  # [step + 1, server]: before each step, and after the last
+    busy_s: FloatArray  # [step, server]: prefill seconds
+    burst_s: FloatArray  # [step, server]: seconds of start transient
+    fixed_sum_w: FloatArray  # [step]: the inference servers' power but decode's
+    decode_sum_w: FloatArray  # [step, tier]: their decode power if always decoding
+    tier_prefill_s: FloatArray  # [step, tier]
+    tier_done_s: FloatArray  # [step, tier]: prefill work done
+
+
 class _FluidRun(DomainLoop):
-    def __init__(self, config: SimConfig, workload: FluidWorkload, plan: ControlPlan | None):
+    def __init__(
+        self,
+        config: SimConfig,
+        workload: FluidWorkload,
+        plan: ControlPlan | None,
+        block_steps: int,
+    ) -> None:
         super().__init__(config, plan)
+        if block_steps < 1:
+            raise ValueError("block_steps must be at least 1")
+        self.block_steps = block_steps
         s = self.s
         self.source: FluidArrivals | None = None
         if s:
@@ -112,111 +147,230 @@ class _FluidRun(DomainLoop):
                 rng=np.random.default_rng(workload.seed),
                 max_samples=workload.latency_samples,
             )
-        self.recorded: list[_Recorded] = []
+        self.chunks: list[_Recorded] = []
         self.queue_w = np.zeros(s)  # prefill work queued per server, full-speed seconds
         self.may_start = np.ones(s, dtype=bool)  # where a prefill this step starts (transient)
         # …which it does after a step without prefill (short steps) or not prefilling to
         # its end (1 s steps: polca.sim.engine's docstring, step 4).
         self._start_below_s = 1e-300 if self.fine else self.dt
-        self.arrived_work = np.zeros(s)
         tiers = len(INFERENCE_TIERS)
         self.tier_matrix = np.stack(
             [(self.inf_tier_code == c).astype(np.float64) for c in range(tiers)]
         )
-        self.per_server_t = 1.0 / np.maximum(self.tier_matrix.sum(axis=1), 1.0)
-        # Per tier: requests waiting for their prefill [REQUESTS, DECODERS, TOKENS, work], the
-        # step's arrivals of the same, and the decode batch (requests, tokens to go).
-        self.pending = np.zeros((tiers, 4))
-        self.arrived = np.zeros((tiers, 4))
-        self.batch_t = np.zeros(tiers)
-        self.left_t = np.zeros(tiers)
-        self.rows = np.zeros((2, s))  # this step's prefill seconds and work done per server
+        self.tiers = [TierBatch(int(n)) for n in self.tier_matrix.sum(axis=1)]
         self.series = np.zeros((self.n_steps, tiers, _COLUMNS))
         self.arrivals_per_tier = np.zeros(tiers)
+        self.train_in_horizon: float | None = None
 
     def _refresh(self) -> None:
         super()._refresh()
         dt, gpus, idle = self.dt, self.gpus, self.prof.idle_context_w
         self.per_prefill_s = 1.0 / self.sp_p  # seconds per second of full-speed work
         # A tier's decode iteration at its servers' mean time per iteration.
-        per_iteration = (self.tier_matrix @ (1.0 / self.sp_d_inf)) * self.per_server_t
-        self.it_base_s = self.svc.tbt_base_s * per_iteration
-        self.it_per_request_s = self.svc.tbt_per_request_s * per_iteration
+        servers = np.maximum(self.tier_matrix.sum(axis=1), 1.0)
+        per_iteration = (self.tier_matrix @ (1.0 / self.sp_d_inf)) / servers
+        self.it_base_s = (self.svc.tbt_base_s * per_iteration).tolist()
+        self.it_per_request_s = (self.svc.tbt_per_request_s * per_iteration).tolist()
         # Server power = base + per prefill second + per decode second + start transient.
         self.base_w = gpus * idle + self.overhead_w
         self.prefill_w_per_s = gpus * (self.pw_p - idle) / dt
         self.decode_w_per_s = gpus * (self.pw_d_inf - idle) / dt
         self.burst_w_per_s = gpus * (self.pw_p_start - self.pw_p) / dt
+        # busy_s @ this: [prefill power, -decode power per tier, prefill seconds per tier].
+        decode_by_tier = self.tier_matrix * self.decode_w_per_s
+        self.busy_weights = np.column_stack(
+            [self.prefill_w_per_s, -decode_by_tier.T, self.tier_matrix.T]
+        )
+        self.decode_full_w = dt * decode_by_tier.sum(axis=1)  # per tier, never prefilling
+        # A node's most power under these settings (prefill, transient, decode at their
+        # worst mix): where it is below the guard budget, the guard cannot act.
+        burst_s = dt if self.fine else min(TRANSIENT_S, dt)
+        worst = np.maximum(
+            self.decode_w_per_s * dt,
+            self.prefill_w_per_s * dt + self.burst_w_per_s * burst_s,
+        )
+        if not self.fine:
+            worst = np.maximum(
+                worst,
+                (self.prefill_w_per_s + self.burst_w_per_s) * burst_s
+                + self.decode_w_per_s * (dt - burst_s),
+            )
+        self.node_bound_w = self.base_w + float(worst.max(initial=0.0))
 
-    def _arrivals(self, k: int) -> None:
-        if self.source is None:
-            return
-        rec = self.recorded[-1] if self.recorded else None
-        if rec is None or k >= rec.block.start + rec.block.steps:
-            rec = self._next_block(k)
-        block, r = rec.block, k - rec.block.start
-        self.arrived_work = block.work_s[r]
-        self.arrived = rec.per_tier[r]
-        lo, hi = int(rec.bounds[r]), int(rec.bounds[r + 1])
-        if hi > lo:  # the queue ahead of the samples arriving now, and their server's speed
-            servers = block.sample_server[lo:hi]
-            rec.queue_work_s[lo:hi] = self.queue_w[servers]
-            rec.speed[lo:hi] = self.sp_p[servers]
+    # -- the loop: blocks of steps at constant settings ---------------------------------
 
-    def _next_block(self, k: int) -> _Recorded:
-        assert self.source is not None
-        block = self.source.block(k, min(BLOCK_STEPS, self.n_steps - k))
+    def run(self, progress: Callable[[float], None] | None) -> SimResult:
+        """Steps in blocks: the servers' prefill over a block is computed at once for the
+        settings at its start (:func:`prefill_block`); the tiers' batches, the meter, the
+        controller and the guard then go step by step, and a block ends early where the
+        settings change (an actuation falls due, the brake or the guard acts), to be taken
+        up again from there with the new settings. The result does not depend on the block
+        length (a test checks it)."""
+        report_every = max(1, self.n_steps // 100)
+        k = 0
+        while k < self.n_steps:
+            self._actuate(k * self.dt)
+            if self.dirty:
+                self._refresh()
+            rec = self._chunk_at(k)
+            steps = min(self.block_steps, rec.block.start + rec.block.steps - k)
+            done = self._run_block(rec, k, steps)
+            if progress is not None and (k + done) // report_every > k // report_every:
+                progress((k + done) / self.n_steps)
+            k += done
+        if progress is not None:
+            progress(1.0)
+        if self.train_in_horizon is not None:
+            self.train_iterations = self.train_in_horizon
+        return self._result()
+
+    def _chunk_at(self, k: int) -> _Recorded:
+        """The chunk of arrivals that holds step ``k`` (drawing the next one when due)."""
+        rec = self.chunks[-1] if self.chunks else None
+        if rec is not None and k < rec.block.start + rec.block.steps:
+            return rec
+        steps = min(ARRIVAL_CHUNK_STEPS, self.n_steps - k)
+        if self.source is not None:
+            block = self.source.block(k, steps)
+        else:  # no inference server: nothing arrives
+            block = ArrivalBlock.empty(k, steps)
         m = block.sample_step.size
         bounds = np.searchsorted(block.sample_step, np.arange(k, k + block.steps + 1))
         columns = (*block.requests, block.work_s)  # [step, server] each
         per_tier = np.stack([c @ self.tier_matrix.T for c in columns], axis=2)
         self.arrivals_per_tier += per_tier[:, :, REQUESTS].sum(axis=0)
         rec = _Recorded(block, bounds, per_tier, np.empty(m), np.empty(m))
-        self.recorded.append(rec)
+        self.chunks.append(rec)
         return rec
 
-    def _serve(self, k: int, t: float) -> float:  # noqa: ARG002 (the step's start: unused)
+    def _run_block(self, rec: _Recorded, k: int, steps: int) -> int:
+        """Run up to ``steps`` steps from ``k`` at the current settings; returns how many ran
+        (fewer where the settings changed)."""
         dt = self.dt
-        rows = self.rows
-        busy, rows[1], self.queue_w = serve_prefill(
-            self.queue_w + self.arrived_work, self.sp_p, self.per_prefill_s, dt
-        )
-        rows[0] = busy
-        prefill_s, work_done = (self.tier_matrix @ rows.T).T  # per tier
-        pending = self.pending + self.arrived
-        done = complete_pending(pending, work_done)  # first tokens; decoders join the batch
-        self.pending = pending - done
+        b = self._block_servers(rec, k, steps)
+        fixed_sum = b.fixed_sum_w.tolist()
+        decode_sum = b.decode_sum_w.tolist()
+        tier_prefill = b.tier_prefill_s.tolist()
+        tier_done = b.tier_done_s.tolist()
+        arrived = rec.per_tier[k - rec.block.start : k - rec.block.start + steps].tolist()
+        records: list[list[TierStep]] = []
+        ran = steps
+        for j in range(steps):
+            kk = k + j
+            t = kk * dt
+            if j and self.pending_actuations and self.pending_actuations[0][0] <= t + 1e-9:
+                ran = j  # an actuation falls due: the settings change from this step
+                break
+            if kk == self.horizon:
+                self.train_in_horizon = self.train_iterations
+            step_records = []
+            power_w = fixed_sum[j]
+            for c, tier in enumerate(self.tiers):
+                record = tier.step(
+                    arrived[j][c],
+                    prefill_s=tier_prefill[j][c],
+                    work_done_s=tier_done[j][c],
+                    dt_s=dt,
+                    iteration_s=self.it_base_s[c],
+                    iteration_per_request_s=self.it_per_request_s[c],
+                )
+                power_w += record.decoding * decode_sum[j][c]
+                step_records.append(record)
+            records.append(step_records)
+            train_w = self._train_step() if self.train.size else None
+            if train_w is not None:
+                power_w += float(train_w.sum())
+            self._meter(kk, t, power_w)
+            if self.plan is not None and kk % self.ctrl_steps == 0:
+                self._control(kk, t)
+            if self.guard_cfg is not None and (kk + 1) % self.guard_steps == 0:
+                self._guard_step(b, j, t, step_records, train_w)
+            self.stage_rec[kk] = self.ctrl_stage
+            if self.dirty:  # the brake or the guard changed a setting: from the next step
+                ran = j + 1
+                break
+        self._commit(rec, k, ran, b, records)
+        return ran
 
-        # Decode the batch each tier started the step with, after the prefill.
-        batch, left = self.batch_t, self.left_t
-        per_server = batch * self.per_server_t
-        prefill_mean_s = prefill_s * self.per_server_t
-        iterations = (dt - prefill_mean_s) / (
-            self.it_base_s + self.it_per_request_s * np.maximum(per_server, 1.0)
+    def _block_servers(self, rec: _Recorded, k: int, steps: int) -> _BlockServers:
+        """The servers' prefill over a block at the current settings, summed per step."""
+        dt, r0 = self.dt, k - rec.block.start
+        queues, done_w = prefill_block(
+            self.queue_w, rec.block.work_s[r0 : r0 + steps], self.sp_p, dt
         )
-        kept = decode_step(batch, left, iterations)
-        self.batch_t = batch * kept + done[:, DECODERS]
-        self.left_t = left * kept + done[:, TOKENS]
+        busy = np.minimum(done_w * self.per_prefill_s, dt)
+        may_start = np.empty(busy.shape, dtype=bool)
+        may_start[0] = self.may_start
+        np.less(busy[:-1], self._start_below_s, out=may_start[1:])
+        burst = (busy if self.fine else np.minimum(busy, TRANSIENT_S)) * may_start
+        tiers = self.tier_matrix.shape[0]
+        sums = busy @ self.busy_weights
+        return _BlockServers(
+            queues=queues,
+            busy_s=busy,
+            burst_s=burst,
+            fixed_sum_w=sums[:, 0] + burst @ self.burst_w_per_s + self.s * self.base_w,
+            decode_sum_w=sums[:, 1 : 1 + tiers] + self.decode_full_w,
+            tier_prefill_s=sums[:, 1 + tiers :],
+            tier_done_s=done_w @ self.tier_matrix.T,
+        )
 
-        # A prefill's start transient lasts TRANSIENT_S (all of a step up to that long), and
-        # only a prefill that did not run on from the last step starts.
-        burst_s = busy if self.fine else np.minimum(busy, TRANSIENT_S)
-        decoding = busy_share(per_server) @ self.tier_matrix
+    def _guard_step(
+        self,
+        b: _BlockServers,
+        j: int,
+        t: float,
+        step_records: list[TierStep],
+        train_w: FloatArray | None,
+    ) -> None:
+        """The guard after step ``j`` of a block. Node power is only built where a node may be
+        over its guard budget (``node_bound_w``) or is guarded already."""
+        assert self.guard_cfg is not None
+        if not self.guarded_nodes:
+            bound_w = self.node_bound_w
+            if train_w is not None:
+                bound_w = max(bound_w, float(train_w.max()))
+            if bound_w <= self.guard_cfg.budget_w:
+                return
+        decoding = np.array([r.decoding for r in step_records]) @ self.tier_matrix
+        busy = b.busy_s[j]
         inference_w = (
             self.base_w
             + self.prefill_w_per_s * busy
-            + self.decode_w_per_s * (decoding * (dt - busy))
-            + self.burst_w_per_s * (burst_s * self.may_start)
+            + self.burst_w_per_s * b.burst_s[j]
+            + self.decode_w_per_s * decoding * (self.dt - busy)
         )
-        self.may_start = busy < self._start_below_s
+        self._set_node_w(inference_w, train_w)
+        self._guard(t + self.dt)
 
-        record = self.series[k]
-        record[:, _BATCH] = batch
-        record[:, _ITERS] = iterations
-        record[:, _PREFILL] = prefill_mean_s
-        record[:, _TOKENS] = left - left * kept
-        record[:, _FIRST] = done[:, REQUESTS]
-        return self._domain_w(inference_w)
+    def _set_node_w(self, inference_w: FloatArray, train_w: FloatArray | None) -> None:
+        if train_w is None:
+            self.node_w = inference_w
+            return
+        node_w = np.empty(self.n)
+        node_w[self.inf] = inference_w
+        node_w[self.train] = train_w
+        self.node_w = node_w
+
+    def _commit(
+        self,
+        rec: _Recorded,
+        k: int,
+        ran: int,
+        b: _BlockServers,
+        records: list[list[TierStep]],
+    ) -> None:
+        """Keep the state after ``ran`` steps of a block, and what its samples met."""
+        queues = b.queues
+        self.queue_w = queues[ran].copy()
+        self.may_start = b.busy_s[ran - 1] < self._start_below_s
+        self.series[k : k + ran] = np.asarray(records[:ran])[:, :, :_COLUMNS]
+        r0 = k - rec.block.start
+        lo, hi = int(rec.bounds[r0]), int(rec.bounds[r0 + ran])
+        if hi > lo:  # the queue ahead of the samples arriving then, and their server's speed
+            servers = rec.block.sample_server[lo:hi]
+            rec.queue_work_s[lo:hi] = queues[rec.block.sample_step[lo:hi] - k, servers]
+            rec.speed[lo:hi] = self.sp_p[servers]
 
     # -- results --------------------------------------------------------------------------
 
@@ -265,7 +419,7 @@ class _FluidRun(DomainLoop):
     ) -> tuple[FloatArray, FloatArray, FloatArray, npt.NDArray[np.int8]]:
         """Arrival, first-token and finish times of the latency samples, and their tiers."""
         dt = self.dt
-        recs = self.recorded
+        recs = self.chunks
 
         def cat(get: Callable[[_Recorded], FloatArray]) -> FloatArray:
             return np.concatenate([get(r) for r in recs]) if recs else np.empty(0)

@@ -30,42 +30,98 @@ Pure NumPy.
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["busy_share", "complete_pending", "decode_step", "serve_prefill"]
+__all__ = ["TierBatch", "TierStep", "busy_share", "prefill_block"]
 
 FloatArray = npt.NDArray[np.float64]
 
 _TINY = 1e-30  # keeps 0/0 at 0 (an empty queue or batch)
 
 
-def serve_prefill(
-    queued_work_s: FloatArray, speed: FloatArray, per_work_s: FloatArray, dt_s: float
-) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """One step of prefill queues at ``speed`` (``per_work_s`` = 1 / speed): (seconds spent
-    prefilling, work done, work left)."""
-    busy_s = np.minimum(queued_work_s * per_work_s, dt_s)
-    done = busy_s * speed
-    return busy_s, done, np.maximum(queued_work_s - done, 0.0)
+def prefill_block(
+    queue_s: FloatArray, work_s: FloatArray, speed: FloatArray, dt_s: float
+) -> tuple[FloatArray, FloatArray]:
+    """Prefill queues (full-speed seconds of work, one per server) over the steps of a block
+    at constant speeds, given each step's arriving work ``work_s[step, server]``: (the queues
+    before each step and after the last, ``[step + 1, server]``; the work done each step).
+
+    The Lindley recursion ``Q_k = max(Q_{k-1} + A_k - c, 0)`` in closed form: with ``S_k`` the
+    cumulative ``A - c`` over the block, ``Q_k = S_k - min(-Q_0, min_{j<=k} S_j)``.
+    """
+    cumulative = np.cumsum(work_s - speed * dt_s, axis=0)
+    floor = np.minimum(np.minimum.accumulate(cumulative, axis=0), -queue_s)
+    queues = np.empty((work_s.shape[0] + 1, queue_s.size))
+    queues[0] = queue_s
+    np.subtract(cumulative, floor, out=queues[1:])
+    done = queues[:-1] + work_s - queues[1:]
+    return queues, done
 
 
-def complete_pending(pending: FloatArray, work_done: FloatArray) -> FloatArray:
-    """The part of ``pending`` (rows: tiers; last column: their queued work) that ``work_done``
-    (per tier) completes."""
-    share = np.minimum(work_done / np.maximum(pending[:, -1], _TINY), 1.0)
-    return np.asarray(pending * share[:, None], dtype=np.float64)
-
-
-def decode_step(batch: FloatArray, tokens_left: FloatArray, iterations: FloatArray) -> FloatArray:
-    """One step of decode batches whose members get ``iterations`` each: the share of the
-    batch, and of its tokens to go, left after it (``exp(-k n / D)``)."""
-    return np.asarray(
-        np.exp(-iterations * batch / np.maximum(tokens_left, _TINY)), dtype=np.float64
-    )
-
-
-def busy_share(batch_per_server: FloatArray) -> FloatArray:
+def busy_share(batch_per_server: float) -> float:
     """Probability that a server with a mean of ``batch_per_server`` requests (Poisson) holds
     one."""
-    return np.asarray(-np.expm1(-batch_per_server), dtype=np.float64)
+    return -math.expm1(-batch_per_server)
+
+
+class TierStep(NamedTuple):
+    """What one step did in a tier: iterations a request in its batch got, the mean prefill
+    time before them, tokens generated, first tokens, and the share of its servers'
+    non-prefill time spent decoding."""
+
+    iterations: float
+    prefill_s: float
+    tokens: float
+    first_tokens: float
+    decoding: float
+
+
+class TierBatch:
+    """One tier's requests waiting for their prefill and its decode batch, as expectations.
+
+    ``step`` takes the step's arrivals (requests, decoders, decode tokens, prefill work), the
+    prefill its servers did (seconds, work) and its iteration time (per batch of one, per
+    request added), and returns a :class:`TierStep`.
+    """
+
+    def __init__(self, servers: int) -> None:
+        self.per_server = 1.0 / max(servers, 1)
+        self.pending = [0.0, 0.0, 0.0, 0.0]  # requests, decoders, tokens, work
+        self.batch = 0.0
+        self.tokens_left = 0.0
+
+    def step(
+        self,
+        arrived: tuple[float, float, float, float],
+        *,
+        prefill_s: float,
+        work_done_s: float,
+        dt_s: float,
+        iteration_s: float,
+        iteration_per_request_s: float,
+    ) -> TierStep:
+        pending = [p + a for p, a in zip(self.pending, arrived, strict=True)]
+        share = min(work_done_s / max(pending[3], _TINY), 1.0)
+        done = [p * share for p in pending]
+        self.pending = [p - d for p, d in zip(pending, done, strict=True)]
+        # Decode the batch the step started with, after the servers' mean prefill time.
+        batch, left = self.batch, self.tokens_left
+        per_server = batch * self.per_server
+        prefill_mean_s = prefill_s * self.per_server
+        iterations = (dt_s - prefill_mean_s) / (
+            iteration_s + iteration_per_request_s * max(per_server, 1.0)
+        )
+        kept = math.exp(-iterations * batch / max(left, _TINY))
+        self.batch = batch * kept + done[1]
+        self.tokens_left = left * kept + done[2]
+        return TierStep(
+            iterations=iterations,
+            prefill_s=prefill_mean_s,
+            tokens=left - left * kept,
+            first_tokens=done[0],
+            decoding=busy_share(per_server),
+        )
