@@ -51,12 +51,8 @@ __all__ = [
 
 FloatArray = npt.NDArray[np.float64]
 
-BLOCK_STEPS = int(
-    __import__("os").environ.get("BS", "32")
-)  # steps run at once at constant settings (at most)
-ARRIVAL_CHUNK_STEPS = int(
-    __import__("os").environ.get("AS", "64")
-)  # steps of arrivals drawn at once
+BLOCK_STEPS = 32  # steps run at once at constant settings, at most (arrays stay in cache)
+ARRIVAL_CHUNK_STEPS = 64  # steps of arrivals drawn at once
 DEFAULT_LATENCY_SAMPLES = 400_000  # requests sampled for latencies per run (all if fewer)
 
 # What is recorded per step and tier (TierStep's fields, in order): the iterations a request
