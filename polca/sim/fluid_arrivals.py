@@ -202,11 +202,12 @@ class FluidArrivals:
         table = self.table
         flat = np.minimum(count, TABLE_MAX_COUNT) * TABLE_DRAWS
         flat += self.rng.integers(0, TABLE_DRAWS, size=count.shape, dtype=np.uint16)
-        work = np.take(table.sums[0], flat)
+        # mode='clip': the indices are in range by construction, and 'raise' buffers ``out``.
+        work = np.take(table.sums[0], flat, mode="clip")
         requests = np.empty((3, *count.shape))
         requests[REQUESTS] = count
-        np.take(table.sums[DECODERS], flat, out=requests[DECODERS])
-        np.take(table.sums[TOKENS], flat, out=requests[TOKENS])
+        np.take(table.sums[DECODERS], flat, out=requests[DECODERS], mode="clip")
+        np.take(table.sums[TOKENS], flat, out=requests[TOKENS], mode="clip")
         many = np.flatnonzero(count.ravel() > TABLE_MAX_COUNT)
         if many.size:  # beyond the table: the central limit theorem
             n = count.ravel()[many].astype(np.float64)[:, None]

@@ -90,7 +90,8 @@ class TierBatch:
 
     def __init__(self, servers: int) -> None:
         self.per_server = 1.0 / max(servers, 1)
-        self.pending = [0.0, 0.0, 0.0, 0.0]  # requests, decoders, tokens, work
+        # Waiting for their prefill: requests, decoders, their decode tokens, their work.
+        self.requests = self.decoders = self.tokens = self.work_s = 0.0
         self.batch = 0.0
         self.tokens_left = 0.0
 
@@ -104,10 +105,15 @@ class TierBatch:
         iteration_s: float,
         iteration_per_request_s: float,
     ) -> TierStep:
-        pending = [p + a for p, a in zip(self.pending, arrived, strict=True)]
-        share = min(work_done_s / max(pending[3], _TINY), 1.0)
-        done = [p * share for p in pending]
-        self.pending = [p - d for p, d in zip(pending, done, strict=True)]
+        # Hot loop of hall-scale runs: plain floats, written out.
+        requests = self.requests + arrived[0]
+        decoders = self.decoders + arrived[1]
+        tokens = self.tokens + arrived[2]
+        work_s = self.work_s + arrived[3]
+        share = min(work_done_s / max(work_s, _TINY), 1.0)
+        keep = 1.0 - share
+        self.requests, self.decoders = requests * keep, decoders * keep
+        self.tokens, self.work_s = tokens * keep, work_s * keep
         # Decode the batch the step started with, after the servers' mean prefill time.
         batch, left = self.batch, self.tokens_left
         per_server = batch * self.per_server
@@ -116,12 +122,12 @@ class TierBatch:
             iteration_s + iteration_per_request_s * max(per_server, 1.0)
         )
         kept = math.exp(-iterations * batch / max(left, _TINY))
-        self.batch = batch * kept + done[1]
-        self.tokens_left = left * kept + done[2]
+        self.batch = batch * kept + decoders * share
+        self.tokens_left = left * kept + tokens * share
         return TierStep(
             iterations=iterations,
             prefill_s=prefill_mean_s,
             tokens=left - left * kept,
-            first_tokens=done[0],
+            first_tokens=requests * share,
             decoding=busy_share(per_server),
         )
