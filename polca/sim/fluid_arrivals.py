@@ -89,6 +89,7 @@ class SumTable:
     sums: FloatArray
     mean: FloatArray  # per request, per column
     sd: FloatArray
+    all_decode: bool  # every row generates more than one token: decoders = requests
 
     @classmethod
     def build(cls, trace: Trace, service: ServiceModel, rng: np.random.Generator) -> SumTable:
@@ -108,6 +109,7 @@ class SumTable:
             sums=np.ascontiguousarray(sums.reshape(-1, 3).T),
             mean=per_row.mean(axis=0),
             sd=per_row.std(axis=0),
+            all_decode=bool(np.all(trace.generated_tokens > 1)),
         )
 
 
@@ -206,7 +208,10 @@ class FluidArrivals:
         work = np.take(table.sums[0], flat, mode="clip")
         requests = np.empty((3, *count.shape))
         requests[REQUESTS] = count
-        np.take(table.sums[DECODERS], flat, out=requests[DECODERS], mode="clip")
+        if table.all_decode:  # every request decodes: no draw needed
+            requests[DECODERS] = count
+        else:
+            np.take(table.sums[DECODERS], flat, out=requests[DECODERS], mode="clip")
         np.take(table.sums[TOKENS], flat, out=requests[TOKENS], mode="clip")
         many = np.flatnonzero(count.ravel() > TABLE_MAX_COUNT)
         if many.size:  # beyond the table: the central limit theorem
