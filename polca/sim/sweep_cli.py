@@ -243,6 +243,7 @@ def _run(args: argparse.Namespace, err: Console) -> int:
         meter_window_s=args.meter_window,
         brake_hold_s=args.brake_hold,
         criteria=Criteria(max_low_p50_impact=args.max_low_p50_impact),
+        engine=args.engine,
     )
     started = time.monotonic()
 
