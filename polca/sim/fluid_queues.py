@@ -21,9 +21,11 @@ Everything is in expectations, not requests:
   conservation holds exactly (every arriving token is decoded once), so by Little's law the
   mean batch is the request engine's whatever the length distribution; the memoryless
   assumption changes only how the batch moves.
-* **Busy share.** With a mean of ``b`` requests per server the number a server holds is
-  Poisson (an M/G/inf system), so it is decoding with probability ``1 - exp(-b)``
-  (:func:`busy_share`): the share of its non-prefill time it draws decode power.
+* **Busy share.** A server draws decode power for its non-prefill time when its batch holds a
+  request at the step's start (as in the request engine): the requests that joined in the
+  last step are dealt round-robin (evenly: a server has none with probability ``max(0, 1 -
+  j)``), those carried over from earlier steps are Poisson (an M/G/inf system: none with
+  probability ``exp(-c)``) (:func:`busy_share`).
 
 Pure NumPy.
 """
@@ -66,10 +68,17 @@ def prefill_block(
     return queues, done
 
 
-def busy_share(batch_per_server: float) -> float:
-    """Probability that a server with a mean of ``batch_per_server`` requests (Poisson) holds
-    one."""
-    return -math.expm1(-batch_per_server)
+def busy_share(carried_per_server: float, joined_per_server: float) -> float:
+    """Probability that a server's batch holds a request at a step's start, given the mean
+    requests per server carried over from earlier steps and joined in the last one.
+
+    Requests are dealt round-robin, so a step's joins are spread evenly (each server gets the
+    whole part or one more): none with probability ``max(0, 1 - joined)``. The ones carried
+    over are what is left of independent decodes: Poisson, none with probability
+    ``exp(-carried)`` (an M/G/inf system).
+    """
+    none_joined = max(0.0, 1.0 - joined_per_server)
+    return 1.0 - none_joined * math.exp(-max(carried_per_server, 0.0))
 
 
 class TierStep(NamedTuple):
@@ -98,6 +107,7 @@ class TierBatch:
         self.requests = self.decoders = self.tokens = self.work_s = 0.0
         self.batch = 0.0
         self.tokens_left = 0.0
+        self.joined = 0.0  # of the batch: the requests that joined it in the last step
 
     def step(
         self,
@@ -126,12 +136,16 @@ class TierBatch:
             iteration_s + iteration_per_request_s * max(per_server, 1.0)
         )
         kept = math.exp(-iterations * batch / max(left, _TINY))
-        self.batch = batch * kept + decoders * share
+        decoding = busy_share(
+            (batch - self.joined) * self.per_server, self.joined * self.per_server
+        )
+        self.joined = decoders * share
+        self.batch = batch * kept + self.joined
         self.tokens_left = left * kept + tokens * share
         return TierStep(
             iterations=iterations,
             prefill_s=prefill_mean_s,
             tokens=left - left * kept,
             first_tokens=requests * share,
-            decoding=busy_share(per_server),
+            decoding=decoding,
         )
