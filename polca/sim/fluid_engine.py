@@ -115,6 +115,10 @@ class _BlockServers:
     decode_sum_w: FloatArray  # [step, tier]: their decode power if always decoding
     tier_prefill_s: FloatArray  # [step, tier]
     tier_done_s: FloatArray  # [step, tier]: prefill work done
+    # [step, tier]: prefill seconds weighted by the servers' arrivals of the step before (the
+    # servers whose batches the last step's joins went to), and those arrivals.
+    tier_joined_prefill_s: FloatArray
+    tier_joined: FloatArray
 
 
 class _FluidRun(DomainLoop):
@@ -146,6 +150,7 @@ class _FluidRun(DomainLoop):
         self.chunks: list[_Recorded] = []
         self.queue_w = np.zeros(s)  # prefill work queued per server, full-speed seconds
         self.may_start = np.ones(s, dtype=bool)  # where a prefill this step starts (transient)
+        self.last_arrivals = np.zeros(s)  # each server's arrivals in the last step
         # …which it does after a step without prefill (short steps) or not prefilling to
         # its end (1 s steps: polca.sim.engine's docstring, step 4).
         self._start_below_s = 1e-300 if self.fine else self.dt
@@ -248,6 +253,8 @@ class _FluidRun(DomainLoop):
         decode_sum = b.decode_sum_w.tolist()
         tier_prefill = b.tier_prefill_s.tolist()
         tier_done = b.tier_done_s.tolist()
+        joined_prefill = b.tier_joined_prefill_s.tolist()
+        joined = b.tier_joined.tolist()
         arrived = rec.per_tier[k - rec.block.start : k - rec.block.start + steps].tolist()
         records: list[list[TierStep]] = []
         ran = steps
@@ -265,6 +272,8 @@ class _FluidRun(DomainLoop):
                 record = tier.step(
                     arrived[j][c],
                     prefill_s=tier_prefill[j][c],
+                    joined_prefill_s=joined_prefill[j][c],
+                    joined_weight=joined[j][c],
                     work_done_s=tier_done[j][c],
                     dt_s=dt,
                     iteration_s=self.it_base_s[c],
@@ -299,6 +308,10 @@ class _FluidRun(DomainLoop):
         may_start[0] = self.may_start
         np.less(busy[:-1], self._start_below_s, out=may_start[1:])
         burst = (busy if self.fine else np.minimum(busy, TRANSIENT_S)) * may_start
+        arrived = rec.block.requests[REQUESTS]
+        before = np.empty(busy.shape)  # each server's arrivals in the step before
+        before[0] = self.last_arrivals
+        before[1:] = arrived[r0 : r0 + steps - 1]
         tiers = self.tier_matrix.shape[0]
         sums = busy @ self.busy_weights
         return _BlockServers(
@@ -309,6 +322,8 @@ class _FluidRun(DomainLoop):
             decode_sum_w=sums[:, 1 : 1 + tiers] + self.decode_full_w,
             tier_prefill_s=sums[:, 1 + tiers :],
             tier_done_s=done_w @ self.tier_matrix.T,
+            tier_joined_prefill_s=(before * busy) @ self.tier_matrix.T,
+            tier_joined=before @ self.tier_matrix.T,
         )
 
     def _guard_step(
@@ -360,6 +375,8 @@ class _FluidRun(DomainLoop):
         queues = b.queues
         self.queue_w = queues[ran].copy()
         self.may_start = b.busy_s[ran - 1] < self._start_below_s
+        r0 = k - rec.block.start
+        self.last_arrivals = rec.block.requests[REQUESTS][r0 + ran - 1]
         self.series[k : k + ran] = np.asarray(records[:ran])[:, :, :_COLUMNS]
         r0 = k - rec.block.start
         lo, hi = int(rec.bounds[r0]), int(rec.bounds[r0 + ran])

@@ -97,8 +97,9 @@ class TierBatch:
     """One tier's requests waiting for their prefill and its decode batch, as expectations.
 
     ``step`` takes the step's arrivals (requests, decoders, decode tokens, prefill work), the
-    prefill its servers did (seconds, work) and its iteration time (per batch of one, per
-    request added), and returns a :class:`TierStep`.
+    prefill its servers did (seconds, work; and seconds weighted by each server's arrivals
+    of the last step, with their sum) and its iteration time (per batch of one, per request
+    added), and returns a :class:`TierStep`.
     """
 
     def __init__(self, servers: int) -> None:
@@ -114,6 +115,8 @@ class TierBatch:
         arrived: tuple[float, float, float, float],
         *,
         prefill_s: float,
+        joined_prefill_s: float,
+        joined_weight: float,
         work_done_s: float,
         dt_s: float,
         iteration_s: float,
@@ -128,10 +131,18 @@ class TierBatch:
         keep = 1.0 - share
         self.requests, self.decoders = requests * keep, decoders * keep
         self.tokens, self.work_s = tokens * keep, work_s * keep
-        # Decode the batch the step started with, after the servers' mean prefill time.
+        # Decode the batch the step started with, after its servers' prefill: the mean over
+        # the tier for the requests carried over, over the servers they went to (weighted by
+        # their arrivals of the last step) for those that joined in the last step.
         batch, left = self.batch, self.tokens_left
         per_server = batch * self.per_server
         prefill_mean_s = prefill_s * self.per_server
+        if joined_weight > 0 and batch > 0:
+            carried = max(batch - self.joined, 0.0)
+            joined_mean_s = joined_prefill_s / joined_weight
+            prefill_mean_s = (carried * prefill_mean_s + self.joined * joined_mean_s) / (
+                carried + self.joined
+            )
         iterations = (dt_s - prefill_mean_s) / (
             iteration_s + iteration_per_request_s * max(per_server, 1.0)
         )
