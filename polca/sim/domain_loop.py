@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import numpy.typing as npt
@@ -262,6 +262,40 @@ class DomainLoop:
         raise NotImplementedError
 
     # -- the parts every engine shares ----------------------------------------------------
+
+    def _domain_result(
+        self,
+        *,
+        request_tier: npt.NDArray[np.int8],
+        arrival_s: FloatArray,
+        first_token_s: FloatArray,
+        finish_s: FloatArray,
+        tbt_samples: Mapping[str, tuple[FloatArray, FloatArray]],
+        tokens_in_horizon: Mapping[str, float],
+        tier_requests: Mapping[str, int] | None = None,
+    ) -> SimResult:
+        """The run's result: the domain's records and the engine's latencies and tokens."""
+        h = self.horizon
+        return SimResult(
+            config=self.cfg,
+            plan=self.plan,
+            raw_power_w=self.raw[:h],
+            metered_power_w=self.metered[:h],
+            stage=self.stage_rec[:h],
+            brake_events=self.brake_events,
+            time_above_budget_s=self.above_steps * self.dt,
+            energy_j=float(self.raw[:h].astype(np.float64).sum() * self.dt),
+            request_tier=request_tier,
+            arrival_s=arrival_s,
+            first_token_s=first_token_s,
+            finish_s=finish_s,
+            tbt_samples=tbt_samples,
+            tokens_in_horizon=tokens_in_horizon,
+            train_iterations=self.train_iterations,
+            stage_changes=self.stage_changes,
+            guard_actions=self.guard_actions,
+            tier_requests=tier_requests,
+        )
 
     def _domain_w(self, inference_w: FloatArray) -> float:
         """The domain's power this step, given its inference servers'; advances training."""

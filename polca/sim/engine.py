@@ -217,24 +217,13 @@ class _Run(DomainLoop):
             tbt_samples[tier] = (values[keep], weights[keep])
             decoded = float(self.tok[:h, cols].sum())
             tokens[tier] = decoded + float(np.count_nonzero(first_in_horizon & (req_tier == code)))
-        return SimResult(
-            config=self.cfg,
-            plan=self.plan,
-            raw_power_w=self.raw[:h],
-            metered_power_w=self.metered[:h],
-            stage=self.stage_rec[:h],
-            brake_events=self.brake_events,
-            time_above_budget_s=self.above_steps * self.dt,
-            energy_j=float(self.raw[:h].astype(np.float64).sum() * self.dt),
+        return self._domain_result(
             request_tier=req_tier,
             arrival_s=self.req.arrival_s,
             first_token_s=self.first,
             finish_s=self.finish,
             tbt_samples=MappingProxyType(tbt_samples),
             tokens_in_horizon=MappingProxyType(tokens),
-            train_iterations=self.train_iterations,
-            stage_changes=self.stage_changes,
-            guard_actions=self.guard_actions,
         )
 
 

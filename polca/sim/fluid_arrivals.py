@@ -233,10 +233,10 @@ class FluidArrivals:
         count: IntArray,
         work: FloatArray,
     ) -> tuple[IntArray, IntArray, FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
-        """A share of the block's requests, uniformly: their step, server (the round-robin
-        deal), offset in the step, cell and own trace row."""
+        """A share of the block's requests, drawn without replacement: their step, server
+        (the round-robin deal), offset in the step, cell and own trace row."""
         m = int(self.rng.binomial(total, self.sample_fraction)) if total > 0 else 0
-        index = np.sort(self.rng.integers(0, max(total, 1), size=m))
+        index = np.sort(self.rng.choice(max(total, 1), size=m, replace=False, shuffle=False))
         step = np.searchsorted(before, index, side="right") - 1
         server = (pointers[step] + index - before[step]) % self.servers
         rows = self.rng.integers(0, len(self.trace), size=m)

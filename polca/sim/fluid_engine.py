@@ -406,24 +406,13 @@ class _FluidRun(DomainLoop):
             tokens_in_horizon[tier] = float(tokens[:h].sum() + tier_series[:h, _FIRST].sum())
             tier_requests[tier] = round(float(self.arrivals_per_tier[code]))
         arrival, first, finish, tier_code = self._sampled_latencies(progress, prefill)
-        return SimResult(
-            config=self.cfg,
-            plan=self.plan,
-            raw_power_w=self.raw[:h],
-            metered_power_w=self.metered[:h],
-            stage=self.stage_rec[:h],
-            brake_events=self.brake_events,
-            time_above_budget_s=self.above_steps * dt,
-            energy_j=float(self.raw[:h].astype(np.float64).sum() * dt),
+        return self._domain_result(
             request_tier=tier_code,
             arrival_s=arrival,
             first_token_s=first,
             finish_s=finish,
             tbt_samples=MappingProxyType(tbt_samples),
             tokens_in_horizon=MappingProxyType(tokens_in_horizon),
-            train_iterations=self.train_iterations,
-            stage_changes=self.stage_changes,
-            guard_actions=self.guard_actions,
             tier_requests=MappingProxyType(tier_requests),
         )
 
