@@ -523,6 +523,7 @@ def _describe(args: argparse.Namespace, scenario: Scenario, source: str) -> dict
         "server_overhead_w": args.server_overhead_w,
         "oversubscription": args.oversubscription,
         "mix": args.mix,
+        "engine": scenario.engine,
         "duration_s": scenario.duration_s,
         "dt_s": scenario.dt_s,
         "load_scale": scenario.load_scale,

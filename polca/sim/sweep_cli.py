@@ -307,6 +307,7 @@ def _describe(args: argparse.Namespace, spec: SweepSpec) -> dict[str, Any]:
         "base_servers": args.servers,
         "gpus_per_server": args.gpus_per_server,
         "server_overhead_w": args.server_overhead_w,
+        "engine": spec.engine,
         "duration_s": spec.duration_s,
         "dt_s": spec.dt_s,
         "load_scale": spec.load_scale,
