@@ -251,11 +251,22 @@ class _FluidRun(DomainLoop):
         b = self._block_servers(rec, k, steps)
         fixed_sum = b.fixed_sum_w.tolist()
         decode_sum = b.decode_sum_w.tolist()
-        tier_prefill = b.tier_prefill_s.tolist()
-        tier_done = b.tier_done_s.tolist()
-        joined_prefill = b.tier_joined_prefill_s.tolist()
-        joined = b.tier_joined.tolist()
-        arrived = rec.per_tier[k - rec.block.start : k - rec.block.start + steps].tolist()
+        r0 = k - rec.block.start
+        # Each step's inputs of each tier's TierBatch.step, as lists (the hot loop).
+        inputs = np.concatenate(
+            [
+                rec.per_tier[r0 : r0 + steps],
+                np.stack(
+                    [b.tier_prefill_s, b.tier_joined_prefill_s, b.tier_joined, b.tier_done_s],
+                    axis=2,
+                ),
+            ],
+            axis=2,
+        ).tolist()
+        iteration = list(zip(self.it_base_s, self.it_per_request_s, strict=True))
+        guard = self.guard_cfg is not None and (
+            self.guarded_nodes or self.train.size > 0 or self.node_bound_w > self.guard_cfg.budget_w
+        )
         records: list[list[TierStep]] = []
         ran = steps
         for j in range(steps):
@@ -269,16 +280,7 @@ class _FluidRun(DomainLoop):
             step_records = []
             power_w = fixed_sum[j]
             for c, tier in enumerate(self.tiers):
-                record = tier.step(
-                    arrived[j][c],
-                    prefill_s=tier_prefill[j][c],
-                    joined_prefill_s=joined_prefill[j][c],
-                    joined_weight=joined[j][c],
-                    work_done_s=tier_done[j][c],
-                    dt_s=dt,
-                    iteration_s=self.it_base_s[c],
-                    iteration_per_request_s=self.it_per_request_s[c],
-                )
+                record = tier.step(inputs[j][c], dt, *iteration[c])
                 power_w += record.decoding * decode_sum[j][c]
                 step_records.append(record)
             records.append(step_records)
@@ -288,7 +290,7 @@ class _FluidRun(DomainLoop):
             self._meter(kk, t, power_w)
             if self.plan is not None and kk % self.ctrl_steps == 0:
                 self._control(kk, t)
-            if self.guard_cfg is not None and (kk + 1) % self.guard_steps == 0:
+            if guard and (kk + 1) % self.guard_steps == 0:
                 self._guard_step(b, j, t, step_records, train_w)
             self.stage_rec[kk] = self.ctrl_stage
             if self.dirty:  # the brake or the guard changed a setting: from the next step

@@ -96,10 +96,8 @@ class TierStep(NamedTuple):
 class TierBatch:
     """One tier's requests waiting for their prefill and its decode batch, as expectations.
 
-    ``step`` takes the step's arrivals (requests, decoders, decode tokens, prefill work), the
-    prefill its servers did (seconds, work; and seconds weighted by each server's arrivals
-    of the last step, with their sum) and its iteration time (per batch of one, per request
-    added), and returns a :class:`TierStep`.
+    ``step`` takes the step's arrivals and the prefill its servers did, and its iteration time
+    (per batch of one, per request added), and returns a :class:`TierStep`.
     """
 
     def __init__(self, servers: int) -> None:
@@ -112,16 +110,16 @@ class TierBatch:
 
     def step(
         self,
-        arrived: tuple[float, float, float, float],
-        *,
-        prefill_s: float,
-        joined_prefill_s: float,
-        joined_weight: float,
-        work_done_s: float,
+        inputs: list[float],
         dt_s: float,
         iteration_s: float,
         iteration_per_request_s: float,
     ) -> TierStep:
+        """One step. ``inputs``: the step's arrivals (requests, decoders, decode tokens,
+        prefill work), then the tier's prefill seconds, the same weighted by each server's
+        arrivals of the last step and those arrivals' sum, and the prefill work done."""
+        arrived = inputs
+        prefill_s, joined_prefill_s, joined_weight, work_done_s = inputs[4:8]
         # Hot loop of hall-scale runs: plain floats, written out.
         requests = self.requests + arrived[0]
         decoders = self.decoders + arrived[1]

@@ -41,16 +41,14 @@ class TestPrefillBlock:
 
 
 def step(tier: TierBatch, arrived: tuple[float, float, float, float], **kw: float) -> list[float]:
-    out = tier.step(
-        arrived,
-        prefill_s=kw.get("prefill_s", 0.0),
-        joined_prefill_s=kw.get("joined_prefill_s", 0.0),
-        joined_weight=kw.get("joined_weight", 0.0),
-        work_done_s=kw.get("work_done_s", arrived[3]),
-        dt_s=1.0,
-        iteration_s=0.02,
-        iteration_per_request_s=0.0004,
-    )
+    inputs = [
+        *arrived,
+        kw.get("prefill_s", 0.0),
+        kw.get("joined_prefill_s", 0.0),
+        kw.get("joined_weight", 0.0),
+        kw.get("work_done_s", arrived[3]),
+    ]
+    out = tier.step(inputs, 1.0, 0.02, 0.0004)
     return [out.iterations, out.prefill_s, out.tokens, out.first_tokens, out.decoding]
 
 
