@@ -130,6 +130,10 @@ class DomainLoop:
         pol = config.policy
         self.ctrl_steps = max(1, round(pol.control_interval_s / self.dt))
         self.stage_settings = self._stage_settings(plan) if plan is not None else []
+        # Below this utilisation a controller at rest stays so (_at_rest); None: never skip.
+        self._rest_below_pct: float | None = None
+        if plan is not None and plan.predict_s == 0 and len(plan.stages) > 1:
+            self._rest_below_pct = min(stage.trigger_pct for stage in plan.stages[1:])
 
         # Guard.
         self.guard_cfg: GuardConfig | None = None
@@ -379,11 +383,14 @@ class DomainLoop:
             # sample instead of starting in its failsafe stage.
             return
         step = min(k, round(sample_t / self.dt))
+        power_w = float(self.metered[step])
+        if self._at_rest(power_w, t - sample_t):
+            return
         d = decide(
             self.plan,
             self.ctrl_state,
             now_s=t,
-            domain_power_w=float(self.metered[step]),
+            domain_power_w=power_w,
             budget_w=self.budget_w,
             sample_age_s=t - sample_t,
         )
@@ -393,6 +400,22 @@ class DomainLoop:
             self.stage_changes += 1
             self.seq += 1
             heapq.heappush(self.pending_actuations, (t + pol.actuation_delay_s, self.seq, d.stage))
+
+    def _at_rest(self, power_w: float, sample_age_s: float) -> bool:
+        """Whether ``decide`` would return the state it is given, unchanged, at stage 0: no
+        forecast to track, no hold timer running, a fresh sample below the first trigger
+        (triggers never decrease, so below every other). Then the call is skipped: it is most
+        calls of a long run, and the result is the same."""
+        plan, state = self.plan, self.ctrl_state
+        assert plan is not None
+        return (
+            self._rest_below_pct is not None
+            and state.stage == 0
+            and state.below_release_since_s is None
+            and power_w >= 0.0
+            and 100.0 * power_w / self.budget_w < self._rest_below_pct  # as decide() computes it
+            and sample_age_s <= plan.staleness_s
+        )
 
     def _actuate(self, t: float) -> None:
         while self.pending_actuations and self.pending_actuations[0][0] <= t + 1e-9:
