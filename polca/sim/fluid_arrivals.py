@@ -50,9 +50,10 @@ __all__ = [
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+Int32Array = npt.NDArray[np.int32]  # per cell: small counts
 
 TABLE_MAX_COUNT = 48  # requests per server and step looked up; more: normal approximation
-TABLE_DRAWS = 1024  # sums drawn per count
+TABLE_DRAWS = 1024  # sums drawn per count (a power of two: _sums draws indices by masking)
 
 
 def expected_arrivals(
@@ -177,7 +178,8 @@ class FluidArrivals:
         self.table = SumTable.build(trace, service, rng)
         self.pointer = 0  # the next request's server
         self._work = service.prefill_s(trace.context_tokens)
-        self._ramp = np.arange(2 * servers) % servers  # (i - p) mod s = ramp[i + s - p]
+        # (i - p) mod s = ramp[i + s - p]
+        self._ramp = (np.arange(2 * servers) % servers).astype(np.int32)
 
     def block(self, start: int, steps: int) -> ArrivalBlock:
         """The next ``steps`` steps' arrivals (call with consecutive blocks)."""
@@ -188,22 +190,25 @@ class FluidArrivals:
         pointers = (self.pointer + before[:-1]) % s  # the server of each step's first request
         self.pointer = int((self.pointer + before[-1]) % s)
         whole, rest = np.divmod(n_req, s)
-        count = np.zeros((steps, s), dtype=np.int64)
+        count = np.zeros((steps, s), dtype=np.int32)
         if steps:
             rotated = np.stack([self._ramp[s - p : 2 * s - p] for p in pointers])
-            count = whole[:, None] + (rotated < rest[:, None])
+            count = whole.astype(np.int32)[:, None] + (rotated < rest[:, None])
         work, requests = self._sums(count)
         samples = self._samples(
             start, total=int(before[-1]), before=before, pointers=pointers, count=count, work=work
         )
         return ArrivalBlock(start, work, requests, *samples)
 
-    def _sums(self, count: IntArray) -> tuple[FloatArray, FloatArray]:
+    def _sums(self, count: Int32Array) -> tuple[FloatArray, FloatArray]:
         """Each cell's prefill work, and its [REQUESTS, DECODERS, TOKENS] as [row, step,
         server]: a table sum per cell (SumTable)."""
         table = self.table
         flat = np.minimum(count, TABLE_MAX_COUNT) * TABLE_DRAWS
-        flat += self.rng.integers(0, TABLE_DRAWS, size=count.shape, dtype=np.uint16)
+        # A uniform index per cell from the generator's raw 64-bit words, four per word (the
+        # table's length is a power of two): a quarter of the generator calls of integers().
+        words = self.rng.bit_generator.random_raw(-(-count.size // 4))
+        flat += (words.view(np.uint16)[: count.size] & (TABLE_DRAWS - 1)).reshape(count.shape)
         # mode='clip': the indices are in range by construction, and 'raise' buffers ``out``.
         work = np.take(table.sums[0], flat, mode="clip")
         requests = np.empty((3, *count.shape))
@@ -230,7 +235,7 @@ class FluidArrivals:
         total: int,
         before: IntArray,
         pointers: IntArray,
-        count: IntArray,
+        count: Int32Array,
         work: FloatArray,
     ) -> tuple[IntArray, IntArray, FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
         """A share of the block's requests, drawn without replacement: their step, server
