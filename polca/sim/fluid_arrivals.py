@@ -27,7 +27,7 @@ Pure NumPy; deterministic for a given generator.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -133,6 +133,10 @@ class ArrivalBlock:
     @property
     def steps(self) -> int:
         return int(self.work_s.shape[0])
+
+    def samples_only(self) -> ArrivalBlock:
+        """This block without its per-cell arrays (its samples only)."""
+        return replace(self, work_s=np.empty((0, 0)), requests=np.empty((3, 0, 0)))
 
     @classmethod
     def empty(cls, start: int, steps: int) -> ArrivalBlock:

@@ -95,13 +95,20 @@ def simulate_fluid(
 
 @dataclass(slots=True)
 class _Recorded:
-    """What a block's latency samples met at their arrival: the queue ahead and the speed."""
+    """A chunk of arrivals, and what its latency samples met at their arrival: the queue
+    ahead and the speed. Once run, only its samples are kept (``drop_cells``): a week's cells
+    would take 19 GB."""
 
     block: ArrivalBlock
+    end: int  # the step after its last
     bounds: npt.NDArray[np.int64]  # samples of step start + r: bounds[r] .. bounds[r + 1]
     per_tier: FloatArray  # [step, tier, REQUESTS / DECODERS / TOKENS / work]: arrivals
     queue_work_s: FloatArray
     speed: FloatArray
+
+    def drop_cells(self) -> None:
+        self.block = self.block.samples_only()
+        self.per_tier = np.empty((0, 0, 0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +221,7 @@ class _FluidRun(DomainLoop):
             if self.dirty:
                 self._refresh()
             rec = self._chunk_at(k)
-            steps = min(self.block_steps, rec.block.start + rec.block.steps - k)
+            steps = min(self.block_steps, rec.end - k)
             done = self._run_block(rec, k, steps)
             if progress is not None and (k + done) // report_every > k // report_every:
                 progress((k + done) / self.n_steps)
@@ -228,8 +235,10 @@ class _FluidRun(DomainLoop):
     def _chunk_at(self, k: int) -> _Recorded:
         """The chunk of arrivals that holds step ``k`` (drawing the next one when due)."""
         rec = self.chunks[-1] if self.chunks else None
-        if rec is not None and k < rec.block.start + rec.block.steps:
+        if rec is not None and k < rec.end:
             return rec
+        if rec is not None:
+            rec.drop_cells()
         steps = min(ARRIVAL_CHUNK_STEPS, self.n_steps - k)
         if self.source is not None:
             block = self.source.block(k, steps)
@@ -240,7 +249,7 @@ class _FluidRun(DomainLoop):
         columns = (*block.requests, block.work_s)  # [step, server] each
         per_tier = np.stack([c @ self.tier_matrix.T for c in columns], axis=2)
         self.arrivals_per_tier += per_tier[:, :, REQUESTS].sum(axis=0)
-        rec = _Recorded(block, bounds, per_tier, np.empty(m), np.empty(m))
+        rec = _Recorded(block, k + block.steps, bounds, per_tier, np.empty(m), np.empty(m))
         self.chunks.append(rec)
         return rec
 
