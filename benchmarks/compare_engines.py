@@ -2,7 +2,8 @@
 
 Each trace of the evaluation set (``--traces``) is replayed on a row (``--servers`` on a
 ``--base-servers`` budget, ``--duration`` s at ``--dt``) by both engines, through the runner
-as ``polca simulate`` does (each engine's own uncapped baseline, triggers derived from it).
+as ``polca simulate`` does (each engine's own uncapped baseline), with the policies' triggers as
+written (not derived from the baseline's peak, a noisy extreme), so both engines run one plan.
 Prints, request engine / fluid engine: metered mean and peak power (% of the budget), brake
 events, time in stage 0, P50 and P99 time to first token and P50 end-to-end latency of the
 high tier, P50 end-to-end of the low tier, the low tier's P50 impact and throughput.
@@ -60,7 +61,7 @@ def main() -> int:
                     run = run_policy(
                         engine_scenario,
                         domain,
-                        make_policy(policy),
+                        make_policy(policy, derive_triggers=False),
                         load_scale=load,
                         baseline=baseline,
                     )

@@ -440,7 +440,7 @@ class _FluidRun(DomainLoop):
         step = cat(lambda r: r.block.sample_step.astype(np.float64))
         server = cat(lambda r: r.block.sample_server.astype(np.float64)).astype(np.int64)
         offset = cat(lambda r: r.block.sample_offset)
-        first = first_token_s(
+        first, served = first_token_s(
             step_start_s=step * dt,
             offset_s=offset,
             queue_work_s=cat(lambda r: r.queue_work_s),
@@ -457,7 +457,12 @@ class _FluidRun(DomainLoop):
         for code in range(len(INFERENCE_TIERS)):
             mine = tier_code == code
             finish[mine] = finish_s(
-                first[mine], tokens[mine], progress=progress[code], prefill_s=prefill[code], dt_s=dt
+                first[mine],
+                served[mine],
+                tokens[mine],
+                progress=progress[code],
+                prefill_s=prefill[code],
+                dt_s=dt,
             )
         first = np.where(first < end_s, first, np.nan)
         return (step + offset) * dt, first, finish, tier_code

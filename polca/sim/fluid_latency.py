@@ -12,8 +12,10 @@ in the step) read against the engine's state:
   ``ahead``, the work of the step's other arrivals before it, is their expected share, ``offset
   × cell work × (c - 1) / c`` (each of the ``c - 1`` others arrived earlier with probability
   ``offset``). The speed is the server's in that step.
-* **Finish** (:func:`finish_s`): the request joins the decode batch at the step after its
-  first token (as in the request engine) and needs ``generated - 1`` iterations. Its
+* **Finish** (:func:`finish_s`): the request joins the decode batch in the step after the one
+  in which its server did its work (as in the request engine, where a step's prefill starts at
+  the step's start, so a request arriving late in a step can join the next step's batch before
+  its first token is due), and needs ``generated - 1`` iterations. Its
   iterations come at its **tier's** mean rate per step, weighted by batch size (what a request
   in a batch sees), not its own server's: per-server iteration rates are not kept (a week at
   1,000 servers would be 600 M of them). Within a step the iterations start after the
@@ -47,31 +49,35 @@ def first_token_s(
     own_work_s: FloatArray,
     speed: FloatArray,
     dt_s: float,
-) -> FloatArray:
-    """First-token times of sampled requests (``offset_s``: arrival within the step, share)."""
+) -> tuple[FloatArray, FloatArray]:
+    """First-token times of sampled requests (``offset_s``: arrival within the step, share),
+    and when their server has done their work (the queue's view: when they join a batch)."""
     others = cell_work_s * (cell_count - 1.0) / np.maximum(cell_count, 1.0)
     ahead = offset_s * np.maximum(others, 0.0)
     served = step_start_s + (queue_work_s + ahead + own_work_s) / speed
     own = step_start_s + offset_s * dt_s + own_work_s / speed
-    return np.asarray(np.maximum(served, own), dtype=np.float64)
+    return np.asarray(np.maximum(served, own), dtype=np.float64), served
 
 
 def finish_s(
     first_s: FloatArray,
+    served_s: FloatArray,
     tokens: FloatArray,
     *,
     progress: FloatArray,
     prefill_s: FloatArray,
     dt_s: float,
 ) -> FloatArray:
-    """Finish times of requests with ``first_s`` and ``tokens`` decode tokens still to go.
+    """Finish times of requests with ``first_s``, prefill work done at ``served_s`` (they join
+    a batch in the next step) and ``tokens`` decode tokens still to go.
 
     ``progress[k]``: iterations a request in the batch gets in step ``k``; ``prefill_s[k]``: the
     prefill time before them. NaN: not finished by the last step.
     """
     steps = progress.size
     cum = np.concatenate([[0.0], np.cumsum(progress)])
-    join = np.floor(first_s / dt_s + 1e-9).astype(np.int64) + 1
+    # A prefill ending exactly at a step's end joins in the next step, as in the engine.
+    join = np.floor(served_s / dt_s - 1e-9).astype(np.int64) + 1
     out = np.full(first_s.size, np.nan)
     done_at_first = tokens <= 0
     out[done_at_first] = first_s[done_at_first]

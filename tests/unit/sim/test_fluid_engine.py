@@ -103,15 +103,25 @@ class Tolerance:
 
 # A 50-server row on a 40-server budget (+25%), 10 minutes at 1 s, seed 0; the load scale is
 # the request engine's calibrated one (79% peak for the base row: 14.45 for the conversation
-# fit, 10.39 for code completion).
-CASES = {
-    "conv-fit": (14.45, Tolerance(2.5, 2.5, 3.0, 0.3, 0.03, 0.10, 0.03, 0.05, 3.0, 1.0)),
-    "code": (10.39, Tolerance(2.5, 3.0, 3.0, 0.6, 0.03, 0.30, 0.03, 0.30, 10.0, 1.0)),
-}
+# fit, 10.39 for code completion). The policies run their triggers as written (derived ones
+# follow each baseline's peak, an extreme value that differs between any two draws).
+LOADS = {"conv-fit": 14.45, "code": 10.39}
+TOLERANCE = Tolerance(
+    mean_pct=1.5,
+    peak_pct=2.5,
+    normal_stage_pct=3.0,
+    throughput_pct=0.3,
+    ttft_p50_high=0.03,
+    ttft_p50_low=0.10,
+    ttft_p99_high=0.03,
+    e2e_p50=0.05,
+    low_impact_pct=2.0,
+    high_impact_pct=1.0,
+)
 
 
 def both_engines(name: str) -> dict[tuple[str, str], Metrics]:
-    load, _ = CASES[name]
+    load = LOADS[name]
     member = MEMBERS[name]
     trace = load_eval_trace(member, 600.0, 0)
     domain = replace(DomainConfig(H100, base_servers=40, oversubscription=0.25), mix=member.mix)
@@ -123,15 +133,19 @@ def both_engines(name: str) -> dict[tuple[str, str], Metrics]:
         baseline = baseline_run(scenario, domain, load)
         for policy in ("none", "polca", "polca-k8s"):
             run = run_policy(
-                scenario, domain, make_policy(policy), load_scale=load, baseline=baseline
+                scenario,
+                domain,
+                make_policy(policy, derive_triggers=False),
+                load_scale=load,
+                baseline=baseline,
             )
             out[(engine, policy)] = run.metrics
     return out
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", sorted(LOADS))
 def test_agrees_with_the_request_engine(name: str) -> None:
-    _, tol = CASES[name]
+    tol = TOLERANCE
     metrics = both_engines(name)
     for policy in ("none", "polca", "polca-k8s"):
         req, flu = metrics[("request", policy)], metrics[("fluid", policy)]
