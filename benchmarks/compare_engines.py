@@ -21,7 +21,7 @@ from polca.sim.domain import DomainConfig
 from polca.sim.evalset import load_eval_trace, synthetic_members
 from polca.sim.metrics import Metrics
 from polca.sim.policies import DEFAULT_POLICIES, make_policy
-from polca.sim.runner import Scenario, baseline_run, calibrate_load, run_policy
+from polca.sim.runner import Scenario, calibrate_load, run_engines
 
 
 def main() -> int:
@@ -53,20 +53,10 @@ def main() -> int:
                 trace=trace, domain=domain, duration_s=args.duration, dt_s=args.dt, seed=seed
             )
             load = calibrate_load(scenario)  # the request engine's: both get the same load
-            runs: dict[str, list[Metrics]] = {}
-            for engine in ("request", "fluid"):
-                engine_scenario = replace(scenario, engine=engine, load_scale=load)
-                baseline = baseline_run(engine_scenario, domain, load)
-                for policy in DEFAULT_POLICIES:
-                    run = run_policy(
-                        engine_scenario,
-                        domain,
-                        make_policy(policy, derive_triggers=False),
-                        load_scale=load,
-                        baseline=baseline,
-                    )
-                    runs.setdefault(policy, []).append(run.metrics)
-            for policy, (req, flu) in runs.items():
+            policies = [make_policy(p, derive_triggers=False) for p in DEFAULT_POLICIES]
+            runs = run_engines(scenario, policies, load_scale=load)
+            for policy, by_engine in runs.items():
+                req, flu = by_engine["request"], by_engine["fluid"]
                 cells = " | ".join(f"{a} / {b}" for a, b in zip(_row(req), _row(flu), strict=True))
                 print(f"{name} {seed} {policy} (load {load:.2f}) | {cells}", flush=True)
     return 0

@@ -35,6 +35,7 @@ __all__ = [
     "Progress",
     "Scenario",
     "calibrate_load",
+    "run_engines",
     "run_level",
 ]
 
@@ -264,3 +265,21 @@ def run_policy(
         )
     metrics = summarize(result, baseline, criteria=scenario.criteria, top_trigger_pct=top)
     return PolicyRun(result=result, metrics=metrics)
+
+
+def run_engines(
+    scenario: Scenario, policies: Sequence[PolicyConfig], *, load_scale: float
+) -> dict[str, dict[str, Metrics]]:
+    """Each policy on the scenario's domain (its oversubscription as given) with every engine,
+    each against its own uncapped baseline: ``[policy name][engine]``."""
+    domain = scenario.domain
+    out: dict[str, dict[str, Metrics]] = {p.name: {} for p in policies}
+    for engine in ENGINES:
+        engine_scenario = replace(scenario, engine=engine, load_scale=load_scale)
+        baseline = baseline_run(engine_scenario, domain, load_scale)
+        for policy in policies:
+            run = run_policy(
+                engine_scenario, domain, policy, load_scale=load_scale, baseline=baseline
+            )
+            out[policy.name][engine] = run.metrics
+    return out

@@ -15,7 +15,7 @@ from polca.sim.evalset import load_eval_trace, synthetic_members
 from polca.sim.fluid_engine import FluidWorkload, simulate_fluid
 from polca.sim.metrics import Metrics
 from polca.sim.policies import make_policy, plan_with_top_trigger
-from polca.sim.runner import Scenario, baseline_run, run_policy
+from polca.sim.runner import Scenario, run_engines
 from polca.sim.trace import Trace
 
 H100 = get_profile("H100-SXM")
@@ -121,26 +121,13 @@ TOLERANCE = Tolerance(
 
 
 def both_engines(name: str) -> dict[tuple[str, str], Metrics]:
-    load = LOADS[name]
     member = MEMBERS[name]
     trace = load_eval_trace(member, 600.0, 0)
     domain = replace(DomainConfig(H100, base_servers=40, oversubscription=0.25), mix=member.mix)
-    out = {}
-    for engine in ("request", "fluid"):
-        scenario = Scenario(
-            trace=trace, domain=domain, duration_s=600.0, dt_s=1.0, load_scale=load, engine=engine
-        )
-        baseline = baseline_run(scenario, domain, load)
-        for policy in ("none", "polca", "polca-k8s"):
-            run = run_policy(
-                scenario,
-                domain,
-                make_policy(policy, derive_triggers=False),
-                load_scale=load,
-                baseline=baseline,
-            )
-            out[(engine, policy)] = run.metrics
-    return out
+    scenario = Scenario(trace=trace, domain=domain, duration_s=600.0, dt_s=1.0)
+    policies = [make_policy(p, derive_triggers=False) for p in ("none", "polca", "polca-k8s")]
+    runs = run_engines(scenario, policies, load_scale=LOADS[name])
+    return {(engine, p): m for p, by_engine in runs.items() for engine, m in by_engine.items()}
 
 
 @pytest.mark.parametrize("name", sorted(LOADS))
