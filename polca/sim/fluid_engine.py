@@ -1,26 +1,30 @@
-"""The fluid engine: a power domain's serving as per-server queues of work, not requests.
+"""The fluid engine: a power domain's serving as queues of work, not requests.
 
 The request engine (:mod:`polca.sim.engine`) follows every request; at hall scale (1,000
-servers, a week: 1.2 G requests) that alone costs 10-13x the 60 s target. This engine keeps,
-per inference server, a prefill queue of work and a decode batch (requests, tokens to go), all
-expectations, stepped with NumPy over servers (:mod:`polca.sim.fluid_queues`); arrivals are
-per-step counts and sums per server drawn from the same workload (:mod:`polca.sim.
-fluid_arrivals`). Power, the sensor's transients, the meter, the brake, the controller and the
-guard are the request engine's own code (:class:`polca.sim.domain_loop.DomainLoop`), so a
-policy sees the same physics. Latencies come from a sample of requests read against the
-queues (:mod:`polca.sim.fluid_latency`). docs/simulator.md §6 gives its error against the
-request engine and its speed.
+servers, a week: 1.2 G requests) that alone costs 10-13x the 60 s target. This engine keeps
+expectations (:mod:`polca.sim.fluid_queues`): a prefill queue of work per inference server,
+stepped with NumPy over servers, and per tier the requests waiting for their prefill and the
+decode batch (requests, tokens to go). Arrivals are per-step counts and sums per server drawn
+from the same workload (:mod:`polca.sim.fluid_arrivals`). Power, the sensor's transients, the
+meter, the brake, the controller and the guard are the request engine's own code
+(:class:`polca.sim.domain_loop.DomainLoop`), so a policy sees the same physics. Latencies come
+from a sample of requests read against the queues (:mod:`polca.sim.fluid_latency`).
+docs/simulator.md §6 gives its error against the request engine and its speed.
 
-A step, per inference server (the request engine's order):
+A step (the request engine's order):
 
-1. the step's arrivals join the prefill queue (work) and its pending requests;
-2. prefill first: ``min(queued / speed, dt)`` seconds; the requests it completes (in
-   proportion to the work) get their first token and join the decode batch next step;
-3. the rest of the step decodes the batch it started with: each member gets
+1. each server's arrivals join its prefill queue (work), and its tier's pending requests;
+2. prefill first: ``min(queued / speed, dt)`` seconds per server; the tier's pending requests
+   complete in proportion to the work done, get their first token and join the batch;
+3. the rest of the step decodes the batch the tier started with: each member gets
    ``(dt - prefill) / iteration`` iterations, an iteration taking ``(tbt_base +
-   tbt_per_request × batch) / decode speed``;
-4. power: prefill, decode (the share of time the batch holds a request) and idle at the
-   phase powers of the server's settings, the start transient as in the request engine.
+   tbt_per_request × batch per server) / decode speed``;
+4. power per server: prefill, decode (when its batch holds a request) and idle at the phase
+   powers of its settings, the start transient as in the request engine.
+
+Steps run in blocks at constant settings (``BLOCK_STEPS``): the servers' queues and power for
+the whole block at once, then the tiers, meter, controller and guard step by step; a block
+ends where a setting changes (:meth:`_FluidRun.run`).
 """
 
 from __future__ import annotations
