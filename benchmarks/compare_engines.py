@@ -32,6 +32,9 @@ def main() -> int:
     parser.add_argument("--base-servers", type=int, default=40)
     parser.add_argument("--duration", type=float, default=600.0)
     parser.add_argument("--dt", type=float, default=1.0)
+    parser.add_argument(
+        "--load-scale", type=float, default=None, help="default: the request engine's calibration"
+    )
     args = parser.parse_args()
     members = {m.name: m for m in synthetic_members()}
     print(
@@ -52,7 +55,8 @@ def main() -> int:
             scenario = Scenario(
                 trace=trace, domain=domain, duration_s=args.duration, dt_s=args.dt, seed=seed
             )
-            load = calibrate_load(scenario)  # the request engine's: both get the same load
+            # The request engine's calibration unless given: both engines get the same load.
+            load = args.load_scale or calibrate_load(scenario)
             policies = [make_policy(p, derive_triggers=False) for p in DEFAULT_POLICIES]
             runs = run_engines(scenario, policies, load_scale=load)
             for policy, by_engine in runs.items():
