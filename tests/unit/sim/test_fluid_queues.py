@@ -101,6 +101,7 @@ class TestBusyShare:
         assert busy_share(0.0, 1.0) == 1.0
         assert busy_share(0.0, 0.4) == pytest.approx(0.4)
 
-    def test_carried_requests_are_poisson(self) -> None:
-        assert busy_share(2.0, 0.0) == pytest.approx(1.0 - math.exp(-2.0))
-        assert busy_share(1.0, 0.5) == pytest.approx(1.0 - 0.5 * math.exp(-1.0))
+    def test_carried_requests_are_spread_evenly_too(self) -> None:
+        assert busy_share(2.0, 0.0) == 1.0
+        assert busy_share(0.3, 0.0) == pytest.approx(0.3)
+        assert busy_share(0.5, 0.5) == pytest.approx(1.0 - 0.5 * 0.5)
