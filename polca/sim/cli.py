@@ -303,8 +303,9 @@ def add_simulation_options(group: argparse._ArgumentGroup) -> None:
         "--engine",
         choices=ENGINES,
         default="request",
-        help="request: follow every request; fluid: per-server queues of work, for hall-scale "
-        "runs (docs/simulator.md section 6; default %(default)s)",
+        help="request: follow every request; fluid: queues of work instead of requests, for "
+        "hall-scale runs, validated at --dt 1 (docs/simulator.md section 6; default "
+        "%(default)s)",
     )
     group.add_argument(
         "--dt", type=seconds, default=0.1, metavar="S", help="time step (default %(default)s s)"
