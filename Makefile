@@ -107,7 +107,7 @@ bench-operator: venv control-plane prometheus ## Operator figures: reaction time
 bench-node: venv control-plane ## Node daemon CPU and RSS, production read path (pynvml, no numpy) and fake, 8 GPUs at 0.5 s
 	POLCA_CONTROL_PLANE_BIN="$(CONTROL_PLANE_BIN)" $(PY) benchmarks/bench_node.py
 
-bench-sim: venv ## Simulator speed, one core: an hour of a 50-server row at 100 ms; a day of a 1,000-server hall at 1 s
+bench-sim: venv ## Simulator speed, one core: an hour of a 50-server row at 100 ms; a 1,000-server hall at 1 s (2 h request engine, a week fluid)
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 taskset -c 0 $(PY) benchmarks/bench_sim.py
 
 bench-replay: venv ## Replay speed: a week of a 100-node domain at 15 s, replay and capacity, one core

@@ -1,14 +1,16 @@
-"""Simulator speed on one core, two figures. Prints them; asserts nothing.
+"""Simulator speed on one core, three figures. Prints them; asserts nothing.
 
-* **row** (issue 6): one simulated hour of a 50-server row at 100 ms resolution, every policy.
-  Target: under 60 s of wall time.
-* **hall** (issue 15): 1,000 servers x 8 GPUs at 1 s resolution, ``polca-k8s`` (the slowest
-  policy: controller, guard and every stage), at the row's per-server load. Target: a simulated
-  week in under 60 s. A run holds at most ``MAX_REQUESTS`` (10 M) requests and the hall draws
-  ~1.6 M an hour at that load (about 1 G a week), so the day is measured as consecutive
-  hour-long runs (each its own requests, seeds 0, 1, ...) and the week is 7x the day,
-  extrapolated, and printed as such. Per hour: wall seconds generating the requests and in the
-  engine, and the CPU seconds of both.
+* **row** (issue 6): one simulated hour of a 50-server row at 100 ms resolution, every policy,
+  request engine. Target: under 60 s of wall time.
+* **hall, request engine** (issue 15, the old figure): 1,000 servers x 8 GPUs at 1 s
+  resolution, ``polca-k8s`` (the slowest policy: controller, guard and every stage), at the
+  row's per-server load. A run holds at most ``MAX_REQUESTS`` (10 M) requests and the hall
+  draws ~7.1 M an hour at that load (about 1.2 G a week), so it is measured as consecutive
+  hour-long runs (each its own requests, seeds 0, 1, ...; ``--hall-hours``, 2 by default: a
+  day took 6 minutes) and the week is extrapolated from them, and printed as such.
+* **hall, fluid engine** (issue 15, the new figure): the same hall, policy and load through
+  :mod:`polca.sim.fluid_engine`, a full simulated week in one run, measured. Target: under
+  60 s of CPU.
 
 Run with ``make bench-sim`` (which pins NumPy/BLAS to one thread and the process to one core).
 Besides wall time it prints the process's CPU time: on a shared machine wall time also counts
@@ -29,7 +31,8 @@ from polca.control.controller import ControllerState, decide
 from polca.control.plan import ControlPlan
 from polca.power.profiles import get_profile
 from polca.sim.domain import DomainConfig
-from polca.sim.engine import simulate
+from polca.sim.engine import SimConfig, simulate
+from polca.sim.fluid_engine import FluidWorkload, simulate_fluid
 from polca.sim.policies import make_policy
 from polca.sim.runner import Scenario, requests_for
 from polca.sim.synthetic import CONV_PARAMS, generate
@@ -47,7 +50,7 @@ DEFAULT_TRACE = (
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--part", choices=("row", "hall", "both"), default="both")
+    parser.add_argument("--part", choices=("row", "hall", "fluid", "all"), default="all")
     parser.add_argument("--servers", type=int, default=50, help="row: servers in the row")
     parser.add_argument(
         "--base-servers", type=int, default=40, help="row: servers the budget is provisioned for"
@@ -69,7 +72,10 @@ def main() -> int:
     )
     parser.add_argument("--hall-dt", type=float, default=1.0)
     parser.add_argument(
-        "--hall-hours", type=int, default=24, help="hall: hour-long runs measured (24: a day)"
+        "--hall-hours", type=int, default=2, help="hall, request engine: hour-long runs measured"
+    )
+    parser.add_argument(
+        "--fluid-days", type=float, default=7.0, help="hall, fluid engine: days simulated"
     )
     parser.add_argument("--trace", type=Path, default=DEFAULT_TRACE)
     args = parser.parse_args()
@@ -79,10 +85,12 @@ def main() -> int:
     else:
         trace, source = generate(CONV_PARAMS, args.duration, np.random.default_rng(0)), "synthetic"
     print(f"trace: {source}; threads: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
-    if args.part in ("row", "both"):
+    if args.part in ("row", "all"):
         bench_row(args, trace)
-    if args.part in ("hall", "both"):
+    if args.part in ("hall", "all"):
         bench_hall(args, trace)
+    if args.part in ("fluid", "all"):
+        bench_fluid(args, trace)
     return 0
 
 
@@ -181,6 +189,37 @@ def bench_hall(args: argparse.Namespace, trace: Trace) -> None:
     print(
         f"of which the controller: {1e6 * per_call_s:.1f} us of CPU per decide() call "
         f"({calls} calls), {per_call_s * WEEK_S:.0f} s for a week of 1 s control intervals"
+    )
+
+
+def bench_fluid(args: argparse.Namespace, trace: Trace) -> None:
+    domain = _domain(args.hall_servers, args.hall_base_servers)
+    # The row's per-server load, as bench_hall (requests_for's rate over the inference servers).
+    rate = ROW_LOAD_SCALE * args.hall_servers / ROW_BASE_SERVERS
+    duration_s = args.fluid_days * 86400.0
+    config = SimConfig(domain, make_policy("polca-k8s"), duration_s=duration_s, dt_s=args.hall_dt)
+    steps = round((duration_s + config.drain_s) / args.hall_dt)
+    print(
+        f"\nhall, fluid engine: {domain.servers} servers x 8 GPUs on a "
+        f"{args.hall_base_servers}-server budget, polca-k8s, at {args.hall_dt:g} s: "
+        f"{args.fluid_days:g} days simulated in one run, {steps} steps (+120 s drain)"
+    )
+    start, start_cpu = time.perf_counter(), time.process_time()
+    result = simulate_fluid(config, FluidWorkload(trace, rate, seed=0))
+    wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    power = result.metered_power_w.astype(np.float64) / domain.budget_w * 100
+    requests = sum((result.tier_requests or {}).values())
+    print(
+        f"{requests / 1e9:.2f} G requests; mean {power.mean():.1f} %, peak {power.max():.1f} % "
+        f"of the budget; {result.brake_events} brakes, {result.stage_changes} stage changes, "
+        f"{result.guard_actions} guard actions; {result.arrival_s.size} latency samples"
+    )
+    week_cpu = cpu * WEEK_S / duration_s
+    verdict = "meets" if week_cpu < TARGET_S else "MISSES"
+    scaled = "" if duration_s == WEEK_S else f" (a week: {week_cpu:.1f} s CPU, scaled)"
+    print(
+        f"{wall:.1f} s wall, {cpu:.1f} s CPU ({1e6 * cpu / steps:.0f} us CPU per step){scaled}"
+        f" — {verdict} the {TARGET_S:.0f} s target"
     )
 
 

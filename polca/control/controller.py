@@ -81,7 +81,8 @@ def decide(
     if budget_w <= 0:
         raise ValueError(f"budget_w must be positive, got {budget_w}")
     current = min(max(state.stage, 0), plan.last_stage)
-    state = replace(state, stage=current)
+    if state.stage != current:  # `replace` is slow, and the simulator calls this every step
+        state = replace(state, stage=current)
 
     stale = (
         domain_power_w is None

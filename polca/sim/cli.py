@@ -32,8 +32,8 @@ from polca.sim.policies import (
     PolicyConfig,
     make_policy,
 )
+from polca.sim.runner import ENGINES, Scenario, calibrate_load, run_level
 from polca.sim.runner import Progress as ProgressFn
-from polca.sim.runner import Scenario, calibrate_load, run_level
 from polca.sim.synthetic import CONV_PARAMS, fit, synthetic_trace
 from polca.sim.trace import Trace, TraceError, read_trace
 from polca.tooling.manifests import ManifestError
@@ -298,7 +298,15 @@ def add_policy_options(group: argparse._ArgumentGroup) -> None:
 
 
 def add_simulation_options(group: argparse._ArgumentGroup) -> None:
-    """--dt, --meter-window, --brake-hold."""
+    """--engine, --dt, --meter-window, --brake-hold."""
+    group.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="request",
+        help="request: follow every request; fluid: queues of work instead of requests, for "
+        "hall-scale runs, validated at --dt 1 (docs/simulator.md section 6; default "
+        "%(default)s)",
+    )
     group.add_argument(
         "--dt", type=seconds, default=0.1, metavar="S", help="time step (default %(default)s s)"
     )
@@ -451,6 +459,7 @@ def _run(args: argparse.Namespace, err: Console) -> int:
         meter_window_s=args.meter_window,
         brake_hold_s=args.brake_hold,
         criteria=Criteria(max_low_p50_impact=args.max_low_p50_impact),
+        engine=args.engine,
     )
     policies = policies_from_args(args)
     if manifest is not None:
@@ -515,6 +524,7 @@ def _describe(args: argparse.Namespace, scenario: Scenario, source: str) -> dict
         "server_overhead_w": args.server_overhead_w,
         "oversubscription": args.oversubscription,
         "mix": args.mix,
+        "engine": scenario.engine,
         "duration_s": scenario.duration_s,
         "dt_s": scenario.dt_s,
         "load_scale": scenario.load_scale,

@@ -114,7 +114,9 @@ def _tier_raw(result: SimResult, code: int, tier: str) -> dict[str, float]:
     e2e = np.nan_to_num(result.finish_s[mask] - arrival, nan=np.inf)
     tbt_values, tbt_weights = result.tbt_samples[tier]
     return {
-        "requests": float(mask.sum()),
+        "requests": float(
+            mask.sum() if result.tier_requests is None else result.tier_requests[tier]
+        ),
         "ttft_p50_s": _percentile(ttft, 50),
         "ttft_p99_s": _percentile(ttft, 99),
         "tbt_p50_s": weighted_percentile(tbt_values, tbt_weights, 50),

@@ -16,8 +16,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from polca.control.plan import ControlPlan
 from polca.sim.domain import TIER_TRAIN, DomainConfig
 from polca.sim.engine import SimConfig, SimResult, simulate
+from polca.sim.fluid_engine import FluidWorkload, simulate_fluid
 from polca.sim.metrics import Criteria, Metrics, summarize
 from polca.sim.policies import PolicyConfig, derive_top_trigger, make_policy, plan_with_top_trigger
 from polca.sim.trace import Trace
@@ -26,7 +28,19 @@ from polca.sim.workload import Requests, build_requests
 _CALIBRATION_RUNS = 12
 _CALIBRATION_TOLERANCE_PCT = 0.25
 
-__all__ = ["LevelResult", "PolicyRun", "Progress", "Scenario", "calibrate_load", "run_level"]
+__all__ = [
+    "ENGINES",
+    "LevelResult",
+    "PolicyRun",
+    "Progress",
+    "Scenario",
+    "calibrate_load",
+    "run_engines",
+    "run_level",
+]
+
+# The request-level engine (polca.sim.engine) and the fluid one (polca.sim.fluid_engine).
+ENGINES = ("request", "fluid")
 
 Progress = Callable[[str, float], None]
 
@@ -47,6 +61,11 @@ class Scenario:
     meter_window_s: float = 1.0
     brake_hold_s: float = 10.0
     criteria: Criteria = field(default_factory=Criteria)
+    engine: str = "request"  # ENGINES
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}; valid engines: {', '.join(ENGINES)}")
 
     def sim_config(
         self, domain: DomainConfig, policy: PolicyConfig, *, brake: bool = True
@@ -97,6 +116,34 @@ def requests_for(scenario: Scenario, domain: DomainConfig, load_scale: float) ->
     )
 
 
+def fluid_workload_for(
+    scenario: Scenario, domain: DomainConfig, load_scale: float
+) -> FluidWorkload:
+    """What the fluid engine serves for the requests :func:`requests_for` would build: the
+    same rate over the inference servers, drawn from the same seed."""
+    inference = sum(1 for t in domain.tiers if t != TIER_TRAIN)
+    # A training-only row draws nothing; the rate is then never used.
+    rate = load_scale * max(inference, 1) / _base_inference(domain)
+    return FluidWorkload(scenario.trace, rate, seed=(scenario.seed, domain.servers))
+
+
+def run_engine(
+    scenario: Scenario,
+    domain: DomainConfig,
+    config: SimConfig,
+    load_scale: float,
+    *,
+    plan: ControlPlan | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> SimResult:
+    """One run of ``config`` with the scenario's engine on its workload."""
+    if scenario.engine == "fluid":
+        workload = fluid_workload_for(scenario, domain, load_scale)
+        return simulate_fluid(config, workload, plan=plan, progress=progress)
+    requests = requests_for(scenario, domain, load_scale)
+    return simulate(config, requests, plan=plan, progress=progress)
+
+
 def _base_inference(domain: DomainConfig) -> int:
     base = replace(domain, oversubscription=0.0)
     return max(1, sum(1 for t in base.tiers if t != TIER_TRAIN))
@@ -106,9 +153,11 @@ def baseline_run(
     scenario: Scenario, domain: DomainConfig, load_scale: float, progress: Progress = _no_progress
 ) -> SimResult:
     config = scenario.sim_config(domain, make_policy("none"), brake=False)
-    return simulate(
+    return run_engine(
+        scenario,
+        domain,
         config,
-        requests_for(scenario, domain, load_scale),
+        load_scale,
         progress=lambda f: progress(f"baseline, {domain.servers} servers", f),
     )
 
@@ -206,11 +255,31 @@ def run_policy(
         # baseline (same requests, same servers). Saves a run in searches.
         result = replace(baseline, config=config)
     else:
-        result = simulate(
+        result = run_engine(
+            scenario,
+            domain,
             config,
-            requests_for(scenario, domain, load_scale),
+            load_scale,
             plan=plan,
             progress=lambda f: progress(f"{policy.name}, {domain.servers} servers", f),
         )
     metrics = summarize(result, baseline, criteria=scenario.criteria, top_trigger_pct=top)
     return PolicyRun(result=result, metrics=metrics)
+
+
+def run_engines(
+    scenario: Scenario, policies: Sequence[PolicyConfig], *, load_scale: float
+) -> dict[str, dict[str, Metrics]]:
+    """Each policy on the scenario's domain (its oversubscription as given) with every engine,
+    each against its own uncapped baseline: ``[policy name][engine]``."""
+    domain = scenario.domain
+    out: dict[str, dict[str, Metrics]] = {p.name: {} for p in policies}
+    for engine in ENGINES:
+        engine_scenario = replace(scenario, engine=engine, load_scale=load_scale)
+        baseline = baseline_run(engine_scenario, domain, load_scale)
+        for policy in policies:
+            run = run_policy(
+                engine_scenario, domain, policy, load_scale=load_scale, baseline=baseline
+            )
+            out[policy.name][engine] = run.metrics
+    return out

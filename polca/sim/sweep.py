@@ -94,6 +94,7 @@ class SweepSpec:
     meter_window_s: float = 1.0
     brake_hold_s: float = 10.0
     criteria: Criteria = field(default_factory=Criteria)
+    engine: str = "request"  # polca.sim.runner.ENGINES
 
     def __post_init__(self) -> None:
         if not self.members or not self.seeds or not self.extra_servers or not self.policies:
@@ -116,6 +117,7 @@ class SweepSpec:
             meter_window_s=self.meter_window_s,
             brake_hold_s=self.brake_hold_s,
             criteria=self.criteria,
+            engine=self.engine,
         )
 
     @property

@@ -243,6 +243,7 @@ def _run(args: argparse.Namespace, err: Console) -> int:
         meter_window_s=args.meter_window,
         brake_hold_s=args.brake_hold,
         criteria=Criteria(max_low_p50_impact=args.max_low_p50_impact),
+        engine=args.engine,
     )
     started = time.monotonic()
 
@@ -306,6 +307,7 @@ def _describe(args: argparse.Namespace, spec: SweepSpec) -> dict[str, Any]:
         "base_servers": args.servers,
         "gpus_per_server": args.gpus_per_server,
         "server_overhead_w": args.server_overhead_w,
+        "engine": spec.engine,
         "duration_s": spec.duration_s,
         "dt_s": spec.dt_s,
         "load_scale": spec.load_scale,

@@ -22,7 +22,9 @@ import numpy.typing as npt
 
 from polca.sim.trace import Trace
 
-__all__ = ["MAX_REQUESTS", "Requests", "build_requests"]
+__all__ = ["JITTER_S", "MAX_REQUESTS", "Requests", "build_requests", "repeat_to_cover"]
+
+JITTER_S = 60.0  # each copy of a trace request arrives uniformly within this after it
 
 # The most requests one run may hold (~100 bytes each through the engine: about 1 GB). A larger
 # run is a typo (`--load-scale 1e9` asked for 283 GiB), so it is refused before any allocation.
@@ -49,7 +51,7 @@ def build_requests(
     inference_servers: int,
     duration_s: float,
     rng: np.random.Generator,
-    jitter_s: float = 60.0,
+    jitter_s: float = JITTER_S,
 ) -> Requests:
     """Requests arriving within ``duration_s`` at ``rate_factor`` × the trace's rate."""
     if rate_factor <= 0 or inference_servers < 1 or duration_s <= 0:
@@ -58,7 +60,7 @@ def build_requests(
         raise ValueError("empty trace")
     if not math.isfinite(rate_factor) or not math.isfinite(duration_s):
         raise ValueError("rate_factor and duration_s must be finite")
-    base = _repeat_to_cover(trace.arrival_s, duration_s)
+    base = repeat_to_cover(trace.arrival_s, duration_s)
     expected = base.size * rate_factor
     if expected > MAX_REQUESTS:
         raise ValueError(
@@ -79,9 +81,11 @@ def build_requests(
     )
 
 
-def _repeat_to_cover(
+def repeat_to_cover(
     arrival_s: npt.NDArray[np.float64], duration_s: float
 ) -> npt.NDArray[np.float64]:
+    """The trace's arrival times repeated back to back (period: its span plus a mean gap)
+    until they cover ``duration_s``; those before it."""
     if arrival_s.size < 2:
         period = max(duration_s, 1.0)
     elif float(arrival_s[-1]) <= 0.0:

@@ -161,3 +161,32 @@ def test_named_plan_and_low_latency_criterion(
     low = result["tiers"]["low"]
     if low["e2e_p50_impact"] is not None and low["e2e_p50_impact"] >= 0:
         assert any("low-priority P50" in f for f in result["failures"])
+
+
+def test_fluid_engine_runs_the_same_command(
+    trace_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["simulate", "--trace", str(trace_file), *TINY, "--dt", "1", "--json"]
+    assert main([*args, "--policy", "polca-k8s"]) == 0
+    request = json.loads(capsys.readouterr().out)
+    fluid_args = [*args, "--policy", "polca-k8s", "--engine", "fluid"]
+    assert main(fluid_args) == 0
+    fluid = json.loads(capsys.readouterr().out)
+    assert main(fluid_args) == 0
+    assert json.loads(capsys.readouterr().out) == fluid  # deterministic for a seed
+    assert request["scenario"]["engine"] == "request"
+    assert fluid["scenario"]["engine"] == "fluid"
+    for r, f in zip(request["results"], fluid["results"], strict=True):
+        assert f["policy"] == r["policy"]
+        for tier in ("high", "low"):
+            assert f["tiers"][tier]["requests"] == pytest.approx(
+                r["tiers"][tier]["requests"], rel=0.2
+            )
+        assert f["mean_power_pct"] == pytest.approx(r["mean_power_pct"], abs=5.0)
+
+
+def test_unknown_engine_exits_2(trace_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["simulate", "--trace", str(trace_file), *TINY, "--engine", "steam"])
+    assert info.value.code == 2
+    assert "--engine" in capsys.readouterr().err

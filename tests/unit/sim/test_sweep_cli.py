@@ -134,3 +134,15 @@ def test_every_seed_is_calibrated_unless_calibrate_once() -> None:
     once = _scales(["--calibrate-once"])
     assert per_seed[0] == once[0] == once[1]  # seed 0 calibrates alike either way
     assert per_seed[1] != per_seed[0]  # seed 1's own trace calibrates to its own load
+
+
+def test_fluid_engine_cells_match_polca_simulate(capsys: pytest.CaptureFixture[str]) -> None:
+    fluid = [*SIZE, "--engine", "fluid", "--dt", "1", "--max-low-p50-impact", "0.25"]
+    args = ["sweep", "--members", "diurnal", "--seeds", "1", "--levels", "0.5", "--json"]
+    assert main([*args, "--workers", "1", *POLICIES, *fluid]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["sweep"]["engine"] == "fluid"
+    single_args = ["simulate", "--eval-trace", "diurnal", "--seed", "1", "--json"]
+    assert main([*single_args, "--oversubscription", "0.5", *POLICIES, *fluid]) == 0
+    single = json.loads(capsys.readouterr().out)["results"]
+    assert [c["metrics"] for c in data["cells"]] == single
