@@ -130,7 +130,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=float,
         default=0.25,
         metavar="FRAC",
-        help="bound on the low-priority e2e P50 impact (default %(default)s, DESIGN's)",
+        help="bound on the low-priority e2e P50 impact (default %(default)s: this project's "
+        "bound; POLCA sets none)",
     )
     out.add_argument(
         "--workers",
