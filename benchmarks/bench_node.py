@@ -6,11 +6,12 @@ The production path is what runs on a GPU node: the real `NvmlBackend` over nvid
 (`pynvml`), which loads `libnvidia-ml.so.1` by its usual name. Here that library is a small C
 stand-in (benchmarks/stub_nvml/stub_nvml.c, built with `cc` into a temporary directory put on
 LD_LIBRARY_PATH) that answers from memory as the real library's 1-5 µs reads do, and sleeps the
-measured 3.9 ms per energy read. The process runs with numpy, rich, matplotlib, `polca.sim` and
-the Python fake (`polca_node.fake_gpus`, `polca_node.gpu.fake_nvml`, `polca_node.gpu.load`)
-blocked (`sys.modules[name] = None`: importing one fails), and reports which modules it holds;
-the benchmark asserts none of them is loaded. The fake path is `--gpu-backend fake`: the same
-daemon over `FakeNvml` and the power model (numpy), as tests, kind and the demo run it.
+measured 3.9 ms per energy read. The process runs with numpy, rich, matplotlib, `polca.sim`,
+grpcio and the Python fake (`polca_node.fake_gpus`, `polca_node.gpu.fake_nvml`,
+`polca_node.gpu.load`) blocked (`sys.modules[name] = None`: importing one fails), and reports
+which modules it holds; the benchmark asserts none of them is loaded. The fake path is
+`--gpu-backend fake`: the same daemon over `FakeNvml` and the power model (numpy), as tests,
+kind and the demo run it.
 
 Two measurements, each for both paths:
 1. the real `polca-node` processes on the real control plane (kube-apiserver + etcd), side by
@@ -65,9 +66,11 @@ PROFILE = "H100-SXM:8"
 CPU_TARGET_PCT = 0.5
 RSS_TARGET_MB = 50.0
 LOAD = {"decode": 0.8, "prefill": 0.1}
-# What the production process must not hold: the sim extra, the simulator and the Python fake.
+# What the production process must not hold: the sim extra, the simulator, the Python fake and
+# grpcio (the daemon reaches the kubelet over h2; grpcio is the test kubelet's).
 NOT_IN_PRODUCTION = (
     *sorted(SIM_MODULES),
+    "grpc",
     "polca.sim",
     "polca_node.fake_gpus",
     "polca_node.gpu.fake_nvml",
@@ -171,8 +174,9 @@ def production_loop_child(loops: int) -> None:
 
 
 # Import groups of the production daemon, in this order, for the RSS breakdown.
-IMPORT_GROUPS = ("pynvml", "grpc", "pydantic", "polca.api.powerpolicy", "prometheus_client",
-                 "polca_node.main")  # fmt: skip
+# polca_node.podresources: the kubelet client (h2, protobuf and the generated messages).
+IMPORT_GROUPS = ("pynvml", "polca_node.podresources", "pydantic", "polca.api.powerpolicy",
+                 "prometheus_client", "polca_node.main")  # fmt: skip
 
 
 def import_rss_mb(stub_dir: Path) -> list[tuple[str, float]]:

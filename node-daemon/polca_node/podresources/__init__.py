@@ -1,7 +1,10 @@
 """kubelet's PodResources API (v1): which container on this node holds which GPU.
 
 `client.PodResourcesClient` reads it; `devices` parses the NVIDIA device plugin's device ids;
-`api_pb2*` are stubs generated from `api.proto` by tools/gen-protos.sh (do not edit).
+`api_pb2*` are stubs generated from `api.proto` by tools/gen-protos.sh (do not edit). The client
+sends the `api_pb2` messages with `unary_channel` (gRPC over the pure-Python h2, framing in
+`grpc_wire`), not grpcio: grpcio would cost the daemon ~20 MB. `api_pb2_grpc` (grpcio) is for
+the test kubelet in polca_testbed only.
 """
 
 from polca_node.podresources.client import (
