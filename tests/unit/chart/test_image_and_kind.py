@@ -66,6 +66,29 @@ class TestDockerfile:
         assert "polca[sim]" in extras["test"]  # `make test` installs everything
         assert "rm -rf /opt/polca/lib/python3*/site-packages/polca_testbed" in DOCKERFILE
 
+    def test_node_daemon_needs_no_grpcio(self) -> None:
+        """The daemon speaks gRPC to the kubelet over h2 with the protobuf messages; grpcio
+        (~20 MB of the daemon's RSS) is the test kubelet's, in the test extra."""
+        names = {re.split(r"[<>=\[ ]", d)[0] for d in PYPROJECT["project"]["dependencies"]}
+        test = {
+            re.split(r"[<>=\[ ]", d)[0]
+            for d in PYPROJECT["project"]["optional-dependencies"]["test"]
+        }
+        assert {"h2", "protobuf"} <= names
+        assert "grpcio" not in names
+        assert "grpcio" in test
+
+    def test_ships_bytecode(self) -> None:
+        """The runtime writes no bytecode, so the image carries it: a daemon compiling every
+        module at start holds ~4 MB more (README, "Benchmarks")."""
+        assert "PYTHONDONTWRITEBYTECODE=1" in final_stage(DOCKERFILE)
+        compile_step = re.search(
+            r"^RUN .*-m compileall .*/opt/polca/lib$", DOCKERFILE, re.MULTILINE
+        )
+        assert compile_step is not None
+        assert "--invalidation-mode unchecked-hash" in compile_step.group(0)
+        assert DOCKERFILE.index("compileall") > DOCKERFILE.index("site-packages/polca_testbed")
+
     def test_both_entry_points_are_console_scripts(self) -> None:
         assert {"polca-operator", "polca-node"} <= set(PYPROJECT["project"]["scripts"])
 
