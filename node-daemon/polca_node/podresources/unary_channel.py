@@ -234,8 +234,14 @@ class UnaryChannel:
                     connection.reusable = False
                     if (event.last_stream_id or 0) < stream_id:  # it never handled our stream
                         raise _ConnectionLostError("the server sent GOAWAY", retry=True)
-                elif answer.take(event):
-                    ended = True
+                    continue
+                try:
+                    ended = answer.take(event) or ended
+                except RpcError:
+                    # The server may still be sending on this stream: the next call starts
+                    # on a fresh connection rather than on one whose window it fills.
+                    connection.reusable = False
+                    raise
             connection.flush_acks(deadline)  # window updates for the data just read
             if ended:
                 return answer.message()

@@ -141,9 +141,13 @@ class TestErrors:
     def test_too_big_answer(
         self, serve: Callable[..., ScriptedH2Server], socket_path: Path
     ) -> None:
-        serve(lambda _: Reply(messages=(ANSWER,)))
+        replies = iter([Reply(messages=(ANSWER,)), Reply(messages=(b"small",))])
+        server = serve(lambda _: next(replies))
         with UnaryChannel(socket_path, max_message_bytes=1000) as small:
             assert _code(small) == "RESOURCE_EXHAUSTED"
+            # The refused answer's stream was still open: the next call uses a new connection.
+            assert small.call(PATH, b"", 5.0) == b"small"
+        assert server.connections == 2
 
     def test_no_socket(self, channel: UnaryChannel) -> None:
         assert _code(channel) == "UNAVAILABLE"
