@@ -7,11 +7,11 @@ The production path is what runs on a GPU node: the real `NvmlBackend` over nvid
 stand-in (benchmarks/stub_nvml/stub_nvml.c, built with `cc` into a temporary directory put on
 LD_LIBRARY_PATH) that answers from memory as the real library's 1-5 µs reads do, and sleeps the
 measured 3.9 ms per energy read. The process runs with numpy, rich, matplotlib, `polca.sim`,
-grpcio and the Python fake (`polca_node.fake_gpus`, `polca_node.gpu.fake_nvml`,
-`polca_node.gpu.load`) blocked (`sys.modules[name] = None`: importing one fails), and reports
-which modules it holds; the benchmark asserts none of them is loaded. The fake path is
-`--gpu-backend fake`: the same daemon over `FakeNvml` and the power model (numpy), as tests,
-kind and the demo run it.
+grpcio, the protobuf runtime and the Python fake (`polca_node.fake_gpus`,
+`polca_node.gpu.fake_nvml`, `polca_node.gpu.load`) blocked (`sys.modules[name] = None`:
+importing one fails), and reports which modules it holds; the benchmark asserts none of them
+is loaded. The fake path is `--gpu-backend fake`: the same daemon over `FakeNvml` and the power
+model (numpy), as tests, kind and the demo run it.
 
 Two measurements, each for both paths:
 1. the real `polca-node` processes on the real control plane (kube-apiserver + etcd), side by
@@ -66,10 +66,12 @@ PROFILE = "H100-SXM:8"
 CPU_TARGET_PCT = 0.5
 RSS_TARGET_MB = 50.0
 LOAD = {"decode": 0.8, "prefill": 0.1}
-# What the production process must not hold: the sim extra, the simulator, the Python fake and
-# grpcio (the daemon reaches the kubelet over h2; grpcio is the test kubelet's).
+# What the production process must not hold: the sim extra, the simulator, the Python fake,
+# grpcio and the protobuf runtime (the daemon reaches the kubelet over h2 and decodes the
+# answers itself; both are the test kubelet's).
 NOT_IN_PRODUCTION = (
     *sorted(SIM_MODULES),
+    "google.protobuf",
     "grpc",
     "polca.sim",
     "polca_node.fake_gpus",
@@ -179,7 +181,7 @@ def production_loop_child(loops: int) -> None:
 
 
 # Import groups of the production daemon, in this order, for the RSS breakdown.
-# polca_node.podresources: the kubelet client (h2, protobuf and the generated messages).
+# polca_node.podresources: the kubelet client (h2 and the hand decoder of its answers).
 IMPORT_GROUPS = ("pynvml", "polca_node.podresources", "pydantic", "polca.api.powerpolicy",
                  "prometheus_client", "polca_node.main")  # fmt: skip
 

@@ -2,9 +2,10 @@
 
 `client.PodResourcesClient` reads it; `devices` parses the NVIDIA device plugin's device ids;
 `api_pb2*` are stubs generated from `api.proto` by tools/gen-protos.sh (do not edit). The client
-sends the `api_pb2` messages with `unary_channel` (gRPC over the pure-Python h2, framing in
-`grpc_wire`), not grpcio: grpcio would cost the daemon ~20 MB. `api_pb2_grpc` (grpcio) is for
-the test kubelet in polca_testbed only.
+calls the kubelet with `unary_channel` (gRPC over the pure-Python h2, framing in `grpc_wire`)
+and decodes its answers with `messages`, not with grpcio and the protobuf runtime, which would
+cost the daemon ~24 MB; `api_pb2` and `api_pb2_grpc` serve the test kubelet (polca_testbed) and
+check `messages` in the tests.
 """
 
 from polca_node.podresources.client import (

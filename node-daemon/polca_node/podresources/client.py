@@ -11,9 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from google.protobuf.message import Message
-
-from polca_node.podresources import api_pb2
 from polca_node.podresources.devices import (
     DeviceId,
     is_gpu_resource,
@@ -21,6 +18,7 @@ from polca_node.podresources.devices import (
     resolve_gpu_index,
 )
 from polca_node.podresources.errors import translate_grpc_errors
+from polca_node.podresources.messages import decode_allocatable_response, decode_list_response
 from polca_node.podresources.unary_channel import UnaryChannel
 
 __all__ = [
@@ -34,7 +32,9 @@ __all__ = [
 
 DEFAULT_SOCKET = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
 _SERVICE = "/v1.PodResourcesLister"
-_Answer = TypeVar("_Answer", bound=Message)
+_Answer = TypeVar("_Answer")
+# Both requests are empty messages, and an empty message is no bytes at all.
+_EMPTY_REQUEST = b""
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -78,25 +78,22 @@ class PodResourcesClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _unary(self, method: str, request: Message, response_type: type[_Answer]) -> _Answer:
+    def _unary(self, method: str, decode: Callable[[bytes], _Answer]) -> _Answer:
         with translate_grpc_errors(method):
-            answer = self._channel.call(
-                f"{_SERVICE}/{method}", request.SerializeToString(), self.timeout_s
+            return decode(
+                self._channel.call(f"{_SERVICE}/{method}", _EMPTY_REQUEST, self.timeout_s)
             )
-            return response_type.FromString(answer)
 
     def list_gpu_assignments(self) -> tuple[GpuAssignment, ...]:
         """Every GPU device id held by a container on this node (`List`)."""
-        response = self._unary(
-            "List", api_pb2.ListPodResourcesRequest(), api_pb2.ListPodResourcesResponse
-        )
+        pods = self._unary("List", decode_list_response)
         return tuple(
             GpuAssignment(
                 device=parse_device_id(device_id),
                 resource_name=devices.resource_name,
                 owner=ContainerRef(pod.namespace, pod.name, container.name),
             )
-            for pod in response.pod_resources
+            for pod in pods
             for container in pod.containers
             for devices in container.devices
             if self._resource_filter(devices.resource_name)
@@ -106,14 +103,10 @@ class PodResourcesClient:
     def allocatable_gpu_devices(self) -> tuple[DeviceId, ...]:
         """Every GPU device id the kubelet can hand out, held or not
         (`GetAllocatableResources`, kubelet >= 1.23)."""
-        response = self._unary(
-            "GetAllocatableResources",
-            api_pb2.AllocatableResourcesRequest(),
-            api_pb2.AllocatableResourcesResponse,
-        )
+        allocatable = self._unary("GetAllocatableResources", decode_allocatable_response)
         return tuple(
             parse_device_id(device_id)
-            for devices in response.devices
+            for devices in allocatable
             if self._resource_filter(devices.resource_name)
             for device_id in devices.device_ids
         )

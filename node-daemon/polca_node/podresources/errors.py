@@ -6,9 +6,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import ClassVar
 
-from google.protobuf.message import DecodeError
-
 from polca_node.podresources.grpc_wire import RpcError
+from polca_node.podresources.messages import DecodeError
 
 __all__ = [
     "KubeletTimeoutError",
@@ -67,7 +66,7 @@ def translate_grpc_errors(method: str) -> Iterator[None]:
     except RpcError as exc:
         cls = _STATUS_TO_ERROR.get(exc.code, PodResourcesError)
         raise cls(exc.details or exc.code, method=method, status=exc.code) from exc
-    except DecodeError as exc:  # what grpcio reports as INTERNAL, too
+    except DecodeError as exc:  # what grpcio reports as INTERNAL
         raise PodResourcesError(
             f"unreadable answer: {exc}", method=method, status="INTERNAL"
         ) from exc

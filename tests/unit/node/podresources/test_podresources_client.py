@@ -21,6 +21,7 @@ from polca_node.podresources.errors import (
     PodResourcesError,
 )
 from polca_testbed.fake_kubelet import FakeKubelet
+from polca_testbed.scripted_h2_server import Reply, ScriptedH2Server
 
 GPU0 = "GPU-00000000-0000-4000-8000-000000000000"
 GPU1 = "GPU-11111111-1111-4111-8111-111111111111"
@@ -189,6 +190,16 @@ class TestErrors:
             with FakeKubelet(socket_path) as kubelet:
                 kubelet.assign("prod", "p", "c", [GPU0, GPU1])
                 assert len(client.list_gpu_assignments()) == 2
+
+    def test_unreadable_answer(self, socket_path: Path) -> None:
+        with (
+            ScriptedH2Server(socket_path, lambda _: Reply(messages=(b"\x0a\x05\x0a",))),
+            PodResourcesClient(socket_path, timeout_s=2.0) as client,
+            pytest.raises(PodResourcesError) as caught,
+        ):
+            client.list_gpu_assignments()
+        assert type(caught.value) is PodResourcesError
+        assert caught.value.status == "INTERNAL"
 
     def test_client_recovers_after_kubelet_restart(
         self, kubelet: FakeKubelet, client: PodResourcesClient
