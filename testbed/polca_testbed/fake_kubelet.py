@@ -64,6 +64,9 @@ class FakeKubelet:
         self.socket_path = Path(socket_path)
         self.calls: Counter[str] = Counter()
         self.delay_s = 0.0  # every call waits this long first (a slow kubelet)
+        # Fail after sending the answer's HEADERS (the status comes in trailers), not with the
+        # trailers-only answer grpcio gives by default.
+        self.fail_after_headers = False
         self._max_workers = max_workers
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -174,6 +177,8 @@ class FakeKubelet:
         if self.delay_s > 0:
             self._stopping.wait(self.delay_s)
         if code is not None:
+            if self.fail_after_headers:
+                context.send_initial_metadata(())
             context.abort(code, f"fake kubelet told to fail {method}")
         return self.list_response() if method == "List" else self.allocatable_response()
 

@@ -9,11 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
-import grpc
-
-from polca_node.podresources import api_pb2, api_pb2_grpc
 from polca_node.podresources.devices import (
     DeviceId,
     is_gpu_resource,
@@ -21,6 +18,8 @@ from polca_node.podresources.devices import (
     resolve_gpu_index,
 )
 from polca_node.podresources.errors import translate_grpc_errors
+from polca_node.podresources.messages import decode_allocatable_response, decode_list_response
+from polca_node.podresources.unary_channel import UnaryChannel
 
 __all__ = [
     "DEFAULT_SOCKET",
@@ -32,11 +31,10 @@ __all__ = [
 ]
 
 DEFAULT_SOCKET = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
-
-# Kubernetes' own PodResources clients (e.g. the e2e_node tests) use 16 MiB messages.
-_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-# After a kubelet restart, reconnect within seconds rather than gRPC's default 120 s backoff.
-_MAX_RECONNECT_BACKOFF_MS = 5_000
+_SERVICE = "/v1.PodResourcesLister"
+_Answer = TypeVar("_Answer")
+# Both requests are empty messages, and an empty message is no bytes at all.
+_EMPTY_REQUEST = b""
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -56,7 +54,8 @@ class GpuAssignment:
 
 
 class PodResourcesClient:
-    """Reads GPU assignments from the kubelet over its unix socket. Reuses one channel."""
+    """Reads GPU assignments from the kubelet over its unix socket. Reuses one connection and
+    opens a new one on the next call after the kubelet closed it (a restart)."""
 
     def __init__(
         self,
@@ -68,26 +67,10 @@ class PodResourcesClient:
         self.socket_path = Path(socket_path)
         self.timeout_s = timeout_s
         self._resource_filter = resource_filter
-        self._channel: grpc.Channel | None = None
-        self._stub: Any = None
-
-    def _lister(self) -> Any:
-        if self._stub is None:
-            self._channel = grpc.insecure_channel(
-                f"unix://{self.socket_path.absolute()}",
-                options=[
-                    ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-                    ("grpc.max_reconnect_backoff_ms", _MAX_RECONNECT_BACKOFF_MS),
-                ],
-            )
-            self._stub = api_pb2_grpc.PodResourcesListerStub(self._channel)
-        return self._stub
+        self._channel = UnaryChannel(self.socket_path.absolute())
 
     def close(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-        self._channel = None
-        self._stub = None
+        self._channel.close()
 
     def __enter__(self) -> PodResourcesClient:
         return self
@@ -95,19 +78,22 @@ class PodResourcesClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def _unary(self, method: str, decode: Callable[[bytes], _Answer]) -> _Answer:
+        with translate_grpc_errors(method):
+            return decode(
+                self._channel.call(f"{_SERVICE}/{method}", _EMPTY_REQUEST, self.timeout_s)
+            )
+
     def list_gpu_assignments(self) -> tuple[GpuAssignment, ...]:
         """Every GPU device id held by a container on this node (`List`)."""
-        with translate_grpc_errors("List"):
-            response = self._lister().List(
-                api_pb2.ListPodResourcesRequest(), timeout=self.timeout_s
-            )
+        pods = self._unary("List", decode_list_response)
         return tuple(
             GpuAssignment(
                 device=parse_device_id(device_id),
                 resource_name=devices.resource_name,
                 owner=ContainerRef(pod.namespace, pod.name, container.name),
             )
-            for pod in response.pod_resources
+            for pod in pods
             for container in pod.containers
             for devices in container.devices
             if self._resource_filter(devices.resource_name)
@@ -117,13 +103,10 @@ class PodResourcesClient:
     def allocatable_gpu_devices(self) -> tuple[DeviceId, ...]:
         """Every GPU device id the kubelet can hand out, held or not
         (`GetAllocatableResources`, kubelet >= 1.23)."""
-        with translate_grpc_errors("GetAllocatableResources"):
-            response = self._lister().GetAllocatableResources(
-                api_pb2.AllocatableResourcesRequest(), timeout=self.timeout_s
-            )
+        allocatable = self._unary("GetAllocatableResources", decode_allocatable_response)
         return tuple(
             parse_device_id(device_id)
-            for devices in response.devices
+            for devices in allocatable
             if self._resource_filter(devices.resource_name)
             for device_id in devices.device_ids
         )

@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import ClassVar
 
-import grpc
+from polca_node.podresources.grpc_wire import RpcError
+from polca_node.podresources.messages import DecodeError
 
 __all__ = [
     "KubeletTimeoutError",
@@ -49,20 +50,23 @@ class KubeletUnsupportedError(PodResourcesError):
     reason = "KubeletUnsupported"
 
 
-_STATUS_TO_ERROR: dict[grpc.StatusCode, type[PodResourcesError]] = {
-    grpc.StatusCode.UNAVAILABLE: KubeletUnavailableError,
-    grpc.StatusCode.DEADLINE_EXCEEDED: KubeletTimeoutError,
-    grpc.StatusCode.UNIMPLEMENTED: KubeletUnsupportedError,
+_STATUS_TO_ERROR: dict[str, type[PodResourcesError]] = {
+    "UNAVAILABLE": KubeletUnavailableError,
+    "DEADLINE_EXCEEDED": KubeletTimeoutError,
+    "UNIMPLEMENTED": KubeletUnsupportedError,
 }
 
 
 @contextmanager
 def translate_grpc_errors(method: str) -> Iterator[None]:
-    """Run a gRPC call; turn any `grpc.RpcError` into the matching `PodResourcesError`."""
+    """Run a gRPC call and read its answer; turn an `RpcError` or an unreadable answer into
+    the matching `PodResourcesError`."""
     try:
         yield
-    except grpc.RpcError as exc:
-        code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-        details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-        cls = _STATUS_TO_ERROR.get(code, PodResourcesError)
-        raise cls(details or code.name, method=method, status=code.name) from exc
+    except RpcError as exc:
+        cls = _STATUS_TO_ERROR.get(exc.code, PodResourcesError)
+        raise cls(exc.details or exc.code, method=method, status=exc.code) from exc
+    except DecodeError as exc:  # what grpcio reports as INTERNAL
+        raise PodResourcesError(
+            f"unreadable answer: {exc}", method=method, status="INTERNAL"
+        ) from exc

@@ -66,6 +66,28 @@ class TestDockerfile:
         assert "polca[sim]" in extras["test"]  # `make test` installs everything
         assert "rm -rf /opt/polca/lib/python3*/site-packages/polca_testbed" in DOCKERFILE
 
+    def test_node_daemon_needs_no_grpcio_or_protobuf(self) -> None:
+        """The daemon speaks gRPC to the kubelet over h2 and decodes the answers itself;
+        grpcio and protobuf (~24 MB of the daemon's RSS) are the test kubelet's, in the test
+        extra."""
+        names = {re.split(r"[<>=\[ ]", d)[0] for d in PYPROJECT["project"]["dependencies"]}
+        extras = PYPROJECT["project"]["optional-dependencies"]
+        test = {re.split(r"[<>=\[ ]", d)[0] for d in extras["test"]}
+        assert "h2" in names
+        assert not {"grpcio", "protobuf"} & names
+        assert {"grpcio", "protobuf"} <= test
+
+    def test_ships_bytecode(self) -> None:
+        """The runtime writes no bytecode, so the image carries it: a daemon compiling every
+        module at start holds ~4 MB more (README, "Benchmarks")."""
+        assert "PYTHONDONTWRITEBYTECODE=1" in final_stage(DOCKERFILE)
+        compile_step = re.search(
+            r"^RUN .*-m compileall .*/opt/polca/lib$", DOCKERFILE, re.MULTILINE
+        )
+        assert compile_step is not None
+        assert "--invalidation-mode unchecked-hash" in compile_step.group(0)
+        assert DOCKERFILE.index("compileall") > DOCKERFILE.index("site-packages/polca_testbed")
+
     def test_both_entry_points_are_console_scripts(self) -> None:
         assert {"polca-operator", "polca-node"} <= set(PYPROJECT["project"]["scripts"])
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import grpc
@@ -22,6 +21,7 @@ from polca_node.podresources.errors import (
     PodResourcesError,
 )
 from polca_testbed.fake_kubelet import FakeKubelet
+from polca_testbed.scripted_h2_server import Reply, ScriptedH2Server
 
 GPU0 = "GPU-00000000-0000-4000-8000-000000000000"
 GPU1 = "GPU-11111111-1111-4111-8111-111111111111"
@@ -88,6 +88,29 @@ class TestList:
         assert client.list_gpu_assignments() == ()
         assert kubelet.calls["List"] == 3
 
+    def test_many_pods(self, kubelet: FakeKubelet, client: PodResourcesClient) -> None:
+        uuids = {index: f"GPU-{index:08d}-0000-4000-8000-000000000000" for index in range(256)}
+        for index, uuid in uuids.items():
+            kubelet.assign(f"ns-{index % 7}", f"pod-{index}", "server", [uuid])
+        by_index, unresolved = owners_by_gpu_index(
+            client.list_gpu_assignments(), {uuid: index for index, uuid in uuids.items()}
+        )
+        assert unresolved == ()
+        assert by_index == {
+            index: (ContainerRef(f"ns-{index % 7}", f"pod-{index}", "server"),) for index in uuids
+        }
+
+    def test_answer_over_one_mib(self, kubelet: FakeKubelet, client: PodResourcesClient) -> None:
+        # 4000 pods × 8 ids of 40 bytes: ~1.5 MB, many DATA frames and window updates.
+        for pod in range(4000):
+            ids = [f"GPU-{pod:08d}-{gpu:04d}-4000-8000-000000000000" for gpu in range(8)]
+            kubelet.assign("batch", f"train-{pod}", "main", ids)
+        assert kubelet.list_response().ByteSize() > 1024 * 1024
+        assignments = client.list_gpu_assignments()
+        assert len(assignments) == 32_000
+        assert assignments[-1].device.raw == "GPU-00003999-0007-4000-8000-000000000000"
+        assert assignments[-1].owner == ContainerRef("batch", "train-3999", "main")
+
     def test_custom_resource_filter(self, kubelet: FakeKubelet, socket_path: Path) -> None:
         kubelet.assign("prod", "p", "c", [GPU0])
         kubelet.assign("prod", "q", "c", ["card0"], resource_name="example.com/accel")
@@ -139,6 +162,45 @@ class TestErrors:
         kubelet.fail_with(None)
         assert client.list_gpu_assignments() == ()
 
+    def test_status_in_trailers_after_headers(
+        self, kubelet: FakeKubelet, client: PodResourcesClient
+    ) -> None:
+        kubelet.fail_after_headers = True
+        kubelet.fail_with(grpc.StatusCode.UNAVAILABLE)
+        with pytest.raises(KubeletUnavailableError) as caught:
+            client.list_gpu_assignments()
+        assert caught.value.status == "UNAVAILABLE"
+        assert "fake kubelet told to fail List" in str(caught.value)
+
+    def test_after_a_timeout_the_next_call_answers(
+        self, kubelet: FakeKubelet, client: PodResourcesClient
+    ) -> None:
+        kubelet.delay_s = 5.0
+        client.timeout_s = 0.2
+        with pytest.raises(KubeletTimeoutError):
+            client.list_gpu_assignments()
+        kubelet.delay_s = 0.0
+        assert client.list_gpu_assignments() == ()
+
+    def test_restart_between_calls_loses_no_call(self, socket_path: Path) -> None:
+        with PodResourcesClient(socket_path, timeout_s=2.0) as client:
+            with FakeKubelet(socket_path) as kubelet:
+                kubelet.assign("prod", "p", "c", [GPU0])
+                assert len(client.list_gpu_assignments()) == 1
+            with FakeKubelet(socket_path) as kubelet:
+                kubelet.assign("prod", "p", "c", [GPU0, GPU1])
+                assert len(client.list_gpu_assignments()) == 2
+
+    def test_unreadable_answer(self, socket_path: Path) -> None:
+        with (
+            ScriptedH2Server(socket_path, lambda _: Reply(messages=(b"\x0a\x05\x0a",))),
+            PodResourcesClient(socket_path, timeout_s=2.0) as client,
+            pytest.raises(PodResourcesError) as caught,
+        ):
+            client.list_gpu_assignments()
+        assert type(caught.value) is PodResourcesError
+        assert caught.value.status == "INTERNAL"
+
     def test_client_recovers_after_kubelet_restart(
         self, kubelet: FakeKubelet, client: PodResourcesClient
     ) -> None:
@@ -148,13 +210,4 @@ class TestErrors:
         with pytest.raises(KubeletUnavailableError):
             client.list_gpu_assignments()
         kubelet.start()
-        # The channel reconnects on its own (backoff capped at 5 s); poll, don't time it.
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                assert len(client.list_gpu_assignments()) == 1
-                break
-            except KubeletUnavailableError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        assert len(client.list_gpu_assignments()) == 1  # the next call connects afresh
