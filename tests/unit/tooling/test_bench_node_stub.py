@@ -35,7 +35,7 @@ def test_forbidden_modules_are_the_packages_and_their_submodules() -> None:
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler to build the NVML stand-in")
 def test_the_production_loop_runs_over_the_stand_in_without_the_sim() -> None:
-    with bench.stub_library() as stub_dir:
+    with bench.production_runtime() as stub_dir:
         assert (stub_dir / "libnvidia-ml.so.1").is_file()
         # Raises SystemExit when the child fails or holds numpy, the simulator or the fake.
         cost_s = bench.production_loop_cost_s(stub_dir, 5)
