@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,7 @@ from polca.sim.cli import policies_from_args
 from polca.sim.domain import DomainConfig, Mix
 from polca.sim.engine import SimConfig, simulate
 from polca.sim.policies import (
+    IN_BAND_TIMINGS,
     K8S_PLAN,
     PHYSICS_PLAN,
     PROMETHEUS_TIMING,
@@ -21,8 +24,10 @@ from polca.sim.policies import (
     make_policy,
 )
 from polca.sim.workload import Requests
+from polca.tooling.policyfile import apply_to_simulation
 
 IN_BAND = ("polca-k8s", "physics")
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 
 @pytest.mark.parametrize("name", IN_BAND)
@@ -107,3 +112,21 @@ def test_the_stream_path_escalates_sooner_after_a_crossing() -> None:
         assert 0 <= lag_s <= decision_s + timing.control_interval_s + 1e-9
         lags_s[timing] = lag_s
     assert lags_s[STREAM_TIMING] < lags_s[PROMETHEUS_TIMING]
+
+
+@pytest.mark.parametrize(
+    ("manifest", "given", "path"),
+    [
+        ("polca-default.yaml", None, "stream"),  # telemetry.source direct: the streams
+        ("dcgm-node-power.yaml", None, "prometheus"),
+        ("dcgm-node-power.yaml", "stream", "stream"),  # the flag wins
+    ],
+)
+def test_a_manifest_runs_on_its_own_telemetry_path(
+    manifest: str, given: str | None, path: str
+) -> None:
+    argv = ["simulate", "-f", str(EXAMPLES / manifest)]
+    args = build_parser().parse_args([*argv, *(["--telemetry", given] if given else [])])
+    assert apply_to_simulation(args) is not None
+    assert args.telemetry == path
+    assert policies_from_args(args)[-1].timing == IN_BAND_TIMINGS[path]
