@@ -26,6 +26,7 @@ from polca.sim.evalset import EvalTrace, load_eval_trace, synthetic_members
 from polca.sim.metrics import Criteria
 from polca.sim.policies import (
     DEFAULT_POLICIES,
+    IN_BAND_TIMINGS,
     NAMED_PLANS,
     POLICY_NAMES,
     GuardSettings,
@@ -243,25 +244,32 @@ def add_policy_options(group: argparse._ArgumentGroup) -> None:
         help="POLCA's out-of-band actuation delay (default %(default)s s)",
     )
     group.add_argument(
+        "--telemetry",
+        choices=tuple(IN_BAND_TIMINGS),
+        help="the in-band policies' path (polca-k8s, physics): 'stream', the operator's default "
+        "(0.5 s samples, a cycle at each crossing: 0.8 s reaction), or 'prometheus' (1 s "
+        "scrape + 0.1 s query + 1 s interval: 2.3 s) (default: stream; with -f, the "
+        "manifest's telemetry.source)",
+    )
+    group.add_argument(
         "--k8s-actuation",
         type=float,
-        default=0.2,
         metavar="S",
-        help="polca-k8s actuation: status write + watch + NVML (default %(default)s s)",
+        help="in-band actuation: status write + watch + NVML (default 0.2 s)",
     )
     group.add_argument(
         "--telemetry-period",
         type=seconds,
-        default=1.0,
         metavar="S",
-        help="telemetry sampling period (default %(default)s s)",
+        help="telemetry sampling period (default: 1 s for polca; the --telemetry path's, "
+        "0.5 or 1 s, for polca-k8s and physics)",
     )
     group.add_argument(
         "--control-interval",
         type=seconds,
-        default=1.0,
         metavar="S",
-        help="controller interval (default %(default)s s)",
+        help="controller interval (default: 1 s for polca; the --telemetry path's, 0.1 or "
+        "1 s, for polca-k8s and physics)",
     )
     group.add_argument(
         "--plan",
@@ -406,6 +414,7 @@ def policies_from_args(args: argparse.Namespace) -> list[PolicyConfig]:
         make_policy(
             name,
             polca_delay_s=args.polca_delay,
+            in_band=IN_BAND_TIMINGS[args.telemetry or "stream"],
             k8s_actuation_s=args.k8s_actuation,
             telemetry_period_s=args.telemetry_period,
             control_interval_s=args.control_interval,

@@ -11,12 +11,14 @@ the operator runs; they differ in their plans, delays, thresholds and the local 
   40 s; we take the worst case), settle time equal to that delay, so stage 3 only follows once
   stage 2 has taken effect.
 * ``polca-k8s``: :data:`K8S_PLAN` (finer and deeper low-tier steps, power caps first, POLCA's
-  stage 3 last); in-band reaction = telemetry period (1 s) + telemetry latency (0.1 s: a
-  Prometheus query) + control interval (1 s) + actuation (0.2 s: the status write, the daemons'
-  watch and the NVML call); settle time = that reaction time. Its triggers are derived from the
-  reaction time (:func:`derive_top_trigger`): the highest throttling stages fire when power is
-  within the largest rise seen over one reaction time (plus a margin) of the budget. A per-node
-  local guard (:mod:`polca.control.guard`) runs every 0.5 s.
+  stage 3 last); in-band reaction = telemetry period + telemetry latency + control interval +
+  actuation (0.2 s: the status write, the daemons' watch and the NVML call), by default the
+  operator's default path, the daemons' power streams (:data:`STREAM_TIMING`, 0.8 s), or the
+  chain through Prometheus (:data:`PROMETHEUS_TIMING`, 2.3 s); settle time = that reaction.
+  Its triggers are derived from the reaction time (:func:`derive_top_trigger`): the highest
+  throttling stages fire when power is within the largest rise seen over one reaction time
+  (plus a margin) of the budget. A per-node local guard (:mod:`polca.control.guard`)
+  runs every 0.5 s.
 * ``physics``: ``polca-k8s``'s in-band timing and guard with :data:`PHYSICS_PLAN`, whose
   stages pick each tier's knob by what the model says it sheds (see there), triggers close to
   the budget as written (not derived from a trace), and the controller's prediction over the
@@ -47,11 +49,15 @@ from polca.power.sensor import AVERAGE_WINDOW_S
 
 __all__ = [
     "DEFAULT_POLICIES",
+    "IN_BAND_TIMINGS",
     "K8S_PLAN",
     "NAMED_PLANS",
     "PHYSICS_PLAN",
     "POLCA_TABLE",
     "POLICY_NAMES",
+    "PROMETHEUS_TIMING",
+    "STREAM_TIMING",
+    "ControlTiming",
     "GuardSettings",
     "PolicyConfig",
     "derive_top_trigger",
@@ -103,9 +109,43 @@ K8S_PLAN = ControlPlan(
 )
 
 
-# In-band reaction: telemetry period + Prometheus query + control interval + actuation (see
-# make_policy); PHYSICS_PLAN settles over it.
-_IN_BAND_REACTION_S = 1.0 + 0.1 + 1.0 + 0.2
+@dataclass(frozen=True, slots=True)
+class ControlTiming:
+    """How a controller sees power and acts; for the in-band policies the one source of their
+    reaction time (their settle time, trigger derivation and ``physics``'s plan)."""
+
+    telemetry_period_s: float
+    telemetry_latency_s: float
+    control_interval_s: float
+    actuation_s: float
+
+    @property
+    def reaction_s(self) -> float:
+        """Worst-case time from a power change to GPUs carrying the reaction."""
+        return (
+            self.telemetry_period_s
+            + self.telemetry_latency_s
+            + self.control_interval_s
+            + self.actuation_s
+        )
+
+
+# The operator's default: the daemons stream 0.5 s power samples and the operator runs a cycle
+# at each trigger crossing. The stream delivers within milliseconds, below one 100 ms step, so
+# no latency: the 0.1 s control interval stands for the delivery and the cycle itself (a
+# latency of 0.02 s would make a sample miss the tick it arrives at and cost a whole step).
+# Reaction 0.8 s against bench-operator's measured 0.66-0.73 s p95 (README, "Benchmarks").
+STREAM_TIMING = ControlTiming(
+    telemetry_period_s=0.5, telemetry_latency_s=0.0, control_interval_s=0.1, actuation_s=0.2
+)
+# The chain through Prometheus (telemetry.source: prometheus): 1 s scrape, 0.1 s query, 1 s
+# control interval; 2.3 s against the measured 2.39 s p95.
+PROMETHEUS_TIMING = ControlTiming(
+    telemetry_period_s=1.0, telemetry_latency_s=0.1, control_interval_s=1.0, actuation_s=0.2
+)
+IN_BAND_TIMINGS: Mapping[str, ControlTiming] = MappingProxyType(
+    {"stream": STREAM_TIMING, "prometheus": PROMETHEUS_TIMING}
+)
 
 # ``physics``'s plan, from the model of polca/power/model.py (docs/simulator.md §3 has the
 # numbers). A power limit sheds only compute-bound work (prefill, GEMM) and leaves memory-bound
@@ -119,7 +159,9 @@ _IN_BAND_REACTION_S = 1.0 + 0.1 + 1.0 + 0.2
 # then a deeper low-tier clock, then the brake. Triggers sit just below the budget, where only
 # a real excursion reaches them, and the controller escalates on the power predicted one
 # averaging window (1 s) ahead: the 1 s average lags the instant power by up to a window, and
-# its last rise projected over that window estimates where the instant power already is.
+# its last rise projected over that window estimates where the instant power already is. The
+# window is longer than the default reaction (STREAM_TIMING, 0.8 s), so the prediction also
+# covers the time the reaction takes to land.
 _PHYS_LOW_CAP = TierAction(power_limit_pct=65.0)
 _PHYS_LOW_CLOCK = TierAction(clock_ceiling_pct=70.0)
 _PHYS_HIGH_CAP = TierAction(power_limit_pct=85.0)
@@ -134,7 +176,7 @@ PHYSICS_PLAN = ControlPlan(
     ),
     tiers=("idle", "low", "high"),
     failsafe_stage=3,
-    settle_s=round(_IN_BAND_REACTION_S, 6),
+    settle_s=round(STREAM_TIMING.reaction_s, 6),
     hold_s=5.0,
     staleness_s=10.0,
     predict_s=AVERAGE_WINDOW_S,
@@ -184,30 +226,39 @@ class PolicyConfig:
             raise ValueError("control_interval_s and telemetry_period_s must be positive")
 
     @property
+    def timing(self) -> ControlTiming:
+        return ControlTiming(
+            self.telemetry_period_s,
+            self.telemetry_latency_s,
+            self.control_interval_s,
+            self.actuation_delay_s,
+        )
+
+    @property
     def reaction_s(self) -> float:
         """Worst-case time from a power change to GPUs carrying the reaction."""
-        return (
-            self.telemetry_period_s
-            + self.telemetry_latency_s
-            + self.control_interval_s
-            + self.actuation_delay_s
-        )
+        return self.timing.reaction_s
 
 
 def make_policy(
     name: str,
     *,
     polca_delay_s: float = 40.0,
-    k8s_actuation_s: float = 0.2,
-    telemetry_period_s: float = 1.0,
-    control_interval_s: float = 1.0,
+    in_band: ControlTiming = STREAM_TIMING,
+    k8s_actuation_s: float | None = None,
+    telemetry_period_s: float | None = None,
+    control_interval_s: float | None = None,
     plan: ControlPlan | None = None,
     guard: GuardSettings | None = None,
     use_guard: bool = True,
     derive_triggers: bool = True,
 ) -> PolicyConfig:
     """A named policy with its defaults; ``plan`` replaces its stage table (POLCA's for
-    ``polca``, :data:`K8S_PLAN` for ``polca-k8s``, :data:`PHYSICS_PLAN` for ``physics``)."""
+    ``polca``, :data:`K8S_PLAN` for ``polca-k8s``, :data:`PHYSICS_PLAN` for ``physics``).
+
+    ``polca`` samples and decides every 1 s (the paper's); the in-band policies run
+    ``in_band``'s timing. ``telemetry_period_s``, ``control_interval_s`` and
+    ``k8s_actuation_s`` (in-band only) override either when given."""
     if name == "none":
         return PolicyConfig(name="none", plan=None)
     if name == "polca":
@@ -215,27 +266,35 @@ def make_policy(
         return PolicyConfig(
             name="polca",
             plan=replace(polca_plan, settle_s=polca_delay_s),
-            telemetry_period_s=telemetry_period_s,
-            control_interval_s=control_interval_s,
+            telemetry_period_s=1.0 if telemetry_period_s is None else telemetry_period_s,
+            control_interval_s=1.0 if control_interval_s is None else control_interval_s,
             actuation_delay_s=polca_delay_s,
         )
     if name in ("polca-k8s", "physics"):
-        latency_s = 0.1
-        reaction_s = telemetry_period_s + latency_s + control_interval_s + k8s_actuation_s
+        timing = replace(
+            in_band,
+            telemetry_period_s=_given(telemetry_period_s, in_band.telemetry_period_s),
+            control_interval_s=_given(control_interval_s, in_band.control_interval_s),
+            actuation_s=_given(k8s_actuation_s, in_band.actuation_s),
+        )
         physics = name == "physics"
         chosen = plan or (PHYSICS_PLAN if physics else K8S_PLAN)
         return PolicyConfig(
             name=name,
-            plan=replace(chosen, settle_s=reaction_s),
-            telemetry_period_s=telemetry_period_s,
-            telemetry_latency_s=latency_s,
-            control_interval_s=control_interval_s,
-            actuation_delay_s=k8s_actuation_s,
+            plan=replace(chosen, settle_s=timing.reaction_s),
+            telemetry_period_s=timing.telemetry_period_s,
+            telemetry_latency_s=timing.telemetry_latency_s,
+            control_interval_s=timing.control_interval_s,
+            actuation_delay_s=timing.actuation_s,
             guard=(guard or GuardSettings()) if use_guard else None,
             # physics's triggers are written from the model, not derived from a trace.
             derive_triggers=derive_triggers and not physics,
         )
     raise ValueError(f"unknown policy {name!r}; valid policies: {', '.join(POLICY_NAMES)}")
+
+
+def _given(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 def derive_top_trigger(

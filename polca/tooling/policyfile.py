@@ -73,7 +73,8 @@ def apply_to_simulation(args: argparse.Namespace) -> ManifestPolicy | None:
     """Set `polca simulate`'s options from ``-f``: the manifest's plan runs as polca-k8s with
     its triggers as written (what the operator would enforce), next to ``none``; the row is
     the servers its budgetWatts is provisioned for (each server: GPUs at their maximum limit
-    plus the manifest's overheadWatts when nodePower counts GPU power), and
+    plus the manifest's overheadWatts when nodePower counts GPU power), its telemetry path
+    (``--telemetry``) is the manifest's ``telemetry.source`` unless given, and
     ``--oversubscription`` adds servers under that budget. None without ``-f``."""
     if args.filename is None:
         if args.pods:
@@ -97,6 +98,8 @@ def apply_to_simulation(args: argparse.Namespace) -> ManifestPolicy | None:
     args.policy = args.policy or ["none", MANIFEST_POLICY]
     args.no_derive_triggers = True
     args.no_guard = args.no_guard or not spec.guard.enabled
+    if args.telemetry is None:  # the reaction of the path the operator will read power from
+        args.telemetry = "prometheus" if spec.telemetry.source == "prometheus" else "stream"
     return manifest
 
 

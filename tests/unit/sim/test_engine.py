@@ -13,7 +13,7 @@ from polca.power.profiles import get_profile
 from polca.power.sensor import OVERSHOOT_RATIO
 from polca.sim.domain import DomainConfig, Mix
 from polca.sim.engine import SimConfig, SimResult, simulate
-from polca.sim.policies import GuardSettings, PolicyConfig, make_policy
+from polca.sim.policies import PROMETHEUS_TIMING, GuardSettings, PolicyConfig, make_policy
 from polca.sim.workload import Requests
 
 H100 = get_profile("H100-SXM")
@@ -222,12 +222,15 @@ class TestControlLoop:
         assert result.stage_changes == 0
 
     def test_local_guard_throttles_a_node_over_its_budget(self) -> None:
-        # A guard budget at half a node's share: any prefill burst trips it.
-        policy = make_policy("polca-k8s", guard=GuardSettings(budget_share=0.5))
+        # A guard budget at half a node's share: any prefill burst trips it. The controller
+        # reads power through Prometheus (2.3 s): on the stream (0.8 s) it caps the burst first.
+        slow = PROMETHEUS_TIMING
+        policy = make_policy("polca-k8s", in_band=slow, guard=GuardSettings(budget_share=0.5))
         reqs = requests([0.0] * 20, context=14000, generated=2, servers=2)
         cfg = config(servers=2, policy=policy, brake=False, mix=Mix(0, 1, 0))
         guarded = simulate(cfg, reqs)
-        free = simulate(replace(cfg, policy=make_policy("polca-k8s", use_guard=False)), reqs)
+        unguarded = make_policy("polca-k8s", in_band=slow, use_guard=False)
+        free = simulate(replace(cfg, policy=unguarded), reqs)
         assert guarded.guard_actions > 0
         assert free.guard_actions == 0
         assert guarded.raw_power_w[:30].mean() < free.raw_power_w[:30].mean()
