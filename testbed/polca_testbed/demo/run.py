@@ -199,7 +199,6 @@ class _DemoRun:
         self.cpu_cores: float | None = None
         self.operator: OperatorHandle | None = None  # the one running now (restarts replace it)
         self.prometheus_pid: int | None = None
-        self.telemetry: Literal["prometheus", "direct"] = "direct"  # set with Prometheus
 
     def _cpu_s(self) -> float:
         own = os.times()
@@ -293,10 +292,9 @@ class _DemoRun:
             installed = True
         except PrometheusError:
             installed = False
-        source, run_prometheus = telemetry_source(
+        _, run_prometheus = telemetry_source(
             self.settings.telemetry, prometheus_installed=installed
         )
-        self.telemetry = source
         if not run_prometheus:
             if not installed:
                 self.say(f"[yellow]{PROMETHEUS_HINT}[/yellow]")
@@ -334,7 +332,10 @@ class _DemoRun:
             load_policy_file(settings.policy_file),
             name=POLICY_NAME,
             budget_watts=self.budget_w,
-            telemetry=self.telemetry,
+            # Prometheus runs only where it is installed (start_prometheus refused otherwise).
+            telemetry=telemetry_source(
+                settings.telemetry, prometheus_installed=prometheus_url is not None
+            )[0],
             prometheus_url=prometheus_url,
         )
         (self.out / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))

@@ -135,7 +135,7 @@ async def test_samples_are_dated_on_arrival_and_heard_by_the_listener(
     streams.follow("row-a", urls, lambda node, w: heard.append((node, w)))
     a.send(1, 700.0, age_s=0.25)  # the latest sample, sent on connecting
     b.send(1, 300.0)
-    samples = await streams.node_samples(query(urls), {"a", "b"})
+    await streams.node_samples(query(urls), {"a", "b"})  # a first read waits for the streams
     await until("both samples", lambda: len(heard) == 2)
     samples = await streams.node_samples(query(urls), {"a", "b"})
     assert samples == {"a": NodeSample(700.0, NOW_S - 0.25), "b": NodeSample(300.0, NOW_S)}
